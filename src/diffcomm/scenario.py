@@ -1,0 +1,196 @@
+"""Synthetic regions for the archetypes of Bathelt & Cantwell (section 4), without data.
+
+Each archetype is a profile of standardized drivers and initial community sizes; regions of an
+archetype scatter around it with seeded noise. Ties between regions form a random directed
+graph in which well-connected regions (world cities) are more often the source of knowledge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .model import Drivers, Graph, Params, State, init_state
+
+
+@dataclass(frozen=True)
+class Archetype:
+    """Driver profile (z-scores unless noted) and initial state of an archetypal region."""
+
+    description: str
+    connecting: float
+    educating: float
+    migrating: float
+    specializing: float  # in the region's lead domain; the others get `specializing_other`
+    amenities: float
+    openness: float  # about [0, 1]
+    anchors: float
+    middleground: float
+    place_policy: float
+    mne_presence: float  # >= 0
+    spawning_share: float  # in [0, 1]
+    active: float  # initial active members (hundreds) in the lead domain
+    knowledge: float
+    overlap: float
+    specializing_other: float = -0.3
+
+
+ARCHETYPES: dict[str, Archetype] = {
+    "world_city": Archetype(
+        "global/world city: connecting", connecting=2.0, educating=0.5, migrating=1.0, specializing=0.0,
+        amenities=1.0, openness=0.8, anchors=1.0, middleground=0.5, place_policy=0.3, mne_presence=1.5,
+        spawning_share=0.4, active=25.0, knowledge=25.0, overlap=0.25, specializing_other=0.0,
+    ),
+    "university_city": Archetype(
+        "university city: educating/training", connecting=0.0, educating=2.0, migrating=0.5, specializing=0.5,
+        amenities=0.5, openness=0.6, anchors=0.5, middleground=0.5, place_policy=0.5, mne_presence=0.5,
+        spawning_share=0.6, active=12.0, knowledge=18.0, overlap=0.15,
+    ),
+    "immigrant_gateway": Archetype(
+        "immigrant gateway: migrating", connecting=0.5, educating=0.0, migrating=2.0, specializing=0.0,
+        amenities=0.0, openness=1.0, anchors=0.0, middleground=0.0, place_policy=0.0, mne_presence=0.7,
+        spawning_share=0.5, active=10.0, knowledge=12.0, overlap=0.2,
+    ),
+    "specialized_cluster": Archetype(
+        "specialized cluster: clustering/specializing", connecting=0.0, educating=0.0, migrating=0.0,
+        specializing=2.5, amenities=0.0, openness=0.4, anchors=1.5, middleground=1.0, place_policy=0.5,
+        mne_presence=1.0, spawning_share=0.5, active=12.0, knowledge=15.0, overlap=0.15, specializing_other=-0.5,
+    ),
+    "normal_region": Archetype(
+        "normal region: small community, few anchors", connecting=-0.5, educating=-0.5, migrating=-0.5,
+        specializing=0.0, amenities=-0.5, openness=0.3, anchors=-1.0, middleground=-0.5, place_policy=0.0,
+        mne_presence=0.2, spawning_share=0.5, active=2.0, knowledge=5.0, overlap=0.05,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Regions ready to simulate: drivers, ties and initial state, with labels."""
+
+    drivers: Drivers
+    graph: Graph
+    initial: State
+    archetype: np.ndarray  # (R,) index into `archetype_names`
+    archetype_names: tuple[str, ...]
+    region_names: tuple[str, ...]
+
+    @property
+    def num_regions(self) -> int:
+        return len(self.region_names)
+
+
+def synthetic_regions(
+    params: Params,
+    counts: dict[str, int],
+    *,
+    key: jax.Array,
+    noise: float = 0.3,
+    ties_per_region: int = 4,
+    spawning_share: float | None = None,
+    mne_presence_scale: float = 1.0,
+) -> Scenario:
+    """Generate regions of the named archetypes, seeded.
+
+    **Arguments:**
+
+    - `params`: model parameters (they set K, and the initial world state).
+    - `counts`: archetype name -> number of regions, e.g. `{"world_city": 2, "normal_region": 10}`.
+    - `key`: a JAX PRNG key.
+    - `noise`: standard deviation of region-level noise on every z-scored driver.
+    - `ties_per_region`: outgoing cross-local ties per region (0 for none).
+    - `spawning_share`: if given, overrides every archetype's MNE spawning share (in [0, 1]).
+    - `mne_presence_scale`: multiplies MNE presence (>= 0).
+
+    **Returns:** a `Scenario`.
+
+    ```python
+    scenario = synthetic_regions(params, {"world_city": 1, "normal_region": 4}, key=jax.random.key(0))
+    ```
+    """
+    unknown = sorted(set(counts) - set(ARCHETYPES))
+    if unknown:
+        raise ValueError(f"unknown archetype(s) {unknown}; known: {sorted(ARCHETYPES)}")
+    for name, n in counts.items():
+        if not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"count of {name!r} must be a non-negative integer, got {n!r}")
+    if noise < 0 or ties_per_region < 0 or mne_presence_scale < 0:
+        raise ValueError("noise, ties_per_region and mne_presence_scale must be >= 0")
+    if spawning_share is not None and not 0.0 <= spawning_share <= 1.0:
+        raise ValueError(f"spawning_share must lie in [0, 1], got {spawning_share!r}")
+    names = [n for n in ARCHETYPES if counts.get(n, 0) > 0]
+    labels = np.concatenate([np.full(counts[n], i) for i, n in enumerate(names)]) if names else np.zeros(0, int)
+    num_regions, num_domains = len(labels), params.num_domains
+    if num_regions < 1:
+        raise ValueError("a scenario needs at least one region")
+    profiles = [ARCHETYPES[n] for n in names]
+
+    def column(attr):
+        return jnp.asarray([getattr(profiles[i], attr) for i in labels], dtype=float)
+
+    k_noise, k_lead, k_edges, k_aff = jax.random.split(key, 4)
+    scalar_fields = ["connecting", "educating", "migrating", "amenities", "anchors", "middleground", "place_policy"]
+    eps = noise * jax.random.normal(k_noise, (len(scalar_fields) + num_domains, num_regions))
+    lead = jax.random.randint(k_lead, (num_regions,), 0, num_domains)
+    is_lead = jax.nn.one_hot(lead, num_domains)
+    specializing = (
+        is_lead * column("specializing")[:, None]
+        + (1 - is_lead) * column("specializing_other")[:, None]
+        + eps[len(scalar_fields):].T
+    )
+    phi = column("spawning_share") if spawning_share is None else jnp.full((num_regions,), float(spawning_share))
+    drivers = Drivers(
+        **{f: column(f) + eps[i] for i, f in enumerate(scalar_fields)},
+        specializing=specializing,
+        openness=column("openness"),
+        mne_presence=column("mne_presence") * mne_presence_scale,
+        spawning_share=phi,
+    )
+    graph = _random_ties(k_edges, k_aff, drivers.connecting, ties_per_region)
+    # the lead domain starts with the archetype's community; the others with a third of it
+    active = column("active")[:, None] * (is_lead + (1 - is_lead) / 3.0)
+    initial = init_state(
+        params,
+        graph,
+        active=active,
+        passive=active,
+        overlap=column("overlap")[:, None] * jnp.ones((1, num_domains)),
+        knowledge=column("knowledge")[:, None] * (0.5 + 0.5 * is_lead),
+    )
+    region_names = tuple(f"{names[i]}_{j:03d}" for i, j in zip(labels, _rank_within(labels)))
+    return Scenario(drivers, graph, initial, labels, tuple(names), region_names)
+
+
+def _rank_within(labels: np.ndarray) -> np.ndarray:
+    rank = np.zeros(len(labels), int)
+    for value in np.unique(labels):
+        where = labels == value
+        rank[where] = np.arange(where.sum())
+    return rank
+
+
+def _random_ties(k_edges, k_aff, connecting, ties_per_region: int) -> Graph:
+    """Each region receives `ties_per_region` ties from sources drawn in proportion to exp(connecting)."""
+    num_regions = connecting.shape[0]
+    if ties_per_region == 0 or num_regions < 2:
+        return Graph.empty()
+    logits = jnp.broadcast_to(connecting, (num_regions, num_regions))
+    logits = jnp.where(jnp.eye(num_regions, dtype=bool), -jnp.inf, logits) if num_regions <= 4096 else logits
+    if num_regions <= 4096:
+        source = jax.random.categorical(k_edges, logits[:, None, :], axis=-1, shape=(num_regions, ties_per_region))
+    else:  # large R: sample without the R x R matrix; a rare self-tie carries no knowledge (distance 0)
+        cdf = jnp.cumsum(jax.nn.softmax(connecting))
+        u = jax.random.uniform(k_edges, (num_regions, ties_per_region))
+        source = jnp.minimum(jnp.searchsorted(cdf, u), num_regions - 1)
+    target = jnp.repeat(jnp.arange(num_regions), ties_per_region)
+    affinity = jax.random.uniform(k_aff, (num_regions * ties_per_region,))
+    return Graph(source.reshape(-1), target, affinity)
+
+
+def with_drivers(scenario: Scenario, **changes) -> Scenario:
+    """A copy of the scenario with some driver fields replaced (arrays of shape (R,) or (R, K))."""
+    return dataclasses.replace(scenario, drivers=dataclasses.replace(scenario.drivers, **changes))
