@@ -515,9 +515,15 @@ def local_buzz(p: NaturalParams, s: RegionState, d: Drivers) -> Array:
 
 
 def frontier_pipeline(p: NaturalParams, s: RegionState, frontier: Array) -> Array:
-    """Knowledge from the international frontier through overlapping members (K,)."""
+    """Knowledge from the international frontier through overlapping members (K,).
+
+    The reach of the pipeline, `1 - exp(-beta_p X A)`, is about `beta_p X A` for small
+    communities (version 1) but saturates, so no community learns more than its own stock from
+    the frontier in a year however large it is; without this the frontier and local knowledge
+    could feed each other without bound.
+    """
     gain = absorption(p, cognitive_distance(frontier, s.knowledge))
-    return p.pipeline_scale * s.overlap * s.active * gain * s.knowledge
+    return _leave(p.pipeline_scale * s.overlap * s.active) * gain * s.knowledge
 
 
 def internationalization_target(p: NaturalParams, s: RegionState, d: Drivers, shock: Array) -> Array:
@@ -593,9 +599,10 @@ def region_step(
 
     buzz = local_buzz(p, s, d)
     pipeline = frontier_pipeline(p, s, world.frontier) + p.tie_scale * tie_knowledge
+    # pipelines make buzz more productive; pipe/(G + pipe) keeps the boost below 1 + eta
     knowledge = (
         s.knowledge * (1.0 - p.ubiquitification)
-        + buzz * (1.0 + p.complementarity * pipeline / s.knowledge)
+        + buzz * (1.0 + p.complementarity * pipeline / (s.knowledge + pipeline))
         + pipeline
     )
 

@@ -1,0 +1,185 @@
+"""The simulation machinery: jit, vmap, gradients, long horizons, retracing, ensembles."""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffcomm.model import Levers, Params, region_step, step, tie_knowledge
+from diffcomm.scenario import ARCHETYPES, synthetic_regions
+from diffcomm.simulate import _simulate, make_forcing, simulate, simulate_ensemble, stack
+
+K = 2
+
+
+@pytest.fixture
+def scenario(key):
+    params = Params.from_natural(K)
+    return params, synthetic_regions(params, {n: 2 for n in ARCHETYPES}, key=key, ties_per_region=3)
+
+
+def test_trajectory_shapes_and_dtypes(scenario):
+    params, sc = scenario
+    T, R = 7, sc.num_regions
+    final, traj = simulate(params, sc.initial, sc.drivers, sc.graph, make_forcing(T, R))
+    for name in ("patents", "coinvention_share", "nonlocal_share", "exports_intensity", "development"):
+        value = getattr(traj.observations, name)
+        assert value.shape == (T, R) and value.dtype == jnp.float64
+    assert traj.regions.active.shape == (T, R, K)
+    assert final.world.ties.shape == sc.graph.source.shape
+    np.testing.assert_allclose(traj.regions.active[-1], final.regions.active)
+
+
+def test_jit_equals_eager(scenario):
+    params, sc = scenario
+    forcing = make_forcing(10, sc.num_regions, shock=0.3)
+    jitted = simulate(params, sc.initial, sc.drivers, sc.graph, forcing)
+    with jax.disable_jit():
+        eager = simulate(params, sc.initial, sc.drivers, sc.graph, forcing)
+    for a, b in zip(jax.tree_util.tree_leaves(jitted), jax.tree_util.tree_leaves(eager)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_vmap_over_regions_equals_a_python_loop(scenario):
+    params, sc = scenario
+    p = params.natural()
+    R = sc.num_regions
+    levers = Levers.zeros((R,))
+    shock = jnp.linspace(0.0, 1.0, R)
+    state = sc.initial
+    batched, _, _ = step(p, state, sc.drivers, sc.graph, levers, shock)
+    from_ties = tie_knowledge(p, state.regions.knowledge, sc.graph, state.world.ties)
+    for r in range(R):
+        one = lambda tree: jax.tree_util.tree_map(lambda x: x[r], tree)  # noqa: E731
+        looped, _ = region_step(p, one(state.regions), one(sc.drivers), shock[r], from_ties[r], state.world)
+        for a, b in zip(jax.tree_util.tree_leaves(looped), jax.tree_util.tree_leaves(one(batched.regions))):
+            np.testing.assert_allclose(a, b, rtol=1e-13)
+
+
+def _scalar_output(params, sc, forcing):
+    _, traj = simulate(params, sc.initial, sc.drivers, sc.graph, forcing)
+    obs = traj.observations
+    return (
+        jnp.mean(jnp.log(obs.patents))
+        + jnp.mean(obs.nonlocal_share)
+        + jnp.mean(obs.coinvention_share)
+        + jnp.mean(jnp.log(obs.development))
+        + jnp.mean(jnp.log(obs.exports_intensity))
+        + jnp.mean(traj.regions.catchment_share)
+        + jnp.mean(jnp.log(traj.regions.active))
+    )
+
+
+def test_gradients_match_central_finite_differences_for_every_parameter(key):
+    params = Params.from_natural(K)
+    sc = synthetic_regions(params, {"world_city": 1, "university_city": 1, "normal_region": 2}, key=key)
+    forcing = make_forcing(12, sc.num_regions, shock=jnp.zeros((12, 4)).at[5].set(0.5))
+    loss = jax.jit(lambda prm: _scalar_output(prm, sc, forcing))
+    grads = jax.grad(loss)(params)
+    h = 1e-6
+    checked = 0
+    for field in dataclasses.fields(Params):
+        value = getattr(params, field.name)
+        g = np.asarray(getattr(grads, field.name))
+        for index in np.ndindex(value.shape):
+            bump = jnp.zeros_like(value).at[index].set(h)
+            up = dataclasses.replace(params, **{field.name: value + bump})
+            down = dataclasses.replace(params, **{field.name: value - bump})
+            fd = (loss(up) - loss(down)) / (2 * h)
+            np.testing.assert_allclose(g[index], fd, rtol=1e-5, atol=1e-8, err_msg=field.name)
+            checked += 1
+    per_domain = sum(f.metadata["per_domain"] for f in dataclasses.fields(Params))
+    assert checked == len(dataclasses.fields(Params)) + per_domain * (K - 1)
+
+
+def test_positive_bounded_and_finite_over_200_years_under_extreme_drivers(key):
+    params = Params.from_natural(K)
+    counts = {n: 3 for n in ARCHETYPES}
+    sc = synthetic_regions(params, counts, key=key, ties_per_region=4)
+    R = sc.num_regions
+    k1, k2, k3 = jax.random.split(key, 3)
+    extreme = lambda k, shape: 6.0 * jnp.sign(jax.random.normal(k, shape))  # noqa: E731
+    drivers = dataclasses.replace(
+        sc.drivers,
+        connecting=extreme(k1, (R,)),
+        educating=-extreme(k1, (R,)),
+        migrating=extreme(k2, (R,)),
+        specializing=extreme(k3, (R, K)),
+        amenities=extreme(k2, (R,)),
+        anchors=-extreme(k3, (R,)),
+        middleground=extreme(k3, (R,)),
+        place_policy=-extreme(k2, (R,)),
+        openness=jnp.where(jnp.arange(R) % 2 == 0, 0.0, 4.0),
+        mne_presence=jnp.where(jnp.arange(R) % 3 == 0, 0.0, 6.0),
+        spawning_share=jnp.where(jnp.arange(R) % 2 == 0, 0.0, 1.0),
+    )
+    T = 200
+    shock = (jax.random.uniform(k1, (T, R)) < 0.1).astype(float)
+    forcing = make_forcing(T, R, shock=shock)
+    final, traj = simulate(params, sc.initial, drivers, sc.graph, forcing)
+    s = traj.regions
+    for name in ("active", "passive", "knowledge", "internationalization", "development"):
+        value = np.asarray(getattr(s, name))
+        assert np.all(np.isfinite(value)) and np.all(value > 0), name
+    for name in ("overlap", "local_connectedness", "catchment_share"):
+        value = np.asarray(getattr(s, name))
+        assert np.all((value > 0) & (value < 1)), name
+    for leaf in jax.tree_util.tree_leaves(traj.observations):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+    w = np.asarray(final.world.ties)
+    assert np.all((w > 0) & (w < 1))
+
+    def loss(prm):
+        _, t = simulate(prm, sc.initial, drivers, sc.graph, forcing, record_states=False)
+        return jnp.mean(jnp.log(t.observations.patents)) + jnp.mean(t.observations.nonlocal_share)
+
+    grads = jax.grad(loss)(params)
+    for leaf in jax.tree_util.tree_leaves(grads):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def test_no_retrace_on_a_second_call_of_the_same_shapes(scenario):
+    params, sc = scenario
+    R = sc.num_regions
+    simulate(params, sc.initial, sc.drivers, sc.graph, make_forcing(9, R))
+    before = eqx.debug.get_num_traces(_simulate)
+    other = Params.from_natural(K, educating_weight=2.0)
+    simulate(other, sc.initial, sc.drivers, sc.graph, make_forcing(9, R, shock=0.5))
+    simulate(params, sc.initial, sc.drivers, sc.graph, make_forcing(9, R, shock=0.1))
+    assert eqx.debug.get_num_traces(_simulate) == before
+    simulate(params, sc.initial, sc.drivers, sc.graph, make_forcing(13, R))  # a new shape traces once
+    assert eqx.debug.get_num_traces(_simulate) == before + 1
+
+
+def test_ensemble_equals_separate_runs(scenario):
+    params, sc = scenario
+    R = sc.num_regions
+    intensities = [0.0, 0.5, 1.0]
+    weights = [0.2, 0.5, 1.0]
+    forcings = [make_forcing(8, R, shock=jnp.zeros((8, R)).at[3].set(x)) for x in intensities]
+    draws = [Params.from_natural(K, educating_weight=w) for w in weights]
+    final, traj = simulate_ensemble(stack(draws), sc.initial, sc.drivers, sc.graph, stack(forcings))
+    assert traj.observations.patents.shape == (3, 8, R)
+    for i in range(3):
+        _, single = simulate(draws[i], sc.initial, sc.drivers, sc.graph, forcings[i], record_states=False)
+        np.testing.assert_allclose(traj.observations.patents[i], single.observations.patents, rtol=1e-12)
+
+
+def test_scenario_generator_is_seeded_and_counts_archetypes(key):
+    params = Params.from_natural(3)
+    counts = {"world_city": 2, "normal_region": 5, "specialized_cluster": 1}
+    a = synthetic_regions(params, counts, key=key)
+    b = synthetic_regions(params, counts, key=key)
+    c = synthetic_regions(params, counts, key=jax.random.key(1))
+    assert a.num_regions == 8 and a.drivers.specializing.shape == (8, 3)
+    assert sorted(a.archetype_names) == sorted(counts)
+    assert [int((a.archetype == i).sum()) for i in range(3)] == [counts[n] for n in a.archetype_names]
+    np.testing.assert_array_equal(a.drivers.connecting, b.drivers.connecting)
+    assert not np.allclose(a.drivers.connecting, c.drivers.connecting)
+    with pytest.raises(ValueError, match="unknown archetype"):
+        synthetic_regions(params, {"moon_base": 1}, key=key)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        synthetic_regions(params, {"world_city": -1}, key=key)
