@@ -1,0 +1,213 @@
+"""Typed configuration: the door between Hydra's `DictConfig` and the library.
+
+Hydra composes YAML from `conf/`; :func:`to_typed` merges it onto these dataclasses (so types are
+checked) and :func:`validate` checks values, raising :class:`ConfigError` that names the key.
+Nothing below the entry point takes a `DictConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+def conf_dir() -> Path:
+    """The folder of Hydra configs: packaged with a wheel, or `conf/` at the repository root."""
+    packaged = Path(__file__).parent / "conf"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+@dataclass
+class ModelConfig:
+    num_domains: int = 3
+    params: dict[str, Any] = field(default_factory=dict)  # natural-scale values by parameter name
+    x64: bool = False
+
+
+@dataclass
+class ShockConfig:
+    intensity: float = 0.0  # xi in [0, 1]
+    start: int = 20  # first year hit (1-based)
+    duration: int = 2  # years
+    archetypes: list[str] = field(default_factory=list)  # empty: every region
+
+
+@dataclass
+class LeversConfig:
+    """Policy levers, constant over years, added to every region's drivers."""
+
+    education: float = 0.0
+    openness: float = 0.0
+    middleground: float = 0.0
+    place_policy: float = 0.0
+    connecting: float = 0.0
+    spawning: float = 0.0
+
+
+@dataclass
+class MneConfig:
+    spawning_share: float | None = None  # phi in [0, 1] for every region; null: the archetype's own
+    presence_scale: float = 1.0
+
+
+@dataclass
+class ScenarioConfig:
+    name: str = "archetypes"
+    counts: dict[str, int] = field(default_factory=dict)
+    years: int = 50
+    seed: int = 0
+    noise: float = 0.3
+    ties_per_region: int = 4
+    shock: ShockConfig = field(default_factory=ShockConfig)
+    levers: LeversConfig = field(default_factory=LeversConfig)
+    mne: MneConfig = field(default_factory=MneConfig)
+
+
+@dataclass
+class OutputConfig:
+    csv: bool = True
+    figures: bool = True
+
+
+@dataclass
+class SimulateConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+SCHEMAS = {"simulate": SimulateConfig}
+
+
+def to_typed(cfg: DictConfig, schema: type) -> Any:
+    """Merge a composed config onto its schema and return the dataclass, validated."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        typed = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_one_line(error)) from None
+    validate(typed)
+    return typed
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    key = getattr(error, "full_key", None)
+    first = text[0] if text else type(error).__name__
+    return f"{key}: {first}" if key and key not in first else first
+
+
+def _require(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def _unit(x) -> bool:
+    return isinstance(x, (int, float)) and 0.0 <= x <= 1.0
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def validate(cfg: Any) -> None:
+    """Check values that types cannot; raise `ConfigError` naming the first bad key."""
+    from .scenario import ARCHETYPES
+
+    if isinstance(cfg, SimulateConfig):
+        validate_model(cfg.model)
+        s = cfg.scenario
+        _require(bool(s.counts), "scenario.counts", "a non-empty map of archetype -> count", s.counts)
+        for name, n in s.counts.items():
+            _require(name in ARCHETYPES, f"scenario.counts.{name}", f"one of {sorted(ARCHETYPES)}", name)
+            _require(n >= 0, f"scenario.counts.{name}", "a non-negative count", n)
+        _require(sum(s.counts.values()) > 0, "scenario.counts", "at least one region in all", s.counts)
+        _require(s.years >= 1, "scenario.years", "a positive number of years", s.years)
+        _require(s.noise >= 0, "scenario.noise", ">= 0", s.noise)
+        _require(s.ties_per_region >= 0, "scenario.ties_per_region", ">= 0", s.ties_per_region)
+        _require(_unit(s.shock.intensity), "scenario.shock.intensity", "a share in [0, 1]", s.shock.intensity)
+        _require(s.shock.start >= 1, "scenario.shock.start", "a year >= 1", s.shock.start)
+        _require(s.shock.duration >= 0, "scenario.shock.duration", ">= 0 years", s.shock.duration)
+        for name in s.shock.archetypes:
+            _require(name in ARCHETYPES, "scenario.shock.archetypes", f"names from {sorted(ARCHETYPES)}", name)
+        for f in dataclasses.fields(s.levers):
+            value = getattr(s.levers, f.name)
+            _require(_finite(value), f"scenario.levers.{f.name}", "a finite number", value)
+        _require(s.levers.spawning >= 0, "scenario.levers.spawning", ">= 0", s.levers.spawning)
+        phi = s.mne.spawning_share
+        _require(phi is None or _unit(phi), "scenario.mne.spawning_share", "null or a share in [0, 1]", phi)
+        _require(s.mne.presence_scale >= 0, "scenario.mne.presence_scale", ">= 0", s.mne.presence_scale)
+    elif isinstance(cfg, ModelConfig):
+        validate_model(cfg)
+
+
+def validate_model(model: ModelConfig) -> None:
+    from .model import Params
+
+    _require(model.num_domains >= 1, "model.num_domains", "a positive integer", model.num_domains)
+    try:
+        Params.from_natural(model.num_domains, **dict(model.params))
+    except ValueError as error:
+        raise ConfigError(f"model.params: {error}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Config -> library objects
+# --------------------------------------------------------------------------------------------
+
+
+def build_params(model: ModelConfig):
+    """`Params` from the model config (natural-scale values, defaults for the rest)."""
+    from .model import Params
+
+    return Params.from_natural(model.num_domains, **dict(model.params))
+
+
+def build_scenario(params, scenario: ScenarioConfig):
+    """Synthetic regions from the scenario config."""
+    import jax
+
+    from .scenario import synthetic_regions
+
+    return synthetic_regions(
+        params,
+        dict(scenario.counts),
+        key=jax.random.key(scenario.seed),
+        noise=scenario.noise,
+        ties_per_region=scenario.ties_per_region,
+        spawning_share=scenario.mne.spawning_share,
+        mne_presence_scale=scenario.mne.presence_scale,
+    )
+
+
+def build_forcing(scenario_cfg: ScenarioConfig, scenario):
+    """Levers (constant over years) and the shock window from the scenario config."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from .model import Levers
+    from .simulate import make_forcing
+
+    years, num_regions = scenario_cfg.years, scenario.num_regions
+    shock_cfg = scenario_cfg.shock
+    hit = np.ones(num_regions, bool)
+    if shock_cfg.archetypes:
+        chosen = [i for i, n in enumerate(scenario.archetype_names) if n in shock_cfg.archetypes]
+        hit = np.isin(scenario.archetype, chosen)
+    window = np.zeros(years)
+    window[shock_cfg.start - 1 : shock_cfg.start - 1 + shock_cfg.duration] = shock_cfg.intensity
+    shock = jnp.asarray(window[:, None] * hit[None, :])
+    levers = Levers(**{f.name: getattr(scenario_cfg.levers, f.name) for f in dataclasses.fields(LeversConfig)})
+    return make_forcing(years, num_regions, levers=levers, shock=shock)
