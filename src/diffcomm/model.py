@@ -453,18 +453,18 @@ def activation_rate(p: NaturalParams, s: RegionState, d: Drivers) -> Array:
     return p.activation_max * jax.nn.sigmoid(logit)
 
 
-def critical_mass_switch(p: NaturalParams, active: Array) -> Array:
-    """Near 0 below the critical mass A*, near 1 above it (K,)."""
-    return jax.nn.sigmoid(p.critical_mass_steepness * (jnp.log(active) - jnp.log(p.critical_mass)))
+def critical_mass_switch(p: NaturalParams, log_active: Array) -> Array:
+    """Near 0 below the critical mass A*, near 1 above it (K,); takes log A."""
+    return jax.nn.sigmoid(p.critical_mass_steepness * (log_active - jnp.log(p.critical_mass)))
 
 
-def reproduction(p: NaturalParams, s: RegionState) -> Array:
+def reproduction(p: NaturalParams, s: RegionState, log_active: Array) -> Array:
     """Self-sustaining growth of active members, fed by internationalization (K,).
 
     Only above the critical mass; it saturates at the carrying capacity so that communities stay
     finite (the capacity is an addition to version 1 of the equations).
     """
-    per_member = p.reproduction_rate * s.internationalization * critical_mass_switch(p, s.active)
+    per_member = p.reproduction_rate * s.internationalization * critical_mass_switch(p, log_active)
     return per_member * s.active / (1.0 + s.active / p.carrying_capacity)
 
 
@@ -488,9 +488,9 @@ def overlap_formation(p: NaturalParams, s: RegionState, d: Drivers, members: Arr
     return p.overlap_rate * jax.nn.sigmoid(logit) * (1.0 - p.shock_on_fairs * shock)
 
 
-def cognitive_distance(frontier: Array, knowledge: Array) -> Array:
-    """d = log(I / G): how far a source's knowledge lies beyond the learner's."""
-    return jnp.log(frontier) - jnp.log(knowledge)
+def cognitive_distance(log_source: Array, log_learner: Array) -> Array:
+    """d = log(G_source / G_learner): how far a source's knowledge lies beyond the learner's."""
+    return log_source - log_learner
 
 
 def absorption(p: NaturalParams, distance: Array) -> Array:
@@ -499,22 +499,24 @@ def absorption(p: NaturalParams, distance: Array) -> Array:
     return x * jnp.exp(1.0 - x)
 
 
-def lock_in(p: NaturalParams, s: RegionState, d: Drivers) -> Array:
-    """(o + X)^nu: low openness and low overlap damp learning returns (K,)."""
-    return (d.openness + s.overlap) ** p.lock_in_exponent
+def log_lock_in(p: NaturalParams, s: RegionState, d: Drivers) -> Array:
+    """log (o + X)^nu: low openness and low overlap damp learning returns (K,)."""
+    return p.lock_in_exponent * jnp.log(d.openness + s.overlap)
 
 
-def local_buzz(p: NaturalParams, s: RegionState, d: Drivers) -> Array:
-    """Knowledge from local buzz: concave in active members, rising with specialization (K,)."""
-    return (
-        p.buzz_scale
-        * s.active**p.buzz_elasticity
-        * jnp.exp(p.buzz_specialization_weight * d.specializing)
-        * lock_in(p, s, d)
+def local_buzz(p: NaturalParams, s: RegionState, d: Drivers, log_active: Array | None = None) -> Array:
+    """Knowledge from local buzz, beta_b A^alpha exp(w_sb s) (o + X)^nu (K,).
+
+    Concave in active members, rising with specialization, damped by lock-in. Computed as one
+    exponential of a sum of logs (one transcendental instead of four).
+    """
+    log_active = jnp.log(s.active) if log_active is None else log_active
+    return p.buzz_scale * jnp.exp(
+        p.buzz_elasticity * log_active + p.buzz_specialization_weight * d.specializing + log_lock_in(p, s, d)
     )
 
 
-def frontier_pipeline(p: NaturalParams, s: RegionState, frontier: Array) -> Array:
+def frontier_pipeline(p: NaturalParams, s: RegionState, frontier: Array, log_knowledge: Array) -> Array:
     """Knowledge from the international frontier through overlapping members (K,).
 
     The reach of the pipeline, `1 - exp(-beta_p X A)`, is about `beta_p X A` for small
@@ -522,16 +524,16 @@ def frontier_pipeline(p: NaturalParams, s: RegionState, frontier: Array) -> Arra
     the frontier in a year however large it is; without this the frontier and local knowledge
     could feed each other without bound.
     """
-    gain = absorption(p, cognitive_distance(frontier, s.knowledge))
+    gain = absorption(p, cognitive_distance(jnp.log(frontier), log_knowledge))
     return _leave(p.pipeline_scale * s.overlap * s.active) * gain * s.knowledge
 
 
-def internationalization_target(p: NaturalParams, s: RegionState, d: Drivers, shock: Array) -> Array:
+def internationalization_target(p: NaturalParams, s: RegionState, d: Drivers, shock: Array, log_active: Array) -> Array:
     """Yearly gain of internationalization (K,); a shock stops part of it."""
     logit = (
         p.export_bias
         + p.export_overlap_weight * s.overlap
-        + p.export_community_weight * jnp.log(s.active)
+        + p.export_community_weight * log_active
         + p.export_mne_weight * d.mne_presence
     )
     return p.export_rate * jax.nn.sigmoid(logit) * (1.0 - p.shock_on_exports * shock)
@@ -586,19 +588,20 @@ def region_step(
 
     **Returns:** the region's state a year later, and its flows.
     """
+    log_active, log_knowledge = jnp.log(s.active), jnp.log(s.knowledge)
     inflow = inflow_of_new_members(p, s, d, shock)
     act_rate = activation_rate(p, s, d)
     leaving_passive = _leave(act_rate + p.passive_attrition) * s.passive
     activation = leaving_passive * act_rate / (act_rate + p.passive_attrition)
-    grown = reproduction(p, s)
+    grown = reproduction(p, s, log_active)
     active = s.active * jnp.exp(-attrition_rate(p, s, d)) + activation + grown
     passive = s.passive - leaving_passive + inflow
 
     new_overlap = overlap_formation(p, s, d, world.international_members, shock)
     overlap = s.overlap * (1.0 - p.overlap_decay) + (1.0 - s.overlap) * new_overlap
 
-    buzz = local_buzz(p, s, d)
-    pipeline = frontier_pipeline(p, s, world.frontier) + p.tie_scale * tie_knowledge
+    buzz = local_buzz(p, s, d, log_active)
+    pipeline = frontier_pipeline(p, s, world.frontier, log_knowledge) + p.tie_scale * tie_knowledge
     # pipelines make buzz more productive; pipe/(G + pipe) keeps the boost below 1 + eta
     knowledge = (
         s.knowledge * (1.0 - p.ubiquitification)
@@ -607,7 +610,7 @@ def region_step(
     )
 
     internationalization = s.internationalization * (1.0 - p.export_decay) + internationalization_target(
-        p, s, d, shock
+        p, s, d, shock, log_active
     )
     development = (
         s.development * (1.0 - p.development_decay)
@@ -638,9 +641,15 @@ def region_step(
 
 
 def tie_knowledge(p: NaturalParams, knowledge: Float[Array, "r k"], graph: Graph, ties: Array) -> Array:
-    """Knowledge reaching each region through its incoming ties, (R, K), by `segment_sum`."""
-    sender, receiver = knowledge[graph.source], knowledge[graph.target]
-    flow = ties[:, None] * absorption(p, cognitive_distance(sender, receiver)) * sender
+    """Knowledge reaching each region through its incoming ties, (R, K), by `segment_sum`.
+
+    Per edge: W absorption(log G_s - log G_r) G_s, written as W x exp(1 - x + log G_s) with
+    x = relu(log G_s - log G_r) / d*, so that an edge costs one exponential.
+    """
+    log_knowledge = jnp.log(knowledge)
+    log_sender = log_knowledge[graph.source]
+    x = jax.nn.relu(cognitive_distance(log_sender, log_knowledge[graph.target])) / p.best_distance
+    flow = ties[:, None] * x * jnp.exp(1.0 - x + log_sender)
     return jax.ops.segment_sum(flow, graph.target, num_segments=knowledge.shape[0])
 
 

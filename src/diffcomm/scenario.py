@@ -174,21 +174,21 @@ def _rank_within(labels: np.ndarray) -> np.ndarray:
 
 
 def _random_ties(k_edges, k_aff, connecting, ties_per_region: int) -> Graph:
-    """Each region receives `ties_per_region` ties from sources drawn in proportion to exp(connecting)."""
+    """Each region receives `ties_per_region` ties from sources drawn in proportion to exp(connecting).
+
+    Memory is O(R): sources come from the cumulative distribution, and a draw of the region
+    itself moves to the next region.
+    """
     num_regions = connecting.shape[0]
     if ties_per_region == 0 or num_regions < 2:
         return Graph.empty()
-    logits = jnp.broadcast_to(connecting, (num_regions, num_regions))
-    logits = jnp.where(jnp.eye(num_regions, dtype=bool), -jnp.inf, logits) if num_regions <= 4096 else logits
-    if num_regions <= 4096:
-        source = jax.random.categorical(k_edges, logits[:, None, :], axis=-1, shape=(num_regions, ties_per_region))
-    else:  # large R: sample without the R x R matrix; a rare self-tie carries no knowledge (distance 0)
-        cdf = jnp.cumsum(jax.nn.softmax(connecting))
-        u = jax.random.uniform(k_edges, (num_regions, ties_per_region))
-        source = jnp.minimum(jnp.searchsorted(cdf, u), num_regions - 1)
-    target = jnp.repeat(jnp.arange(num_regions), ties_per_region)
+    cdf = jnp.cumsum(jax.nn.softmax(connecting))
+    u = jax.random.uniform(k_edges, (num_regions, ties_per_region)) * cdf[-1]
+    source = jnp.minimum(jnp.searchsorted(cdf, u), num_regions - 1)
+    target = jnp.broadcast_to(jnp.arange(num_regions)[:, None], source.shape)
+    source = jnp.where(source == target, (source + 1) % num_regions, source)
     affinity = jax.random.uniform(k_aff, (num_regions * ties_per_region,))
-    return Graph(source.reshape(-1), target, affinity)
+    return Graph(source.reshape(-1), target.reshape(-1), affinity)
 
 
 def with_drivers(scenario: Scenario, **changes) -> Scenario:

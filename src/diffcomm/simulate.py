@@ -51,6 +51,7 @@ def _simulate(
     graph: Graph,
     forcing: Forcing,
     record_states: bool,
+    checkpoint: bool = False,
 ) -> tuple[State, Trajectory]:
     p = params.natural()
 
@@ -61,6 +62,8 @@ def _simulate(
             return new_state, (observations, new_state.regions, flows)
         return new_state, (observations, None, None)
 
+    if checkpoint:  # recompute each year's internals on the backward pass instead of storing them
+        one_year = jax.checkpoint(one_year)
     final, (observations, regions, flows) = jax.lax.scan(one_year, initial, (forcing.levers, forcing.shock))
     return final, Trajectory(observations, regions, flows)
 
@@ -73,6 +76,7 @@ def simulate(
     forcing: Forcing,
     *,
     record_states: bool = True,
+    checkpoint: bool = False,
 ) -> tuple[State, Trajectory]:
     """Simulate T years for R regions.
 
@@ -84,6 +88,8 @@ def simulate(
     - `graph`: cross-local tie graph.
     - `forcing`: levers and shocks, leading axes (T, R); T is the number of years simulated.
     - `record_states`: also return the regional state and flows every year.
+    - `checkpoint`: under reverse-mode differentiation, recompute each year's intermediate values
+      instead of storing them (`jax.checkpoint`): memory O(T R) instead of O(T R x internals).
 
     **Returns:** `(final_state, trajectory)`; the trajectory has leading axes (T, R).
 
@@ -92,7 +98,7 @@ def simulate(
     traj.observations.patents  # (50, R)
     ```
     """
-    return _simulate_jit(params, initial, drivers, graph, forcing, record_states)
+    return _simulate_jit(params, initial, drivers, graph, forcing, record_states, checkpoint)
 
 
 _simulate_jit = eqx.filter_jit(_simulate)

@@ -1,0 +1,124 @@
+"""The model's year step in plain NumPy: vectorized over regions, looped over years.
+
+A yardstick for the JAX version (same equations, same order of updates); `bench_simulate.py`
+checks that both give the same numbers before timing them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _logit(x):
+    return np.log(x) - np.log1p(-x)
+
+
+def _leave(rate):
+    return -np.expm1(-rate)
+
+
+def _absorption(p, distance):
+    x = np.maximum(distance, 0.0) / p["best_distance"]
+    return x * np.exp(1.0 - x)
+
+
+def simulate_numpy(p: dict, state: dict, drivers: dict, graph: dict, levers: dict, shock: np.ndarray) -> dict:
+    """Simulate T years; returns observations, each (T, R).
+
+    **Arguments:** natural parameters by name; state arrays (`active`, ... (R, K) and (R,), plus
+    `international_members`, `frontier` (K,) and `ties` (E,)); drivers by name ((R,) or (R, K));
+    graph `source`, `target`, `affinity`; levers by name, each (T, R); shock (T, R).
+    """
+    s = {k: v.copy() for k, v in state.items()}
+    src, tgt, aff = graph["source"], graph["target"], graph["affinity"]
+    num_years, num_regions = shock.shape
+    num_domains = s["active"].shape[1]
+    out = {k: np.empty((num_years, num_regions), shock.dtype) for k in
+           ("patents", "coinvention_share", "nonlocal_share", "exports_intensity", "development")}
+    col = lambda x: x[:, None]  # noqa: E731
+    mean_clockspeed = p["clockspeed"].mean()
+    for t in range(num_years):
+        xi = shock[t]
+        educating = drivers["educating"] + levers["education"][t]
+        openness = drivers["openness"] + levers["openness"][t]
+        middleground = drivers["middleground"] + levers["middleground"][t]
+        policy = drivers["place_policy"] + levers["place_policy"][t]
+        connecting = drivers["connecting"] + levers["connecting"][t]
+        phi = drivers["spawning_share"] + (1.0 - drivers["spawning_share"]) * _leave(levers["spawning"][t])
+        A, P, X, G, F = s["active"], s["passive"], s["overlap"], s["knowledge"], s["internationalization"]
+        Y, Lc, S = s["development"], s["local_connectedness"], s["catchment_share"]
+
+        # cross-local ties
+        sender, receiver = G[src], G[tgt]
+        flow = s["ties"][:, None] * _absorption(p, np.log(sender) - np.log(receiver)) * sender
+        from_ties = np.stack([np.bincount(tgt, flow[:, k], minlength=num_regions) for k in range(num_domains)], 1)
+        from_ties = from_ties.astype(G.dtype)
+
+        log_y = np.log(Y)
+        amenities = drivers["amenities"] + p["development_amenity_weight"] * log_y
+        log_inflow = col(
+            p["inflow_bias"] + p["educating_weight"] * educating
+            + p["migrating_weight"] * drivers["migrating"] * (1.0 + openness)
+            + p["connecting_weight"] * connecting + p["amenity_weight"] * amenities
+            + p["development_inflow_weight"] * log_y
+        ) + p["specializing_weight"] * drivers["specializing"]
+        inflow = np.exp(log_inflow) * col(1.0 - p["shock_on_migration"] * xi)
+        act = p["activation_max"] * _sigmoid(
+            col(p["activation_bias"] + p["middleground_weight"] * middleground + p["policy_weight"] * policy
+                + p["anchor_weight"] * drivers["anchors"])
+            + p["internationalization_activation_weight"] * F
+        )
+        leaving = _leave(act + p["passive_attrition"]) * P
+        activation = leaving * act / (act + p["passive_attrition"])
+        switch = _sigmoid(p["critical_mass_steepness"] * (np.log(A) - np.log(p["critical_mass"])))
+        grown = p["reproduction_rate"] * F * switch * A / (1.0 + A / p["carrying_capacity"])
+        attrition = p["active_attrition"] * np.exp(-p["amenity_weight"] * amenities)
+        A_new = A * np.exp(-col(attrition)) + activation + grown
+        P_new = P - leaving + inflow
+
+        new_overlap = p["overlap_rate"] * _sigmoid(
+            col(p["overlap_bias"] + p["connecting_weight"] * connecting + p["middleground_overlap_weight"] * middleground)
+            + p["international_pull_weight"] * np.log(s["international_members"] / p["international_base"])
+        ) * col(1.0 - p["shock_on_fairs"] * xi)
+        X_new = X * (1.0 - p["overlap_decay"]) + (1.0 - X) * new_overlap
+
+        buzz = (p["buzz_scale"] * A ** p["buzz_elasticity"] * np.exp(p["buzz_specialization_weight"] * drivers["specializing"])
+                * (col(drivers["openness"] + levers["openness"][t]) + X) ** p["lock_in_exponent"])
+        pipeline = (_leave(p["pipeline_scale"] * X * A) * _absorption(p, np.log(s["frontier"]) - np.log(G)) * G
+                    + p["tie_scale"] * from_ties)
+        G_new = G * (1.0 - p["ubiquitification"]) + buzz * (1.0 + p["complementarity"] * pipeline / (G + pipeline)) + pipeline
+
+        F_new = F * (1.0 - p["export_decay"]) + p["export_rate"] * _sigmoid(
+            p["export_bias"] + p["export_overlap_weight"] * X + p["export_community_weight"] * np.log(A)
+            + col(p["export_mne_weight"] * drivers["mne_presence"])
+        ) * col(1.0 - p["shock_on_exports"] * xi)
+        Y_new = (Y * (1.0 - p["development_decay"]) + p["development_decay"]
+                 + p["development_export_gain"] * F.sum(1) + p["development_knowledge_gain"] * np.log1p(G.sum(1)))
+        erosion = p["orchestration_erosion"] * drivers["mne_presence"] * (1.0 - phi) * F.mean(1)
+        renewal = (p["spawning_renewal"] * drivers["mne_presence"] * phi * mean_clockspeed
+                   + p["policy_renewal"] * np.logaddexp(0.0, policy))
+        Lc_new = Lc * np.exp(-erosion) + _leave(renewal) * (1.0 - Lc)
+        S_new = S + p["catchment_rate"] * (Lc_new * p["catchment_ceiling"] - S)
+
+        members = p["international_base"] + (X_new * A_new).sum(0)
+        target = p["frontier_base"] + p["frontier_contribution"] * (X_new * A_new * G_new).sum(0) / members
+        frontier = s["frontier"] + p["frontier_rate"] * (target - s["frontier"])
+        mean_overlap = X_new.mean(1)
+        formation = p["tie_formation"] * aff * mean_overlap[src] * mean_overlap[tgt]
+        ties = s["ties"] * (1.0 - p["tie_decay"]) + (1.0 - s["ties"]) * formation
+
+        s.update(active=A_new, passive=P_new, overlap=X_new, knowledge=G_new, internationalization=F_new,
+                 development=Y_new, local_connectedness=Lc_new, catchment_share=S_new,
+                 international_members=members, frontier=frontier, ties=ties)
+        logit_overlap = _logit(mean_overlap)
+        out["patents"][t] = np.exp(p["patents_intercept"] + p["patents_knowledge_elasticity"] * np.log(G_new.sum(1)))
+        out["coinvention_share"][t] = _sigmoid(p["coinvention_intercept"] + p["coinvention_slope"] * logit_overlap)
+        out["nonlocal_share"][t] = _sigmoid(p["nonlocal_intercept"] + p["nonlocal_connectedness_slope"] * _logit(1.0 - Lc_new)
+                                            + p["nonlocal_overlap_slope"] * logit_overlap)
+        out["exports_intensity"][t] = F_new.mean(1)
+        out["development"][t] = Y_new
+    return out
