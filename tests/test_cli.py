@@ -1,5 +1,6 @@
 """Config groups compose; the CLI runs end to end, sweeps, and refuses bad overrides in one line."""
 
+import logging
 import json
 import sys
 
@@ -20,6 +21,7 @@ def clean_argv(monkeypatch):
     GlobalHydra.instance().clear()
     yield
     GlobalHydra.instance().clear()
+    logging.getLogger().handlers.clear()  # Hydra's job logging holds the test's captured stream
 
 
 def group_options(command: str):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -19,11 +18,15 @@ USAGE = """usage: diffcomm <command> [-m] [key=value ...]
 
 commands:
   simulate   simulate a scenario of synthetic regions and write trajectories, summary, figures
+  calibrate  fit the model to observed patents and linkages (default: US metros 2000-2010)
+  forecast   forecast patents from a calibrated run: run=<folder> years=2011-2015
 
 Overrides follow Hydra's syntax, e.g.
   diffcomm simulate scenario.years=30 scenario.levers.middleground=1
   diffcomm simulate -m scenario.shock.intensity=0,0.5,1
   diffcomm simulate experiment=disruption
+  diffcomm calibrate fit.restarts=8
+  diffcomm forecast run=outputs/calibrate/<time> years=2011-2015
 """
 
 MAX_CHECKED_COMBINATIONS = 256
@@ -104,46 +107,23 @@ def _plain(cfg) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# simulate
+# tasks: typed config at the door, the work in commands.py
 # --------------------------------------------------------------------------------------------
 
 
-def _simulate_task(cfg) -> None:
-    typed = _typed_or_exit("simulate", cfg)
-    run_simulate(typed, _output_dir(), plain_config=_plain(cfg))
+def _task(command: str) -> Callable:
+    def task(cfg) -> None:
+        from . import commands
+        from .data import DataError
 
+        typed = _typed_or_exit(command, cfg)
+        work = {"simulate": commands.run_simulate, "calibrate": commands.run_calibrate, "forecast": commands.run_forecast}
+        try:
+            work[command](typed, _output_dir(), plain_config=_plain(cfg))
+        except (ConfigError, DataError, FloatingPointError) as error:
+            raise SystemExit(_fail(command, str(error)))
 
-def run_simulate(cfg, out_dir: Path, *, plain_config: dict | None = None) -> dict:
-    """Simulate the configured scenario and write its outputs into `out_dir`."""
-    import jax
-
-    if cfg.model.x64:
-        jax.config.update("jax_enable_x64", True)
-    from .config import build_forcing, build_params, build_scenario
-    from .report import write_simulation
-    from .simulate import simulate
-
-    params = build_params(cfg.model)
-    scenario = build_scenario(params, cfg.scenario)
-    forcing = build_forcing(cfg.scenario, scenario)
-    start = time.perf_counter()
-    _, traj = simulate(params, scenario.initial, scenario.drivers, scenario.graph, forcing)
-    jax.block_until_ready(traj)
-    seconds = time.perf_counter() - start
-    summary = write_simulation(
-        out_dir,
-        scenario,
-        traj,
-        config=plain_config or {},
-        seconds=seconds,
-        csv=cfg.output.csv,
-        figures=cfg.output.figures,
-    )
-    print(
-        f"simulated {scenario.num_regions} regions x {cfg.scenario.years} years "
-        f"({seconds:.2f} s with compilation) -> {out_dir}"
-    )
-    return summary
+    return task
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,7 +138,7 @@ def _typed_or_exit(command: str, cfg):
         raise SystemExit(_fail(command, str(error)))
 
 
-TASKS: dict[str, Callable] = {"simulate": _simulate_task}
+TASKS: dict[str, Callable] = {name: _task(name) for name in ("simulate", "calibrate", "forecast")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -88,7 +89,97 @@ class SimulateConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
-SCHEMAS = {"simulate": SimulateConfig}
+@dataclass
+class DriverTermConfig:
+    column: str = "???"
+    transform: str = "identity"  # identity, log, log1p
+    per_capita: bool = False  # divide by population in thousands first
+    missing: str = "error"  # zero, mean, error
+
+
+@dataclass
+class DataConfig:
+    """Where the observations come from and how covariates become drivers (paths relative to
+    the shipped data folder unless absolute)."""
+
+    name: str = "us_cbsa"
+    patents: str = "us_cbsa/patents.csv"
+    covariates: str = "us_cbsa/covariates.csv"
+    covariate_duplicates: str = "error"  # error, or first (keep the first row of a repeated region)
+    clusters: str | None = "us_cbsa/clusters_2016.csv"
+    linkages: str | None = "us_msa_transfers/by_msa_period.csv"
+    linkage_period: str = "2000-2023"
+    edges: str | None = "us_msa_transfers/intercity_edges.csv"
+    edge_period: str = "2000-2023"
+    first_year: int = 2000
+    last_year: int = 2010
+    min_edge_weight: float = 1.0
+    regions: list[str] = field(default_factory=list)  # region codes to keep; empty: all
+    drivers: Dict[str, List[DriverTermConfig]] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"
+    line_search: bool = False  # true for optax.lbfgs
+    transform: dict[str, Any] = field(default_factory=dict)  # instantiated with hydra: _target_ ...
+
+
+@dataclass
+class FitConfig:
+    free: list[str] = field(default_factory=list)
+    restarts: int = 4
+    steps: int = 1000
+    spread: float = 0.3
+    patience: int = 100
+    tolerance: float = 1e-6
+    checkpoint_every: int = 50
+    seed: int = 0
+    stop_after: int | None = None
+    prior_scale: float | None = 1.0  # sd of the Gaussian prior on the unconstrained scale; null: none
+    polish_steps: int = 300  # L-BFGS steps from the best restart (0: none)
+    progress: bool = True
+
+
+@dataclass
+class EvaluationConfig:
+    rolling_origin: bool = True
+    train_last_year: int = 2007  # fit through this year, forecast the rest of the data
+    draws: int = 200
+    level: float = 0.9
+    largest_regions: int = 12
+
+
+@dataclass
+class CalibrateConfig:
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(num_domains=1, x64=True))
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+
+@dataclass
+class ForecastConfig:
+    run: str = "???"  # a calibrated run folder
+    years: str = "???"  # e.g. 2011-2015
+    draws: int = 200
+    level: float = 0.9
+    seed: int = 0
+
+
+SCHEMAS = {"simulate": SimulateConfig, "calibrate": CalibrateConfig, "forecast": ForecastConfig}
+
+
+def parse_years(text: str, key: str = "years") -> tuple[int, int]:
+    """'2011-2015' -> (2011, 2015); a single year is a span of one."""
+    match = re.fullmatch(r"\s*(\d{4})\s*(?:-\s*(\d{4}))?\s*", str(text))
+    if not match:
+        raise ConfigError(f"{key} must look like 2011-2015, got {text!r}")
+    first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+    if last < first:
+        raise ConfigError(f"{key}: the last year {last} comes before the first {first}")
+    return first, last
 
 
 def to_typed(cfg: DictConfig, schema: type) -> Any:
@@ -151,6 +242,48 @@ def validate(cfg: Any) -> None:
         _require(s.mne.presence_scale >= 0, "scenario.mne.presence_scale", ">= 0", s.mne.presence_scale)
     elif isinstance(cfg, ModelConfig):
         validate_model(cfg)
+    elif isinstance(cfg, CalibrateConfig):
+        validate_model(cfg.model)
+        d = cfg.data
+        _require(d.first_year < d.last_year, "data.last_year", f"after data.first_year ({d.first_year})", d.last_year)
+        _require(d.covariate_duplicates in ("error", "first"), "data.covariate_duplicates", "error or first", d.covariate_duplicates)
+        _require(d.min_edge_weight >= 0, "data.min_edge_weight", ">= 0", d.min_edge_weight)
+        for code in d.regions:
+            _require(bool(re.fullmatch(r"\d{5}", str(code))), "data.regions",
+                     "5-digit region codes (quote codes with leading zeros, e.g. ['00901'])", code)
+        for driver, terms in d.drivers.items():
+            for i, term in enumerate(terms):
+                key = f"data.drivers.{driver}[{i}]"
+                if isinstance(term, dict):  # OmegaConf leaves dataclasses nested in dict-of-lists as dicts
+                    unknown = sorted(set(term) - {f.name for f in dataclasses.fields(DriverTermConfig)})
+                    _require(not unknown, key, "keys column, transform, per_capita, missing", unknown)
+                    _require("column" in term, f"{key}.column", "a covariate column name", None)
+                    term = terms[i] = DriverTermConfig(**term)
+                _require(term.transform in ("identity", "log", "log1p"), f"{key}.transform", "identity, log or log1p", term.transform)
+                _require(term.missing in ("zero", "mean", "error"), f"{key}.missing", "zero, mean or error", term.missing)
+        from .model import Params
+
+        known = {f.name for f in dataclasses.fields(Params)}
+        for name in cfg.fit.free:
+            _require(name in known, "fit.free", f"names of model parameters ({sorted(known)})", name)
+        _require(len(cfg.fit.free) > 0, "fit.free", "at least one parameter", cfg.fit.free)
+        f = cfg.fit
+        for key, value in (("restarts", f.restarts), ("steps", f.steps), ("patience", f.patience)):
+            _require(value >= 1, f"fit.{key}", ">= 1", value)
+        _require(f.spread >= 0, "fit.spread", ">= 0", f.spread)
+        _require(f.prior_scale is None or f.prior_scale > 0, "fit.prior_scale", "> 0 or null", f.prior_scale)
+        _require(f.polish_steps >= 0, "fit.polish_steps", ">= 0", f.polish_steps)
+        e = cfg.evaluation
+        _require(0 < e.level < 1, "evaluation.level", "a share in (0, 1)", e.level)
+        _require(e.draws >= 10, "evaluation.draws", ">= 10", e.draws)
+        if e.rolling_origin:
+            _require(d.first_year < e.train_last_year < d.last_year, "evaluation.train_last_year",
+                     f"strictly between data.first_year ({d.first_year}) and data.last_year ({d.last_year})", e.train_last_year)
+    elif isinstance(cfg, ForecastConfig):
+        parse_years(cfg.years)
+        _require(cfg.draws >= 10, "draws", ">= 10", cfg.draws)
+        _require(0 < cfg.level < 1, "level", "a share in (0, 1)", cfg.level)
+        _require(Path(cfg.run).is_dir(), "run", "an existing calibrated run folder", cfg.run)
 
 
 def validate_model(model: ModelConfig) -> None:

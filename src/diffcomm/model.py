@@ -148,6 +148,7 @@ class Params(eqx.Module):
     nonlocal_intercept: Float[Array, ""] = _parameter(_REAL, 0.0, "theta_n0: logit non-local connection share")
     nonlocal_connectedness_slope: Float[Array, ""] = _parameter(_REAL, 1.0, "theta_n1: response to logit (1 - Lc)")
     nonlocal_overlap_slope: Float[Array, ""] = _parameter(_REAL, 0.5, "theta_n2: response to logit overlap")
+    nonlocal_concentration: Float[Array, ""] = _parameter(_POSITIVE, 20.0, "beta-binomial concentration of connection counts")
 
     def __check_init__(self):
         shapes = {f.name: jnp.shape(getattr(self, f.name)) for f in dataclasses.fields(self)}

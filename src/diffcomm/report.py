@@ -196,3 +196,108 @@ def write_simulation(
     }
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration and forecasts
+# --------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    _pyplot().close(fig)
+
+
+def plot_loss_history(history: dict, path: Path, *, title: str = "") -> None:
+    """Loss of every restart over optimizer steps."""
+    plt = _pyplot()
+    loss = np.asarray(history["loss"], dtype=float)
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    for r in range(loss.shape[1]):
+        ax.plot(np.arange(1, len(loss) + 1), loss[:, r], lw=1, label=f"start {r}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss per observation (NLL + prior)")
+    ax.set_yscale("log")
+    ax.set_title(title or "calibration loss")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_observed_vs_fitted(
+    years: np.ndarray, observed: np.ndarray, fitted: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+    names: tuple[str, ...], path: Path, *, largest: int = 12, extra: dict | None = None,
+) -> None:
+    """Aggregate series and a panel of the largest regions: observed points, fitted line, band.
+
+    `extra`: optional name -> (years, values (T, R)) lines to add (e.g. a forecast).
+    """
+    plt = _pyplot()
+    order = np.argsort(-np.nansum(observed, axis=0))[:largest]
+    cols = 4
+    rows = 1 + int(np.ceil(len(order) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(16, 3.2 * rows), constrained_layout=True)
+    axes = np.atleast_2d(axes)
+    top = fig.add_subplot(rows, 1, 1)
+    for ax in axes[0]:
+        ax.remove()
+    series = [("all regions", slice(None))] + [(names[i], i) for i in order]
+    for k, (label, idx) in enumerate(series):
+        ax = top if k == 0 else axes.ravel()[cols + k - 1]
+        agg = (lambda a: np.nansum(a, axis=1)) if k == 0 else (lambda a, i=idx: a[:, i])
+        ax.fill_between(years, agg(lower), agg(upper), alpha=0.2, color="C0", label="90% interval" if k == 0 else None)
+        ax.plot(years, agg(fitted), color="C0", label="model" if k == 0 else None)
+        ax.plot(years, agg(observed), "o", color="k", ms=3, label="observed" if k == 0 else None)
+        for j, (name, (extra_years, values)) in enumerate((extra or {}).items()):
+            ax.plot(extra_years, agg(values), ls="--", color=f"C{j + 1}", label=name if k == 0 else None)
+        ax.set_title(label[:40], fontsize=9 if k else 11)
+    top.legend(fontsize=8)
+    top.set_ylabel("patents")
+    for ax in axes.ravel()[cols + len(series) - 1:]:
+        ax.remove()
+    _save(fig, path)
+
+
+def parameter_table(names: list[str], values: np.ndarray, se: np.ndarray, docs: dict[str, str]) -> pd.DataFrame:
+    """Fitted parameters on their natural scale with standard errors and a 95% interval."""
+    base = [n.split("[")[0] for n in names]
+    return pd.DataFrame(
+        {"parameter": names, "value": values, "se": se, "lower95": values - 1.96 * se, "upper95": values + 1.96 * se,
+         "meaning": [docs.get(b, "") for b in base]}
+    )
+
+
+def nb_deviance(observed: np.ndarray, mean: np.ndarray, dispersion: float) -> float:
+    """Negative binomial deviance over observed cells (NaN cells skipped)."""
+    y, mu, r = observed, mean, dispersion
+    mask = ~np.isnan(y)
+    y, mu = y[mask], mu[mask]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.where(y > 0, y * np.log(y / mu), 0.0)
+    second = (y + r) * np.log((y + r) / (mu + r))
+    return float(2 * np.sum(first - second))
+
+
+def fit_summary(observed: np.ndarray, fitted: np.ndarray, dispersion: float) -> dict:
+    """Deviance explained against two nulls, and per-region error quantiles."""
+    constant = np.full_like(observed, np.nanmean(observed))
+    region_mean = np.broadcast_to(np.nanmean(observed, axis=0, keepdims=True), observed.shape)
+    d_model = nb_deviance(observed, fitted, dispersion)
+    log_error = np.nanmean(np.abs(np.log1p(fitted) - np.log1p(observed)), axis=0)
+    rel_error = np.nanmean(np.abs(fitted - observed) / np.maximum(observed, 1.0), axis=0)
+    return dict(
+        deviance=d_model,
+        deviance_explained_vs_constant=1 - d_model / nb_deviance(observed, constant, dispersion),
+        deviance_explained_vs_region_mean=1 - d_model / nb_deviance(observed, region_mean, dispersion),
+        region_abs_log_error_quantiles={q: float(np.nanquantile(log_error, q)) for q in (0.1, 0.5, 0.9)},
+        region_relative_error_quantiles={q: float(np.nanquantile(rel_error, q)) for q in (0.1, 0.5, 0.9)},
+    )

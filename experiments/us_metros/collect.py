@@ -1,0 +1,36 @@
+"""Copy the figures of a calibration and its forecast beside this file and summarize them.
+
+    python experiments/us_metros/collect.py experiments/us_metros
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+def main(here: Path) -> None:
+    run, forecast = here / "run", here / "forecast"
+    for source in (run / "fit.png", run / "loss.png", run / "rolling_origin.png", forecast / "forecast.png"):
+        shutil.copy(source, here / source.name)
+    shutil.copy(run / "report.md", here / "report.md")
+    shutil.copy(run / "params.csv", here / "params.csv")
+    summary = json.loads((run / "summary.json").read_text())
+    frame = pd.read_csv(forecast / "forecast.csv", dtype={"region": str})
+    totals = frame.groupby("year")[["mean", "lower", "upper"]].sum().round(0)
+    observed = pd.read_csv(here.parents[1] / "src/diffcomm/datasets/us_cbsa/patents.csv", dtype={"cbsa_code": str})
+    totals.loc[2010, "observed"] = observed[observed.year == 2010].patents.sum()
+    lines = ["| year | observed | forecast mean | sum of lower bounds | sum of upper bounds |", "|---|---|---|---|---|"]
+    for year, row in totals.sort_index().iterrows():
+        cells = [row.get("observed"), row["mean"], row["lower"], row["upper"]]
+        lines.append(f"| {year} | " + " | ".join("" if pd.isna(c) else f"{c:,.0f}" for c in cells) + " |")
+    (here / "forecast_totals.md").write_text("\n".join(lines) + "\n")
+    keep = {k: summary[k] for k in ("regions", "observations", "loss_per_observation", "fit", "rolling_origin", "seconds")}
+    (here / "results.json").write_text(json.dumps(keep, indent=2) + "\n")
+    print((here / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent)

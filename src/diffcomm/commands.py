@@ -1,0 +1,409 @@
+"""The work behind each command: typed config in, files in the run folder out.
+
+`cli.py` turns Hydra's config into the typed configs of `config.py` and calls these; nothing
+here reads a `DictConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import numpy as np
+from jax.flatten_util import ravel_pytree
+import pandas as pd
+
+from .config import CalibrateConfig, ConfigError, DataConfig, ForecastConfig, SimulateConfig, build_params, parse_years
+
+
+def _precision(model_cfg) -> None:
+    if model_cfg.x64:
+        jax.config.update("jax_enable_x64", True)
+
+
+# --------------------------------------------------------------------------------------------
+# simulate
+# --------------------------------------------------------------------------------------------
+
+
+def run_simulate(cfg: SimulateConfig, out_dir: Path, *, plain_config: dict | None = None) -> dict:
+    """Simulate the configured scenario and write its outputs into `out_dir`."""
+    _precision(cfg.model)
+    from .config import build_forcing, build_scenario
+    from .report import write_simulation
+    from .simulate import simulate
+
+    params = build_params(cfg.model)
+    scenario = build_scenario(params, cfg.scenario)
+    forcing = build_forcing(cfg.scenario, scenario)
+    start = time.perf_counter()
+    _, traj = simulate(params, scenario.initial, scenario.drivers, scenario.graph, forcing)
+    jax.block_until_ready(traj)
+    seconds = time.perf_counter() - start
+    summary = write_simulation(
+        out_dir, scenario, traj, config=plain_config or {}, seconds=seconds, csv=cfg.output.csv, figures=cfg.output.figures
+    )
+    print(f"simulated {scenario.num_regions} regions x {cfg.scenario.years} years ({seconds:.2f} s with compilation) -> {out_dir}")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+
+
+def load_dataset(data: DataConfig, *, last_year: int | None = None):
+    """The calibration data set described by `data` (optionally cut at `last_year`)."""
+    from . import data as D
+
+    notes: list[str] = []
+    panel = D.load_patents(data.patents)
+    covariates = D.load_covariates(data.covariates, on_duplicate=data.covariate_duplicates, notes=notes)
+    specialization = D.load_specialization(data.clusters) if data.clusters else pd.Series(dtype=float)
+    linkage = D.load_linkage_counts(data.linkages, period=data.linkage_period) if data.linkages else None
+    edges = None
+    if data.edges:
+        known = set(panel.codes) | set(covariates.index) | (set(linkage.index) if linkage is not None else set())
+        edges = D.load_edges(data.edges, known_codes=known, period=data.edge_period)
+    regions = list(data.regions)
+    if regions:
+        unknown = sorted(set(regions) - set(panel.codes))
+        if unknown:
+            raise D.DataError(f"{D.resolve(data.patents)}: unknown region code(s) {unknown[:5]} in data.regions")
+        keep = np.isin(panel.codes, regions)
+        panel = D.PatentPanel(tuple(np.asarray(panel.codes)[keep]), tuple(np.asarray(panel.names)[keep]),
+                              panel.years, panel.counts[:, keep])
+    mapping = D.DriverMapping(
+        terms={k: [D.DriverTerm(**dataclasses.asdict(t)) for t in v] for k, v in data.drivers.items()}
+    )
+    return D.build_dataset(
+        panel, covariates, specialization, linkage, edges, mapping,
+        first_year=data.first_year, last_year=last_year or data.last_year,
+        min_edge_weight=data.min_edge_weight, notes=tuple(notes),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# calibrate
+# --------------------------------------------------------------------------------------------
+
+
+def _fit_settings(cfg: CalibrateConfig, **changes):
+    from .calibrate import FitSettings
+
+    f = cfg.fit
+    settings = FitSettings(
+        free=list(f.free), restarts=f.restarts, steps=f.steps, spread=f.spread, patience=f.patience,
+        tolerance=f.tolerance, checkpoint_every=f.checkpoint_every, line_search=cfg.optimizer.line_search,
+        seed=f.seed, stop_after=f.stop_after,
+    )
+    return dataclasses.replace(settings, **changes)
+
+
+def fit_dataset(cfg: CalibrateConfig, dataset, *, checkpoint: Path | None, label: str = "calibrate"):
+    """Fit the free parameters to `dataset`: batched Adam restarts, an L-BFGS polish, Laplace.
+
+    **Returns:** `(adam_result, final_result, laplace_approximation, inputs)`; the final result is
+    the polished one when the polish improved on Adam's best restart.
+    """
+    import optax
+    from hydra.utils import instantiate
+
+    from .calibrate import fit, free_filter, laplace
+    from .loss import CalibrationInputs, calibration_loss, gaussian_prior
+
+    inputs = CalibrationInputs.from_dataset(dataset)
+    start = build_params(cfg.model)
+    spec = free_filter(start, cfg.fit.free)
+    scale = cfg.fit.prior_scale
+
+    def total(params):
+        nll = calibration_loss(params, inputs)
+        return nll if scale is None else nll + gaussian_prior(params, start, spec, scale)
+
+    per_observation = float(inputs.num_observations)
+
+    def loss(params):
+        return total(params) / per_observation
+
+    try:
+        optimizer = instantiate(cfg.optimizer.transform)
+    except Exception as error:  # Hydra wraps whatever the target raised
+        message = str(error).strip().splitlines()
+        raise ConfigError(f"optimizer.transform: {message[-1] if message else type(error).__name__}") from None
+    result = fit(loss, start, optimizer, _fit_settings(cfg), checkpoint_path=checkpoint, progress=cfg.fit.progress)
+    polished = result
+    if cfg.fit.polish_steps:
+        polished = fit(
+            loss, result.params, optax.lbfgs(),
+            _fit_settings(cfg, restarts=1, steps=cfg.fit.polish_steps, spread=0.0, line_search=True, patience=20,
+                          tolerance=1e-10, stop_after=None),
+            checkpoint_path=None if checkpoint is None else checkpoint.with_name(checkpoint.name + "_polish"),
+            progress=cfg.fit.progress,
+        )
+        if polished.best_losses[0] > result.best_losses[result.best_restart]:
+            polished = result  # the polish never makes things worse
+    approx = laplace(total, polished.params, cfg.fit.free)
+    return result, polished, approx, inputs
+
+
+def _fingerprint(cfg: CalibrateConfig) -> str:
+    plain = dataclasses.asdict(cfg)
+    for key in ("stop_after", "progress"):
+        plain["fit"].pop(key, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_calibrate(cfg: CalibrateConfig, out_dir: Path, *, plain_config: dict | None = None) -> dict:
+    """Calibrate, evaluate and report into `out_dir`; a checkpoint there is resumed."""
+    _precision(cfg.model)
+    from .calibrate import Interrupted
+    from .forecast import forecast_patents
+    from .model import Params
+    from .report import fit_summary, parameter_table, plot_loss_history, plot_observed_vs_fitted, write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(cfg)
+    stamp = out_dir / "fingerprint.txt"
+    if stamp.exists() and stamp.read_text().strip() != fingerprint:
+        raise ConfigError(f"{out_dir} holds a checkpoint of a different configuration; use a new run folder")
+    stamp.write_text(fingerprint + "\n")
+    started = time.perf_counter()
+    dataset = load_dataset(cfg.data)
+    print(f"data: {dataset.num_regions} regions, years {dataset.years[0]}-{dataset.years[-1]} "
+          f"({time.perf_counter() - started:.1f} s to load)")
+    try:
+        adam, result, approx, inputs = fit_dataset(cfg, dataset, checkpoint=out_dir / "checkpoint")
+    except Interrupted as stop:
+        raise SystemExit(_interrupted(stop, out_dir))
+    params = result.params
+    eqx.tree_serialise_leaves(out_dir / "fitted.eqx", params)
+    np.savez(out_dir / "laplace.npz", names=np.asarray(approx.names), mean=approx.mean, covariance=approx.covariance,
+             natural=approx.natural, natural_se=approx.natural_se, positive_definite=approx.positive_definite)
+    docs = {name: meta["doc"] for name, meta in Params.describe().items()}
+    table = parameter_table(approx.names, approx.natural, approx.natural_se, docs)
+    table.to_csv(out_dir / "params.csv", index=False)
+    history = pd.DataFrame(
+        [(s + 1, r, loss, grad) for s, (losses, grads) in enumerate(zip(adam.history["loss"], adam.history["grad_norm"]))
+         for r, (loss, grad) in enumerate(zip(losses, grads))],
+        columns=["step", "restart", "loss", "grad_norm"],
+    )
+    history.to_csv(out_dir / "history.csv", index=False)
+    plot_loss_history(adam.history, out_dir / "loss.png")
+
+    years = dataset.years[1:]
+    observed = np.where(np.asarray(inputs.patents_mask) > 0, np.asarray(inputs.patents), np.nan)
+    band = forecast_patents(params, approx, cfg.fit.free, inputs, len(years), key=jax.random.key(cfg.fit.seed),
+                            draws=cfg.evaluation.draws, level=cfg.evaluation.level)
+    plot_observed_vs_fitted(years, observed, band["fitted"], band["lower"], band["upper"], dataset.names,
+                            out_dir / "fit.png", largest=cfg.evaluation.largest_regions)
+    dispersion = float(params.natural().patents_dispersion)
+    summary = dict(
+        regions=dataset.num_regions, years=[int(dataset.years[0]), int(dataset.years[-1])],
+        observations=int(inputs.num_observations), fit=fit_summary(observed, band["fitted"], dispersion),
+        loss_per_observation=float(result.best_losses[result.best_restart]),
+        restart_losses=adam.best_losses.tolist(), steps=adam.steps, converged=adam.converged,
+        polish_steps=result.steps if result is not adam else 0,
+        laplace_positive_definite=approx.positive_definite, notes=list(dataset.notes),
+    )
+    if cfg.evaluation.rolling_origin:
+        try:
+            summary["rolling_origin"] = rolling_origin(cfg, dataset, out_dir)
+        except Interrupted as stop:
+            raise SystemExit(_interrupted(stop, out_dir))
+    summary["seconds"] = time.perf_counter() - started
+    summary["config"] = plain_config or {}
+    (out_dir / "report.md").write_text(calibration_report(summary, table))
+    write_json(out_dir / "summary.json", summary)
+    print(f"calibrated in {summary['seconds']:.0f} s; loss per observation {summary['loss_per_observation']:.4f}; "
+          f"deviance explained {summary['fit']['deviance_explained_vs_constant']:.3f} -> {out_dir}")
+    return summary
+
+
+def _interrupted(stop, out_dir: Path) -> int:
+    import sys
+
+    print(f"diffcomm calibrate: interrupted at step {stop.step}; the checkpoint is in {out_dir}. "
+          f"Run the same command with hydra.run.dir={out_dir} to resume.", file=sys.stderr)
+    return 3
+
+
+def rolling_origin(cfg: CalibrateConfig, dataset, out_dir: Path) -> dict:
+    """Fit through `train_last_year`, forecast the remaining years; score against baselines."""
+    from .forecast import forecast_patents, log_linear_trend, per_region_log_error, persistence, scores
+    from .report import plot_observed_vs_fitted
+
+    train_last = cfg.evaluation.train_last_year
+    train = load_dataset(cfg.data, last_year=train_last)
+    _, result, approx, inputs = fit_dataset(cfg, train, checkpoint=out_dir / "checkpoint_rolling")
+    horizon = int(dataset.years[-1] - train_last)
+    total_years = int(dataset.years[-1] - dataset.years[0])
+    full = np.where(np.asarray(dataset.observed.patents_mask) > 0, np.asarray(dataset.observed.patents), np.nan)
+    truth = full[-horizon:]
+    origin = total_years - horizon  # years after the first: the last training year
+    band = forecast_patents(result.params, approx, cfg.fit.free, inputs, total_years, key=jax.random.key(cfg.fit.seed + 1),
+                            draws=cfg.evaluation.draws, level=cfg.evaluation.level,
+                            origin=origin, origin_counts=full[origin - 1])
+    history = np.vstack([dataset.first_patents[None], full[:-horizon]])
+    predictions = {
+        "model": band["mean"][-horizon:],
+        "persistence": persistence(history, horizon),
+        "log_linear_trend": log_linear_trend(history, horizon),
+    }
+    table = {name: scores(pred, truth) for name, pred in predictions.items()}
+    inside = (truth >= band["lower"][-horizon:]) & (truth <= band["upper"][-horizon:])
+    coverage = float(np.nanmean(np.where(np.isnan(truth), np.nan, inside)))
+    years = dataset.years[-horizon:]
+    rows = []
+    for t, year in enumerate(years):
+        for r, code in enumerate(dataset.codes):
+            rows.append((code, dataset.names[r], int(year), truth[t, r], predictions["model"][t, r],
+                         band["lower"][-horizon:][t, r], band["upper"][-horizon:][t, r],
+                         predictions["persistence"][t, r], predictions["log_linear_trend"][t, r]))
+    pd.DataFrame(rows, columns=["region", "name", "year", "observed", "model", "lower", "upper", "persistence",
+                                "log_linear_trend"]).to_csv(out_dir / "rolling_origin.csv", index=False)
+    errors = {name: per_region_log_error(pred, truth) for name, pred in predictions.items()}
+    best_baseline = np.minimum(errors["persistence"], errors["log_linear_trend"])
+    excess = errors["model"] - best_baseline
+    worst = np.argsort(-np.nan_to_num(excess, nan=-np.inf))[:10]
+    size = np.nanmean(truth, axis=0)
+    share_worse = float(np.nanmean(excess > 0))
+    plot_observed_vs_fitted(
+        dataset.years[1:], full, band["mean"], band["lower"], band["upper"], dataset.names, out_dir / "rolling_origin.png",
+        largest=cfg.evaluation.largest_regions,
+        extra={"persistence": (years, predictions["persistence"]), "log-linear trend": (years, predictions["log_linear_trend"])},
+    )
+    return dict(
+        train_years=[int(dataset.years[0]), train_last], test_years=[int(years[0]), int(years[-1])],
+        scores=table, interval_coverage=coverage,
+        share_of_regions_where_model_is_worse_than_best_baseline=share_worse,
+        worse_regions=[dict(region=dataset.codes[i], name=dataset.names[i], excess_log_error=float(excess[i]),
+                            mean_patents=float(size[i])) for i in worst],
+        mean_patents_where_model_worse=float(np.nanmedian(size[excess > 0])) if (excess > 0).any() else None,
+        mean_patents_where_model_better=float(np.nanmedian(size[excess <= 0])) if (excess <= 0).any() else None,
+    )
+
+
+def calibration_report(summary: dict, table: pd.DataFrame) -> str:
+    """A readable account of a calibration: parameters, fit, and the rolling-origin test."""
+    fit = summary["fit"]
+    lines = [
+        "# Calibration report", "",
+        f"{summary['regions']} regions, years {summary['years'][0]}-{summary['years'][1]}, "
+        f"{summary['observations']} observations; loss per observation {summary['loss_per_observation']:.4f}.",
+        f"Restarts reached {', '.join(f'{x:.4f}' for x in summary['restart_losses'])} "
+        f"({summary['steps']} steps, converged: {summary['converged']}); L-BFGS polish: {summary['polish_steps']} steps.",
+        f"Laplace approximation positive definite: {summary['laplace_positive_definite']}.", "",
+        "## Fitted parameters (natural scale, standard errors from the Laplace approximation)", "",
+        "| parameter | value | se | 95% interval | meaning |", "|---|---|---|---|---|",
+    ]
+    for row in table.itertuples():
+        lines.append(f"| {row.parameter} | {row.value:.4g} | {row.se:.3g} | [{row.lower95:.3g}, {row.upper95:.3g}] | {row.meaning} |")
+    lines += [
+        "", "## Fit", "",
+        f"- deviance explained vs. one constant mean: {fit['deviance_explained_vs_constant']:.4f}",
+        f"- deviance explained vs. each region's own mean: {fit['deviance_explained_vs_region_mean']:.4f}",
+        "- per-region mean absolute log error, quantiles 10/50/90%: "
+        + ", ".join(f"{v:.3f}" for v in fit["region_abs_log_error_quantiles"].values()),
+    ]
+    if "rolling_origin" in summary:
+        ro = summary["rolling_origin"]
+        lines += ["", f"## Rolling origin: fit {ro['train_years'][0]}-{ro['train_years'][1]}, forecast "
+                      f"{ro['test_years'][0]}-{ro['test_years'][1]}", "",
+                  "| method | MAE | mean abs log error | RMSE |", "|---|---|---|---|"]
+        for name, s in ro["scores"].items():
+            lines.append(f"| {name} | {s['mae']:.2f} | {s['male']:.4f} | {s['rmse']:.2f} |")
+        lines += ["", f"- coverage of the {int(100 * 0.9)}% interval: {ro['interval_coverage']:.3f}",
+                  f"- share of regions where the model does worse than the better baseline: "
+                  f"{ro['share_of_regions_where_model_is_worse_than_best_baseline']:.3f}",
+                  "- regions where it does worst (excess mean absolute log error): "
+                  + "; ".join(f"{w['name']} (+{w['excess_log_error']:.2f})" for w in ro["worse_regions"][:5])]
+    lines += ["", "## Data notes", ""] + [f"- {n}" for n in summary["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# forecast
+# --------------------------------------------------------------------------------------------
+
+
+def load_calibrated_run(run: Path):
+    """The typed config, data set, fitted parameters and Laplace approximation of a run folder."""
+    from omegaconf import OmegaConf
+
+    from .calibrate import Laplace, free_filter
+    from .config import to_typed
+
+    run = Path(run)
+    needed = [run / ".hydra" / "config.yaml", run / "fitted.eqx", run / "laplace.npz"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise ConfigError(f"run={run} is not a finished calibration: missing {', '.join(missing)}")
+    cfg = to_typed(OmegaConf.load(needed[0]), CalibrateConfig)
+    _precision(cfg.model)
+    start = build_params(cfg.model)
+    params = eqx.tree_deserialise_leaves(needed[1], start)
+    stored = np.load(needed[2])
+    free_part, _ = eqx.partition(params, free_filter(params, cfg.fit.free))
+    _, unravel = ravel_pytree(free_part)
+    approx = Laplace(list(stored["names"]), stored["mean"], stored["covariance"], stored["natural"],
+                     stored["natural_se"], bool(stored["positive_definite"]), unravel)
+    return cfg, params, approx
+
+
+def run_forecast(cfg: ForecastConfig, out_dir: Path, *, plain_config: dict | None = None) -> pd.DataFrame:
+    """Forecast patents for the years asked from a calibrated run; writes `forecast.csv`.
+
+    The forecast conditions on the last observed year before the first year asked (knowledge
+    restarts from its counts); earlier years of the simulation are the fit.
+    """
+    from .forecast import forecast_patents
+    from .loss import CalibrationInputs
+    from .report import plot_observed_vs_fitted, write_json
+
+    first, last = parse_years(cfg.years)
+    calibrated, params, approx = load_calibrated_run(Path(cfg.run))
+    dataset = load_dataset(calibrated.data)
+    start_year = int(dataset.years[0])
+    if first <= start_year:
+        raise ConfigError(f"years must start after the data's first year {start_year}, got {cfg.years}")
+    inputs = CalibrationInputs.from_dataset(dataset)
+    num_years = last - start_year
+    observed = np.where(np.asarray(inputs.patents_mask) > 0, np.asarray(inputs.patents), np.nan)
+    # condition on the last observed year before the forecast (years after the first year)
+    origin = min(int(dataset.years[-1]), first - 1) - start_year
+    band = forecast_patents(params, approx, calibrated.fit.free, inputs, num_years, key=jax.random.key(cfg.seed),
+                            draws=cfg.draws, level=cfg.level, origin=origin if origin >= 1 else None,
+                            origin_counts=observed[origin - 1] if origin >= 1 else None)
+    years = np.arange(start_year + 1, last + 1)
+    wanted = years >= first
+    frame = pd.DataFrame(
+        {
+            "region": np.repeat(np.asarray(dataset.codes)[None], wanted.sum(), axis=0).ravel(),
+            "year": np.repeat(years[wanted], dataset.num_regions),
+            "mean": band["mean"][wanted].ravel(),
+            "lower": band["lower"][wanted].ravel(),
+            "upper": band["upper"][wanted].ravel(),
+        }
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from .report import atomic_path
+
+    with atomic_path(out_dir / "forecast.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    shown = np.full((len(years), dataset.num_regions), np.nan)
+    shown[: len(observed)] = observed
+    plot_observed_vs_fitted(years, shown, band["mean"], band["lower"], band["upper"], dataset.names,
+                            out_dir / "forecast.png")
+    write_json(out_dir / "summary.json", dict(run=str(cfg.run), years=[first, last], rows=len(frame),
+                                              regions=dataset.num_regions, origin_year=start_year + origin,
+                                              parameter_uncertainty=approx.positive_definite, config=plain_config or {}))
+    print(f"forecast {first}-{last} for {dataset.num_regions} regions -> {out_dir / 'forecast.csv'}")
+    return frame
