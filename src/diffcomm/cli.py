@@ -20,6 +20,7 @@ commands:
   simulate   simulate a scenario of synthetic regions and write trajectories, summary, figures
   calibrate  fit the model to observed patents and linkages (default: US metros 2000-2010)
   forecast   forecast patents from a calibrated run: run=<folder> years=2011-2015
+  optimize   allocate a budget of policy levers by gradient ascent through the model
 
 Overrides follow Hydra's syntax, e.g.
   diffcomm simulate scenario.years=30 scenario.levers.middleground=1
@@ -27,6 +28,7 @@ Overrides follow Hydra's syntax, e.g.
   diffcomm simulate experiment=disruption
   diffcomm calibrate fit.restarts=8
   diffcomm forecast run=outputs/calibrate/<time> years=2011-2015
+  diffcomm optimize policy=patents policy.budget=500
 """
 
 MAX_CHECKED_COMBINATIONS = 256
@@ -117,7 +119,8 @@ def _task(command: str) -> Callable:
         from .data import DataError
 
         typed = _typed_or_exit(command, cfg)
-        work = {"simulate": commands.run_simulate, "calibrate": commands.run_calibrate, "forecast": commands.run_forecast}
+        work = {"simulate": commands.run_simulate, "calibrate": commands.run_calibrate, "forecast": commands.run_forecast,
+                "optimize": commands.run_optimize}
         try:
             work[command](typed, _output_dir(), plain_config=_plain(cfg))
         except (ConfigError, DataError, FloatingPointError) as error:
@@ -138,7 +141,7 @@ def _typed_or_exit(command: str, cfg):
         raise SystemExit(_fail(command, str(error)))
 
 
-TASKS: dict[str, Callable] = {name: _task(name) for name in ("simulate", "calibrate", "forecast")}
+TASKS: dict[str, Callable] = {name: _task(name) for name in ("simulate", "calibrate", "forecast", "optimize")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -226,10 +226,10 @@ def run_calibrate(cfg: CalibrateConfig, out_dir: Path, *, plain_config: dict | N
     return summary
 
 
-def _interrupted(stop, out_dir: Path) -> int:
+def _interrupted(stop, out_dir: Path, command: str = "calibrate") -> int:
     import sys
 
-    print(f"diffcomm calibrate: interrupted at step {stop.step}; the checkpoint is in {out_dir}. "
+    print(f"diffcomm {command}: interrupted at step {stop.step}; the checkpoint is in {out_dir}. "
           f"Run the same command with hydra.run.dir={out_dir} to resume.", file=sys.stderr)
     return 3
 
@@ -407,3 +407,132 @@ def run_forecast(cfg: ForecastConfig, out_dir: Path, *, plain_config: dict | Non
                                               parameter_uncertainty=approx.positive_definite, config=plain_config or {}))
     print(f"forecast {first}-{last} for {dataset.num_regions} regions -> {out_dir / 'forecast.csv'}")
     return frame
+
+
+# --------------------------------------------------------------------------------------------
+# optimize
+# --------------------------------------------------------------------------------------------
+
+
+def build_policy_problem(cfg):
+    """The policy problem of an optimize config: from synthetic regions or a calibrated run.
+
+    **Returns:** `(problem, region_names, region_size)`; size is initial active members.
+    """
+    from .policy import PolicyProblem
+
+    p = cfg.policy
+    if cfg.source == "run":
+        from .forecast import restart_knowledge
+        from .loss import CalibrationInputs, initial_state_from_data
+        from .simulate import make_forcing, simulate
+
+        calibrated, params, _ = load_calibrated_run(Path(cfg.run))
+        dataset = load_dataset(calibrated.data)
+        inputs = CalibrationInputs.from_dataset(dataset)
+        # the state in the last data year: simulate the data years, knowledge from the last counts
+        state, _ = simulate(params, initial_state_from_data(params, inputs), inputs.drivers, inputs.graph,
+                            make_forcing(len(dataset.years) - 1, dataset.num_regions), record_states=False)
+        last = np.where(np.asarray(inputs.patents_mask[-1]) > 0, np.asarray(inputs.patents[-1]), np.nan)
+        initial = restart_knowledge(params, state, jnp_asarray(last))
+        drivers, graph, names = inputs.drivers, inputs.graph, dataset.names
+    else:
+        from .config import build_scenario
+
+        params = build_params(cfg.model)
+        scenario = build_scenario(params, cfg.scenario)
+        initial, drivers, graph, names = scenario.initial, scenario.drivers, scenario.graph, scenario.region_names
+    problem = PolicyProblem(
+        params, initial, drivers, graph, years=p.years, levers=tuple(p.levers),
+        costs=np.asarray([p.costs.get(name, 1.0) for name in p.levers], float), budget=p.budget, cap=p.cap,
+        time_varying=p.time_varying, discount=p.discount, weights=dict(p.objective),
+    )
+    size = np.asarray(initial.regions.active).sum(-1)
+    return problem, tuple(names), size
+
+
+def jnp_asarray(x):
+    import jax.numpy as jnp
+
+    return jnp.asarray(x, dtype=float)
+
+
+def run_optimize(cfg, out_dir: Path, *, plain_config: dict | None = None) -> dict:
+    """Optimize the allocation, run the baselines, and report into `out_dir`."""
+    _precision(cfg.model)
+    from .calibrate import Interrupted
+    from .policy import evaluate, evolution_strategy, marginal_values, optimize, proportional_allocation, random_search
+    from .policy import uniform_allocation
+    from .report import plot_allocation, plot_policy_history, write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    problem, names, size = build_policy_problem(cfg)
+    o = cfg.optimize
+    try:
+        result = optimize(problem, steps=o.steps, learning_rate=o.learning_rate, checkpoint_path=out_dir / "checkpoint",
+                          checkpoint_every=o.checkpoint_every, stop_after=o.stop_after, progress=o.progress)
+    except Interrupted as stop:
+        raise SystemExit(_interrupted(stop, out_dir, "optimize"))
+    methods = {"gradient": (result.spend, result.evaluations)}
+    if o.baselines:
+        methods["uniform"] = (np.asarray(uniform_allocation(problem)), 1)
+        methods["proportional_to_size"] = (np.asarray(proportional_allocation(problem, size)), 1)
+        rs = random_search(problem, result.evaluations, key=jax.random.key(o.seed))
+        methods["random_search"] = (rs.spend, rs.evaluations)
+        es = evolution_strategy(problem, result.evaluations, key=jax.random.key(o.seed + 1))
+        methods["evolution_strategy"] = (es.spend, es.evaluations)
+    rows, parts = [], {}
+    for method, (spend, evaluations) in methods.items():
+        value, method_parts = evaluate(problem, spend)
+        rows.append((method, value, evaluations))
+        parts[method] = method_parts
+    _, parts["no_policy"] = evaluate(problem, np.zeros(problem.shape))
+    comparison = pd.DataFrame(rows, columns=["method", "objective", "simulator_evaluations"])
+    comparison.to_csv(out_dir / "comparison.csv", index=False)
+    pd.DataFrame(parts).rename_axis("part").to_csv(out_dir / "objective_parts.csv")
+
+    spend = result.spend
+    per_year = spend if problem.time_varying else np.broadcast_to(spend / problem.years, (problem.years, *spend.shape[1:]))
+    t, r, l = np.meshgrid(np.arange(problem.years), np.arange(problem.num_regions), np.arange(len(problem.levers)), indexing="ij")
+    pd.DataFrame({
+        "region": np.asarray(names)[r.ravel()], "lever": np.asarray(problem.levers)[l.ravel()], "year": t.ravel() + 1,
+        "spend": per_year.ravel(), "amount": (per_year / problem.costs).ravel(),
+    }).to_csv(out_dir / "allocation.csv", index=False)
+    marginal = marginal_values(problem, jnp_asarray(spend))
+    pd.DataFrame(marginal, index=pd.Index(names, name="region"), columns=list(problem.levers)).to_csv(out_dir / "marginal_value.csv")
+    plot_allocation(spend.sum(0), names, problem.levers, out_dir / "allocation.png")
+    plot_policy_history(result.history, {m: v for m, v, _ in rows if m != "gradient"}, out_dir / "objective.png")
+    summary = dict(
+        regions=problem.num_regions, years=problem.years, levers=list(problem.levers), budget=problem.budget,
+        spent=float(spend.sum()), smallest_cell=float(spend.min()), objective_weights=problem.weights,
+        comparison=comparison.to_dict(orient="records"), parts=parts,
+        spend_by_lever=dict(zip(problem.levers, spend.sum((0, 1)).tolist())),
+        gradient_seconds=result.seconds, seconds=time.perf_counter() - started, config=plain_config or {},
+    )
+    (out_dir / "report.md").write_text(policy_report(summary))
+    write_json(out_dir / "summary.json", summary)
+    best_baseline = max((v for m, v, _ in rows if m != "gradient"), default=float("nan"))
+    print(f"optimized in {result.seconds:.0f} s: objective {result.objective:.6g} "
+          f"(best baseline {best_baseline:.6g}) -> {out_dir}")
+    return summary
+
+
+def policy_report(summary: dict) -> str:
+    lines = ["# Policy optimization", "",
+             f"{summary['regions']} regions, {summary['years']} years, budget {summary['budget']:g} "
+             f"(spent {summary['spent']:.6g}; smallest cell {summary['smallest_cell']:.3g}).",
+             f"Objective weights: {summary['objective_weights']}.", "",
+             "| method | objective | simulator evaluations |", "|---|---|---|"]
+    for row in summary["comparison"]:
+        lines.append(f"| {row['method']} | {row['objective']:.6f} | {row['simulator_evaluations']} |")
+    lines += ["", "Objective parts (raw) with no policy, and under each method:", "",
+              "| part | " + " | ".join(summary["parts"]) + " |", "|---|" + "---|" * len(summary["parts"])]
+    for part in next(iter(summary["parts"].values())):
+        lines.append(f"| {part} | " + " | ".join(f"{summary['parts'][m][part]:.6g}" for m in summary["parts"]) + " |")
+    lines += ["", "Spending by lever (gradient method): "
+              + ", ".join(f"{k} {v:.3g}" for k, v in summary["spend_by_lever"].items()) + ".", "",
+              "A gradient step counts as one simulator evaluation (a forward simulation with its adjoint);",
+              f"the gradient method took {summary['gradient_seconds']:.1f} s."]
+    return "\n".join(lines) + "\n"

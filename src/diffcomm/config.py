@@ -168,7 +168,44 @@ class ForecastConfig:
     seed: int = 0
 
 
-SCHEMAS = {"simulate": SimulateConfig, "calibrate": CalibrateConfig, "forecast": ForecastConfig}
+@dataclass
+class PolicyConfig:
+    """A budget of levers: which, at what unit cost, how much, judged by which objective."""
+
+    years: int = 20
+    budget: float = 200.0  # total spending over the horizon
+    levers: list[str] = field(default_factory=lambda: ["education", "openness", "middleground", "place_policy",
+                                                       "connecting", "spawning"])
+    costs: dict[str, float] = field(default_factory=dict)  # unit cost per lever (per region-year); default 1
+    cap: float | None = None  # most spending one cell (region x lever [x year]) may receive
+    time_varying: bool = False  # one allocation per year, or one spread evenly over the years
+    discount: float = 0.97
+    objective: dict[str, float] = field(default_factory=lambda: {"development": 1.0})
+
+
+@dataclass
+class OptimizeSettings:
+    steps: int = 150
+    learning_rate: float = 4.0  # relative: largest step about learning_rate x budget / cells
+    seed: int = 0
+    checkpoint_every: int = 25
+    stop_after: int | None = None
+    baselines: bool = True
+    progress: bool = True
+
+
+@dataclass
+class OptimizeConfig:
+    source: str = "scenario"  # scenario (synthetic regions) or run (a calibrated run folder)
+    run: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    optimize: OptimizeSettings = field(default_factory=OptimizeSettings)
+
+
+SCHEMAS = {"simulate": SimulateConfig, "calibrate": CalibrateConfig, "forecast": ForecastConfig,
+           "optimize": OptimizeConfig}
 
 
 def parse_years(text: str, key: str = "years") -> tuple[int, int]:
@@ -279,6 +316,32 @@ def validate(cfg: Any) -> None:
         if e.rolling_origin:
             _require(d.first_year < e.train_last_year < d.last_year, "evaluation.train_last_year",
                      f"strictly between data.first_year ({d.first_year}) and data.last_year ({d.last_year})", e.train_last_year)
+    elif isinstance(cfg, OptimizeConfig):
+        from .policy import LEVERS, OBJECTIVE_PARTS
+
+        _require(cfg.source in ("scenario", "run"), "source", "scenario or run", cfg.source)
+        if cfg.source == "run":
+            _require(cfg.run is not None and Path(cfg.run).is_dir(), "run", "an existing calibrated run folder", cfg.run)
+        else:
+            validate(SimulateConfig(model=cfg.model, scenario=cfg.scenario))
+        p = cfg.policy
+        _require(p.years >= 1, "policy.years", ">= 1", p.years)
+        _require(_finite(p.budget) and p.budget >= 0, "policy.budget", "a finite number >= 0", p.budget)
+        _require(len(p.levers) > 0, "policy.levers", "at least one lever", p.levers)
+        for name in p.levers:
+            _require(name in LEVERS, "policy.levers", f"names from {list(LEVERS)}", name)
+        for name, cost in p.costs.items():
+            _require(name in LEVERS, f"policy.costs.{name}", f"a lever name from {list(LEVERS)}", name)
+            _require(_finite(cost) and cost > 0, f"policy.costs.{name}", "a positive unit cost", cost)
+        _require(p.cap is None or p.cap > 0, "policy.cap", "null or > 0", p.cap)
+        _require(0 < p.discount <= 1, "policy.discount", "in (0, 1]", p.discount)
+        _require(bool(p.objective), "policy.objective", "at least one weighted part", p.objective)
+        for name, weight in p.objective.items():
+            _require(name in OBJECTIVE_PARTS, f"policy.objective.{name}", f"a part from {list(OBJECTIVE_PARTS)}", name)
+            _require(_finite(weight) and weight >= 0, f"policy.objective.{name}", "a weight >= 0", weight)
+        o = cfg.optimize
+        _require(o.steps >= 1, "optimize.steps", ">= 1", o.steps)
+        _require(o.learning_rate > 0, "optimize.learning_rate", "> 0", o.learning_rate)
     elif isinstance(cfg, ForecastConfig):
         parse_years(cfg.years)
         _require(cfg.draws >= 10, "draws", ">= 10", cfg.draws)

@@ -301,3 +301,34 @@ def fit_summary(observed: np.ndarray, fitted: np.ndarray, dispersion: float) -> 
         region_abs_log_error_quantiles={q: float(np.nanquantile(log_error, q)) for q in (0.1, 0.5, 0.9)},
         region_relative_error_quantiles={q: float(np.nanquantile(rel_error, q)) for q in (0.1, 0.5, 0.9)},
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Policy
+# --------------------------------------------------------------------------------------------
+
+
+def plot_allocation(spend: np.ndarray, regions, levers, path: Path, *, title: str = "spending by region and lever") -> None:
+    """Heat map of spending, regions x levers (summed over years); at most 60 regions by spend."""
+    plt = _pyplot()
+    order = np.argsort(-spend.sum(1))[:60]
+    fig, ax = plt.subplots(figsize=(2 + 1.1 * len(levers), 1.5 + 0.22 * len(order)), constrained_layout=True)
+    image = ax.imshow(spend[order], aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(levers)), [name.replace("_", " ") for name in levers], rotation=30, ha="right")
+    ax.set_yticks(range(len(order)), [str(regions[i])[:32] for i in order], fontsize=7)
+    fig.colorbar(image, ax=ax, label="spending over the horizon")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_policy_history(history: list[float], baselines: dict[str, float], path: Path) -> None:
+    """The gradient method's objective over steps, with each baseline's best as a line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    ax.plot(np.arange(1, len(history) + 1), history, color="k", label="gradient (projected Adam)")
+    for i, (name, value) in enumerate(baselines.items()):
+        ax.axhline(value, ls="--", color=f"C{i}", label=name.replace("_", " "))
+    ax.set_xlabel("step")
+    ax.set_ylabel("objective")
+    ax.legend(fontsize=8)
+    _save(fig, path)
