@@ -97,6 +97,19 @@ def test_doubling_the_budget_does_not_lower_the_objective():
     assert large.objective >= small.objective
 
 
+def test_interrupted_optimization_resumes_to_the_same_allocation(tmp_path):
+    from diffcomm.calibrate import Interrupted
+
+    problem = problem_for()
+    whole = optimize(problem, steps=20, progress=False)
+    ckpt = tmp_path / "checkpoint"
+    with pytest.raises(Interrupted):
+        optimize(problem, steps=20, checkpoint_path=ckpt, checkpoint_every=4, stop_after=9, progress=False)
+    resumed = optimize(problem, steps=20, checkpoint_path=ckpt, progress=False)
+    np.testing.assert_array_equal(resumed.spend, whole.spend)
+    assert resumed.history == whole.history
+
+
 def test_time_varying_allocation_and_caps():
     problem = problem_for(time_varying=True, cap=1.5, years=6)
     result = optimize(problem, steps=15, progress=False)

@@ -118,6 +118,9 @@ def _task(command: str) -> Callable:
         from . import commands
         from .data import DataError
 
+        import logging
+
+        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # its backend probe is noise in run logs
         typed = _typed_or_exit(command, cfg)
         work = {"simulate": commands.run_simulate, "calibrate": commands.run_calibrate, "forecast": commands.run_forecast,
                 "optimize": commands.run_optimize}
