@@ -12,7 +12,6 @@ loss with the default settings (`conf/calibrate.yaml`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,20 +27,13 @@ import numpy as np  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import best_time, write_result  # noqa: E402
+
 from diffcomm.calibrate import free_filter  # noqa: E402
 from diffcomm.commands import fit_dataset, load_dataset  # noqa: E402
 from diffcomm.config import CalibrateConfig, build_params, conf_dir, to_typed  # noqa: E402
 from diffcomm.loss import CalibrationInputs, calibration_loss  # noqa: E402
-
-
-def best_time(fn, repeats=5) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main(argv=None) -> int:
@@ -97,10 +89,7 @@ def main(argv=None) -> int:
         print(f"calibration: {adam.steps} Adam steps x {cfg.fit.restarts} restarts in {adam.seconds:.0f} s, then "
               f"{result['polish_steps']} L-BFGS steps; {seconds:.0f} s in all with compilation and the Laplace "
               f"Hessian; loss per observation {result['loss_per_observation']:.4f}")
-    out = args.out or Path(__file__).parent / "results" / f"calibrate_{result['device']['platform']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, "calibrate", args.out)
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import best_time, write_result  # noqa: E402
 from numpy_reference import simulate_numpy  # noqa: E402
 
 from diffcomm.model import Levers, Params  # noqa: E402
@@ -33,20 +33,6 @@ from diffcomm.scenario import ARCHETYPES, synthetic_regions  # noqa: E402
 from diffcomm.simulate import make_forcing, simulate  # noqa: E402
 
 K = 3
-
-
-def timed(fn, repeats: int) -> float:
-    """Shortest wall time of `fn()` over `repeats` calls, after one warm-up call (compilation).
-
-    The minimum, not the mean: other load on a shared machine only ever adds time.
-    """
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def stream_bandwidth(num_bytes: int = 1 << 29, repeats: int = 5) -> float:
@@ -123,10 +109,10 @@ def bench_size(num_regions: int, num_years: int, repeats: int, numpy_repeats: in
         raise SystemExit(f"NumPy and JAX disagree at R={num_regions}: relative difference median {typical:.2e}, "
                          f"{100 * off:.2f}% of values off by more than 1e-3 (max {worst:.2e})")
 
-    t_forward = timed(forward, repeats)
-    t_gradient = timed(lambda: gradient(params), repeats)
-    t_gradient_stored = timed(lambda: gradient_stored(params), repeats)
-    t_numpy = timed(lambda: simulate_numpy(*np_args), numpy_repeats)
+    t_forward = best_time(forward, repeats)
+    t_gradient = best_time(lambda: gradient(params), repeats)
+    t_gradient_stored = best_time(lambda: gradient_stored(params), repeats)
+    t_numpy = best_time(lambda: simulate_numpy(*np_args), numpy_repeats)
     region_years = num_regions * num_years
     bpry = bytes_per_region_year(sc, num_years)
     return dict(
@@ -179,10 +165,7 @@ def main(argv=None) -> int:
         copy_bandwidth_bytes_per_s=bandwidth,
         rows=rows,
     )
-    out = args.out or Path(__file__).parent / "results" / f"simulate_{device.platform}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, "simulate", args.out)
     return 0
 
 

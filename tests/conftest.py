@@ -18,3 +18,17 @@ absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+@pytest.fixture
+def clean_argv(monkeypatch):
+    """A clean command line and Hydra state for tests that call `diffcomm.cli.main`."""
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.setattr(sys, "argv", ["diffcomm"])
+    GlobalHydra.instance().clear()
+    yield
+    GlobalHydra.instance().clear()
+    logging.getLogger().handlers.clear()  # Hydra's job logging holds the test's captured stream

@@ -1,6 +1,5 @@
 """Calibration: recovery of known parameters, resume after interruption, seeds, Laplace."""
 
-import logging
 import json
 import sys
 
@@ -10,7 +9,6 @@ import optax
 import pandas as pd
 import pytest
 from calibration_helpers import synthetic_inputs
-from hydra.core.global_hydra import GlobalHydra
 
 from diffcomm import cli
 from diffcomm.calibrate import FitSettings, Interrupted, fit, laplace
@@ -90,14 +88,6 @@ def test_laplace_recovers_the_covariance_of_a_quadratic():
     np.testing.assert_allclose(se["overlap_decay"], 0.5 * 0.2 * 0.8, rtol=1e-6)
     np.testing.assert_allclose(se["educating_weight"], 0.1, rtol=1e-6)
 
-
-@pytest.fixture
-def clean_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["diffcomm"])
-    GlobalHydra.instance().clear()
-    yield
-    GlobalHydra.instance().clear()
-    logging.getLogger().handlers.clear()  # Hydra's job logging holds the test's captured stream
 
 
 SMALL = ["data.regions=[10420,10580,10740,12060,12420,12580,14460,16980,19100,19740,26420,31100,33460,35620,37980,41860,41940,42660,47900,'00901']",

@@ -1,6 +1,5 @@
 """Config groups compose; the CLI runs end to end, sweeps, and refuses bad overrides in one line."""
 
-import logging
 import json
 import sys
 
@@ -9,19 +8,13 @@ import pandas as pd
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from diffcomm import cli
 from diffcomm.config import SCHEMAS, build_forcing, build_params, build_scenario, conf_dir, to_typed
 
 
-@pytest.fixture(autouse=True)
-def clean_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["diffcomm"])
-    GlobalHydra.instance().clear()
-    yield
-    GlobalHydra.instance().clear()
-    logging.getLogger().handlers.clear()  # Hydra's job logging holds the test's captured stream
+
+pytestmark = pytest.mark.usefixtures("clean_argv")
 
 
 def group_options(command: str):

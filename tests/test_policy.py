@@ -1,7 +1,6 @@
 """Policy optimization: feasibility, gradients, baselines, and what a budget should do."""
 
 import json
-import logging
 import sys
 
 import jax
@@ -9,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 
 from diffcomm import cli
 from diffcomm.model import Params
@@ -128,14 +126,6 @@ def test_problem_rejects_impossible_settings():
     with pytest.raises(ValueError, match="costs must be"):
         problem_for(costs=-np.ones(len(LEVERS)))
 
-
-@pytest.fixture
-def clean_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["diffcomm"])
-    GlobalHydra.instance().clear()
-    yield
-    GlobalHydra.instance().clear()
-    logging.getLogger().handlers.clear()
 
 
 @pytest.mark.slow

@@ -83,6 +83,50 @@ def free_filter(params: Params, free: list[str]) -> Params:
     return jax.tree_util.tree_unflatten(treedef, [n in free for n in names])
 
 
+def checkpointed_loop(
+    step: Callable[[], dict],
+    *,
+    start: int,
+    steps: int,
+    save: Callable[[int], None],
+    done: Callable[[], bool] = lambda: False,
+    checkpoint_every: int = 0,
+    stop_after: int | None = None,
+    checkpoint_path: Path | None = None,
+    progress: bool = True,
+    desc: str = "",
+) -> int:
+    """Call `step()` from step `start` until `steps` (or `done()`), with a progress bar.
+
+    `step` does one iteration and returns what the bar should show. `save(i)` checkpoints after
+    step i: every `checkpoint_every` steps and at the end. After `stop_after` steps in this call,
+    or on Ctrl-C, it checkpoints and raises `Interrupted`. Returns the number of steps done.
+    """
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    bar = tqdm(total=steps, initial=start, disable=not progress, desc=desc, unit="step")
+    i = start
+    try:
+        while i < steps and not done():
+            if stop_after is not None and i - start >= stop_after:
+                save(i)
+                raise Interrupted(i, checkpoint_path)
+            shown = step()
+            i += 1
+            bar.update(1)
+            bar.set_postfix(**shown, time=f"{time.perf_counter() - started:.0f}s")
+            if checkpoint_every and i % checkpoint_every == 0:
+                save(i)
+    except KeyboardInterrupt:
+        save(i)
+        raise Interrupted(i, checkpoint_path) from None
+    finally:
+        bar.close()
+    save(i)
+    return i
+
+
 def _starts(free_params, *, key, restarts: int, spread: float):
     """`restarts` copies of the free parameters; all but the first perturbed."""
     leaves, treedef = jax.tree_util.tree_flatten(free_params)
@@ -137,8 +181,6 @@ def fit(
 
     **Returns:** a `FitResult`. Raises `Interrupted` (after checkpointing) on `stop_after` or Ctrl-C.
     """
-    from tqdm.auto import tqdm
-
     spec = free_filter(params, settings.free)
     free, fixed = eqx.partition(params, spec)
     batch = _starts(free, key=jax.random.key(settings.seed), restarts=settings.restarts, spread=settings.spread)
@@ -154,50 +196,44 @@ def fit(
         history, start_step = meta["history"], meta["step"]
         best_loss, since_improvement = np.asarray(meta["best_loss"], float), meta["since_improvement"]
 
-    def save(step: int) -> None:
+    state = dict(batch=batch, opt_state=opt_state, best_free=best_free, best_loss=best_loss,
+                 since_improvement=since_improvement)
+
+    def one_step() -> dict:
+        value, grad_norm, new_batch, new_state = step_fn(state["batch"], state["opt_state"])
+        value, grad_norm = np.asarray(value), np.asarray(grad_norm)
+        best = state["best_loss"]
+        with np.errstate(invalid="ignore"):
+            improved = np.where(np.isfinite(best), value < best - settings.tolerance * np.abs(best), np.isfinite(value))
+        mask = jnp.asarray(improved)
+        state["best_free"] = jax.tree_util.tree_map(
+            lambda b, cur: jnp.where(mask.reshape((-1,) + (1,) * (b.ndim - 1)), cur, b), state["best_free"], state["batch"]
+        )
+        state["best_loss"] = np.where(improved, value, best)
+        state["since_improvement"] = 0 if improved.any() else state["since_improvement"] + 1
+        history["loss"].append(value.tolist())
+        history["grad_norm"].append(grad_norm.tolist())
+        state["batch"], state["opt_state"] = new_batch, new_state
+        return dict(loss=f"{np.nanmin(value):.6g}", grad=f"{np.nanmin(grad_norm):.3g}")
+
+    def save(at: int) -> None:
         if checkpoint_path is not None:
             save_checkpoint(
                 checkpoint_path,
-                (batch, opt_state, best_free),
-                dict(step=step, history=history, best_loss=best_loss.tolist(), since_improvement=since_improvement),
+                (state["batch"], state["opt_state"], state["best_free"]),
+                dict(step=at, history=history, best_loss=state["best_loss"].tolist(),
+                     since_improvement=state["since_improvement"]),
             )
 
     started = time.perf_counter()
-    converged = since_improvement >= settings.patience
-    step = start_step
-    bar = tqdm(total=settings.steps, initial=start_step, disable=not progress, desc="calibrate", unit="step")
-    try:
-        while step < settings.steps and not converged:
-            if settings.stop_after is not None and step - start_step >= settings.stop_after:
-                save(step)
-                raise Interrupted(step, checkpoint_path)
-            value, grad_norm, new_batch, new_state = step_fn(batch, opt_state)
-            value, grad_norm = np.asarray(value), np.asarray(grad_norm)
-            with np.errstate(invalid="ignore"):
-                improved = np.where(
-                    np.isfinite(best_loss), value < best_loss - settings.tolerance * np.abs(best_loss), np.isfinite(value)
-                )
-            best_free = jax.tree_util.tree_map(
-                lambda b, cur: jnp.where(jnp.asarray(improved).reshape((-1,) + (1,) * (b.ndim - 1)), cur, b), best_free, batch
-            )
-            best_loss = np.where(improved, value, best_loss)
-            since_improvement = 0 if improved.any() else since_improvement + 1
-            converged = since_improvement >= settings.patience
-            history["loss"].append(value.tolist())
-            history["grad_norm"].append(grad_norm.tolist())
-            batch, opt_state = new_batch, new_state
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.nanmin(value):.6g}", grad=f"{np.nanmin(grad_norm):.3g}",
-                            time=f"{time.perf_counter() - started:.0f}s")
-            if settings.checkpoint_every and step % settings.checkpoint_every == 0:
-                save(step)
-    except KeyboardInterrupt:
-        save(step)
-        raise Interrupted(step, checkpoint_path) from None
-    finally:
-        bar.close()
-    save(step)
+    step = checkpointed_loop(
+        one_step, start=start_step, steps=settings.steps, save=save,
+        done=lambda: state["since_improvement"] >= settings.patience,
+        checkpoint_every=settings.checkpoint_every, stop_after=settings.stop_after,
+        checkpoint_path=checkpoint_path, progress=progress, desc="calibrate",
+    )
+    best_loss, best_free = state["best_loss"], state["best_free"]
+    converged = state["since_improvement"] >= settings.patience
     best = int(np.nanargmin(best_loss))
     chosen = jax.tree_util.tree_map(lambda x: x[best], best_free)
     return FitResult(

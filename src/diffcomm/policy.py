@@ -208,9 +208,7 @@ def optimize(
     A checkpoint at `checkpoint_path` is resumed; `stop_after` stops (checkpointed) early,
     raising `calibrate.Interrupted`.
     """
-    from tqdm.auto import tqdm
-
-    from .calibrate import Interrupted, load_checkpoint, save_checkpoint
+    from .calibrate import checkpointed_loop, load_checkpoint, save_checkpoint
 
     from .calibrate import warmup_cosine
 
@@ -232,38 +230,29 @@ def optimize(
         (spend, state, best), meta = load_checkpoint(checkpoint_path, (spend, state, best))
         history, start, best_value = meta["history"], meta["step"], meta["best"]
 
-    def save(at):
+    current = dict(spend=spend, state=state, best=best, best_value=best_value)
+
+    def one_step() -> dict:
+        value, new_spend, new_state = step(current["spend"], current["state"])
+        value = float(value)
+        history.append(value)
+        if value > current["best_value"]:  # `value` belongs to the allocation before the step
+            current["best"], current["best_value"] = current["spend"], value
+        current["spend"], current["state"] = new_spend, new_state
+        return dict(objective=f"{current['best_value']:.6g}")
+
+    def save(at: int) -> None:
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, (spend, state, best), dict(step=at, history=history, best=best_value))
+            save_checkpoint(checkpoint_path, (current["spend"], current["state"], current["best"]),
+                            dict(step=at, history=history, best=current["best_value"]))
 
     started = time.perf_counter()
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc="optimize", unit="step")
-    i = start
-    try:
-        while i < steps:
-            if stop_after is not None and i - start >= stop_after:
-                save(i)
-                raise Interrupted(i, checkpoint_path)
-            value, new_spend, state = step(spend, state)
-            value = float(value)
-            history.append(value)
-            if value > best_value:  # `value` belongs to `spend`, the allocation before the step
-                best, best_value = spend, value
-            spend = new_spend
-            i += 1
-            bar.update(1)
-            bar.set_postfix(objective=f"{best_value:.6g}", time=f"{time.perf_counter() - started:.0f}s")
-            if checkpoint_every and i % checkpoint_every == 0:
-                save(i)
-    except KeyboardInterrupt:
-        save(i)
-        raise Interrupted(i, checkpoint_path) from None
-    finally:
-        bar.close()
+    checkpointed_loop(one_step, start=start, steps=steps, save=save, checkpoint_every=checkpoint_every,
+                      stop_after=stop_after, checkpoint_path=checkpoint_path, progress=progress, desc="optimize")
+    spend, best, best_value = current["spend"], current["best"], current["best_value"]
     final_value = float(objective(spend))
     if final_value > best_value:
         best, best_value = spend, final_value
-    save(i)
     return PolicyResult(np.asarray(best), best_value, history, len(history) + 1, time.perf_counter() - started)
 
 
