@@ -1,4 +1,4 @@
-"""The behaviours that MODEL.md's table promises, each a named test, and the parameter module."""
+"""The behaviours that docs/model.md's concept table promises, each a named test, and the parameter module."""
 
 import dataclasses
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 import pandas as pd
@@ -434,7 +435,7 @@ def build_policy_problem(cfg):
         state, _ = simulate(params, initial_state_from_data(params, inputs), inputs.drivers, inputs.graph,
                             make_forcing(len(dataset.years) - 1, dataset.num_regions), record_states=False)
         last = np.where(np.asarray(inputs.patents_mask[-1]) > 0, np.asarray(inputs.patents[-1]), np.nan)
-        initial = restart_knowledge(params, state, jnp_asarray(last))
+        initial = restart_knowledge(params, state, jnp.asarray(last))
         drivers, graph, names = inputs.drivers, inputs.graph, dataset.names
     else:
         from .config import build_scenario
@@ -449,12 +450,6 @@ def build_policy_problem(cfg):
     )
     size = np.asarray(initial.regions.active).sum(-1)
     return problem, tuple(names), size
-
-
-def jnp_asarray(x):
-    import jax.numpy as jnp
-
-    return jnp.asarray(x, dtype=float)
 
 
 def run_optimize(cfg, out_dir: Path, *, plain_config: dict | None = None) -> dict:
@@ -500,7 +495,7 @@ def run_optimize(cfg, out_dir: Path, *, plain_config: dict | None = None) -> dic
         "region": np.asarray(names)[r.ravel()], "lever": np.asarray(problem.levers)[l.ravel()], "year": t.ravel() + 1,
         "spend": per_year.ravel(), "amount": (per_year / problem.costs).ravel(),
     }).to_csv(out_dir / "allocation.csv", index=False)
-    marginal = marginal_values(problem, jnp_asarray(spend))
+    marginal = marginal_values(problem, jnp.asarray(spend))
     pd.DataFrame(marginal, index=pd.Index(names, name="region"), columns=list(problem.levers)).to_csv(out_dir / "marginal_value.csv")
     plot_allocation(spend.sum(0), names, problem.levers, out_dir / "allocation.png")
     plot_policy_history(result.history, {m: v for m, v, _ in rows if m != "gradient"}, out_dir / "objective.png")
