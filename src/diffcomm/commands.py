@@ -456,8 +456,8 @@ def run_optimize(cfg, out_dir: Path, *, plain_config: dict | None = None) -> dic
     """Optimize the allocation, run the baselines, and report into `out_dir`."""
     _precision(cfg.model)
     from .calibrate import Interrupted
-    from .policy import evaluate, evolution_strategy, marginal_values, optimize, proportional_allocation, random_search
-    from .policy import uniform_allocation
+    from .policy import evaluate, evolution_strategy, make_objective, marginal_values, optimize, proportional_allocation
+    from .policy import random_search, uniform_allocation
     from .report import plot_allocation, plot_policy_history, write_json
 
     out_dir = Path(out_dir)
@@ -479,11 +479,12 @@ def run_optimize(cfg, out_dir: Path, *, plain_config: dict | None = None) -> dic
         es = evolution_strategy(problem, result.evaluations, key=jax.random.key(o.seed + 1))
         methods["evolution_strategy"] = (es.spend, es.evaluations)
     rows, parts = [], {}
+    objective, _ = make_objective(problem)
     for method, (spend, evaluations) in methods.items():
-        value, method_parts = evaluate(problem, spend)
+        value, method_parts = evaluate(problem, spend, objective)
         rows.append((method, value, evaluations))
         parts[method] = method_parts
-    _, parts["no_policy"] = evaluate(problem, np.zeros(problem.shape))
+    _, parts["no_policy"] = evaluate(problem, np.zeros(problem.shape), objective)
     comparison = pd.DataFrame(rows, columns=["method", "objective", "simulator_evaluations"])
     comparison.to_csv(out_dir / "comparison.csv", index=False)
     pd.DataFrame(parts).rename_axis("part").to_csv(out_dir / "objective_parts.csv")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .calibrate import Laplace, sample_params
-from .loss import CalibrationInputs, initial_state_from_data, nb_sample
+from .loss import CalibrationInputs, initial_state_from_data, knowledge_from_patents, nb_sample
 from .model import Params
 from .simulate import make_forcing, simulate
 
@@ -23,9 +23,8 @@ from .simulate import make_forcing, simulate
 def restart_knowledge(params: Params, state, counts):
     """The state with knowledge set from observed patent counts (the observation model inverted),
     kept where a count is missing; its split over domains is the simulated one."""
-    p = params.natural()
     knowledge = state.regions.knowledge
-    level = jnp.exp((jnp.log(counts + 0.5) - p.patents_intercept) / p.patents_knowledge_elasticity)
+    level = knowledge_from_patents(params, counts)
     observed = jnp.isfinite(counts)
     share = knowledge / jnp.sum(knowledge, axis=-1, keepdims=True)
     new = jnp.where(observed[:, None], jnp.where(observed, level, 1.0)[:, None] * share, knowledge)

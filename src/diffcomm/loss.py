@@ -113,14 +113,19 @@ class CalibrationInputs(eqx.Module):
         return jnp.sum(self.patents_mask) + jnp.sum(self.linkage_mask)
 
 
-def initial_state_from_data(params: Params, inputs: CalibrationInputs):
-    """The state in the first year: knowledge inverts the patent observation model at the
-    observed count (+0.5, so zero counts stay finite); members, internationalization from data.
-    """
+def knowledge_from_patents(params: Params, counts: Array) -> Array:
+    """Total knowledge that the patent observation model maps to `counts` (+0.5, so that zero
+    counts stay finite): the inverse of `patents = exp(theta_0 + theta_G log sum_k G_k)`."""
     p = params.natural()
-    log_knowledge = (jnp.log(inputs.first_patents + 0.5) - p.patents_intercept) / p.patents_knowledge_elasticity
+    return jnp.exp((jnp.log(counts + 0.5) - p.patents_intercept) / p.patents_knowledge_elasticity)
+
+
+def initial_state_from_data(params: Params, inputs: CalibrationInputs):
+    """The state in the first year: knowledge from the observed patent count (split evenly over
+    domains), active members and internationalization from data.
+    """
     num_domains = params.num_domains
-    knowledge = jnp.exp(log_knowledge)[:, None] / num_domains * jnp.ones((1, num_domains))
+    knowledge = knowledge_from_patents(params, inputs.first_patents)[:, None] / num_domains * jnp.ones((1, num_domains))
     active = inputs.initial_active[:, None] / num_domains * jnp.ones((1, num_domains))
     internationalization = jnp.clip(inputs.initial_internationalization, 0.01, 0.99)[:, None] * jnp.ones((1, num_domains))
     return init_state(params, inputs.graph, active=active, knowledge=knowledge, internationalization=internationalization)

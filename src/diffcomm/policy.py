@@ -322,8 +322,9 @@ def evolution_strategy(
     return PolicyResult(best, best_value, history, done, time.perf_counter() - started)
 
 
-def evaluate(problem: PolicyProblem, spend) -> tuple[float, dict[str, float]]:
-    """The objective and its raw parts for one allocation."""
-    objective, _ = make_objective(problem)
+def evaluate(problem: PolicyProblem, spend, objective: Callable | None = None) -> tuple[float, dict[str, float]]:
+    """The objective and its raw parts for one allocation (`objective` from `make_objective`,
+    built here if not given)."""
+    objective = objective or make_objective(problem)[0]
     parts = objective_parts(problem, lever_amounts(problem, jnp.asarray(spend)))
     return float(objective(jnp.asarray(spend))), {k: float(v) for k, v in parts.items()}
