@@ -46,6 +46,24 @@ def test_projection_is_exactly_feasible(cap):
     np.testing.assert_allclose(project(x, 100.0, cap), x, atol=1e-9)
 
 
+@pytest.mark.parametrize("cap", [None, 3.0])
+def test_projection_with_region_caps_is_exactly_feasible_and_optimal(cap):
+    y = jax.random.normal(jax.random.key(5), (2, 8, 4)) * 5.0
+    y = y.at[:, 0].add(20.0)  # region 0 wants far more than its cap
+    x = project(y, 100.0, cap, region_cap=15.0)
+    assert float(jnp.min(x)) >= 0.0
+    np.testing.assert_allclose(float(jnp.sum(x)), 100.0, rtol=1e-12)
+    assert float(jnp.max(jnp.sum(x, axis=(0, 2)))) <= 15.0 * (1 + 1e-12)
+    np.testing.assert_allclose(float(jnp.sum(x[:, 0])), 15.0, rtol=1e-9)  # the binding cap
+    if cap is not None:
+        assert float(jnp.max(x)) <= cap
+    np.testing.assert_allclose(project(x, 100.0, cap, region_cap=15.0), x, atol=1e-8)  # idempotent
+    # no feasible point is closer to y (checked against random feasible points)
+    for k in range(20):
+        z = project(jax.random.normal(jax.random.key(10 + k), y.shape) * 5.0, 100.0, cap, region_cap=15.0)
+        assert float(jnp.sum((x - y) ** 2)) <= float(jnp.sum((z - y) ** 2)) + 1e-9
+
+
 def test_optimized_allocation_beats_every_baseline_and_stays_feasible():
     problem = problem_for()
     result = optimize(problem, steps=60, progress=False)
@@ -119,6 +137,8 @@ def test_time_varying_allocation_and_caps():
 def test_problem_rejects_impossible_settings():
     with pytest.raises(ValueError, match="cannot hold the budget"):
         problem_for(cap=0.01)
+    with pytest.raises(ValueError, match="region_cap 1.0 x 10 regions cannot hold"):
+        problem_for(region_cap=1.0)
     with pytest.raises(ValueError, match="unknown objective part"):
         problem_for(weights={"happiness": 1.0})
     with pytest.raises(ValueError, match="levers must be"):
@@ -158,9 +178,12 @@ def test_optimize_command_writes_the_report(tmp_path, clean_argv):
         ("policy.levers=[bribes]", "policy.levers must be names from"),
         ("+policy.objective.happiness=1", "policy.objective.happiness must be a part from"),
         ("source=run", "run must be an existing calibrated run folder"),
+        ("policy.region_cap=0.001", "region_cap 0.001 x 20 regions cannot hold the budget"),
     ],
 )
-def test_bad_optimize_overrides(clean_argv, capsys, override, expected):
-    assert cli.main(["optimize", override]) == 2
+def test_bad_optimize_overrides(tmp_path, clean_argv, capsys, override, expected):
+    out = tmp_path / "run"
+    assert cli.main(["optimize", override, f"hydra.run.dir={out}"]) == 2
+    assert not (out / "summary.json").exists()
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err

@@ -446,6 +446,7 @@ def build_policy_problem(cfg):
     problem = PolicyProblem(
         params, initial, drivers, graph, years=p.years, levers=tuple(p.levers),
         costs=np.asarray([p.costs.get(name, 1.0) for name in p.levers], float), budget=p.budget, cap=p.cap,
+        region_cap=p.region_cap,
         time_varying=p.time_varying, discount=p.discount, weights=dict(p.objective),
     )
     size = np.asarray(initial.regions.active).sum(-1)
@@ -463,7 +464,10 @@ def run_optimize(cfg, out_dir: Path, *, plain_config: dict | None = None) -> dic
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    problem, names, size = build_policy_problem(cfg)
+    try:
+        problem, names, size = build_policy_problem(cfg)
+    except ValueError as error:
+        raise ConfigError(f"policy: {error}") from None
     o = cfg.optimize
     try:
         result = optimize(problem, steps=o.steps, learning_rate=o.learning_rate, checkpoint_path=out_dir / "checkpoint",

@@ -178,6 +178,7 @@ class PolicyConfig:
                                                        "connecting", "spawning"])
     costs: dict[str, float] = field(default_factory=dict)  # unit cost per lever (per region-year); default 1
     cap: float | None = None  # most spending one cell (region x lever [x year]) may receive
+    region_cap: float | None = None  # most spending one region may receive, all levers and years
     time_varying: bool = False  # one allocation per year, or one spread evenly over the years
     discount: float = 0.97
     objective: dict[str, float] = field(default_factory=lambda: {"development": 1.0})
@@ -334,6 +335,7 @@ def validate(cfg: Any) -> None:
             _require(name in LEVERS, f"policy.costs.{name}", f"a lever name from {list(LEVERS)}", name)
             _require(_finite(cost) and cost > 0, f"policy.costs.{name}", "a positive unit cost", cost)
         _require(p.cap is None or p.cap > 0, "policy.cap", "null or > 0", p.cap)
+        _require(p.region_cap is None or p.region_cap > 0, "policy.region_cap", "null or > 0", p.region_cap)
         _require(0 < p.discount <= 1, "policy.discount", "in (0, 1]", p.discount)
         _require(bool(p.objective), "policy.objective", "at least one weighted part", p.objective)
         for name, weight in p.objective.items():

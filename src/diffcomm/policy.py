@@ -3,7 +3,8 @@
 An allocation is spending per cell (region x lever, or year x region x lever); lever amounts are
 spending divided by the lever's unit cost. Allocations are kept feasible exactly, by Euclidean
 projection onto {spend >= 0, spend <= cap, sum spend = budget} after every step (projected
-gradient ascent with an optax optimizer), never by a penalty. The objective is differentiated
+gradient ascent with an optax optimizer), never by a penalty; an optional cap per region bounds
+the spending of all of a region's cells together. The objective is differentiated
 through the whole simulation.
 """
 
@@ -36,6 +37,7 @@ class PolicyProblem:
     - `costs`: cost of one unit of each lever in one region for one year, `(L,)`.
     - `budget`: total spending over the horizon.
     - `cap`: most spending one cell may receive (None: no cap).
+    - `region_cap`: most spending one region may receive over all its levers and years (None: no cap).
     - `time_varying`: one allocation per year (`True`) or one spread evenly over the years.
     - `discount`: yearly discount factor of the objective.
     - `weights`: objective part -> weight; parts are divided by their size under no policy, so
@@ -51,6 +53,7 @@ class PolicyProblem:
     costs: np.ndarray
     budget: float
     cap: float | None = None
+    region_cap: float | None = None
     time_varying: bool = False
     discount: float = 0.97
     weights: dict = dataclasses.field(default_factory=lambda: {"development": 1.0})
@@ -65,6 +68,8 @@ class PolicyProblem:
             raise ValueError(f"budget must be >= 0, got {self.budget}")
         if self.cap is not None and self.cap * int(np.prod(self.shape)) < self.budget:
             raise ValueError(f"cap {self.cap} x {int(np.prod(self.shape))} cells cannot hold the budget {self.budget}")
+        if self.region_cap is not None and self.region_cap * self.num_regions < self.budget:
+            raise ValueError(f"region_cap {self.region_cap} x {self.num_regions} regions cannot hold the budget {self.budget}")
         bad = sorted(set(self.weights) - set(OBJECTIVE_PARTS))
         if bad:
             raise ValueError(f"unknown objective part(s) {bad}; known: {list(OBJECTIVE_PARTS)}")
@@ -86,31 +91,52 @@ class PolicyProblem:
 # --------------------------------------------------------------------------------------------
 
 
-def project(y: jax.Array, budget: float, cap: float | None = None) -> jax.Array:
-    """Euclidean projection of `y` onto {0 <= x <= cap, sum x = budget}.
+def project(y: jax.Array, budget: float, cap: float | None = None, region_cap: float | None = None) -> jax.Array:
+    """Euclidean projection of `y` (shape (T', R, L)) onto the feasible allocations.
 
-    `x = clip(y - tau, 0, cap)` with `tau` found by bisection (the sum falls as `tau` rises);
-    a last rescaling removes the bisection's rounding, so the sum equals the budget to the last
-    bits and nothing is negative.
+    Feasible: `0 <= x <= cap` in every cell, at most `region_cap` in all of one region's cells
+    (axis 1), and `sum x = budget`. The solution is `x = clip(y - tau - mu_r, 0, cap)`: `tau` by
+    bisection on the total, and for each `tau` every region's `mu_r >= 0` by bisection on its
+    own total (all regions at once). A last rescaling removes the rounding of the bisections.
     """
     upper = jnp.inf if cap is None else cap
-    flat = jnp.ravel(y)
-    lo = jnp.min(flat) - (budget if cap is None else cap) - 1.0  # sum >= budget here
-    hi = jnp.max(flat)  # sum = 0 here
+    big = budget + jnp.max(jnp.abs(y)) + 1.0
+
+    def region_totals(shift):  # shift broadcast over cells
+        return jnp.sum(jnp.clip(y - shift, 0.0, upper), axis=(0, 2))
+
+    def allocate(tau):
+        if region_cap is None:
+            return jnp.clip(y - tau, 0.0, upper)
+
+        def body(_, bounds):  # per region: the smallest mu >= 0 with total <= region_cap
+            lo, hi = bounds
+            mid = 0.5 * (lo + hi)
+            over = region_totals(tau + mid[None, :, None]) > region_cap
+            return jnp.where(over, mid, lo), jnp.where(over, hi, mid)
+
+        zeros = jnp.zeros(y.shape[1])
+        top = jnp.maximum(jnp.max(y) - tau, 0.0) + 1.0  # at mu = top every cell is empty
+        _, mu = jax.lax.fori_loop(0, 100, body, (zeros, zeros + top))
+        mu = jnp.where(region_totals(tau + zeros[None, :, None]) > region_cap, mu, 0.0)
+        return jnp.clip(y - tau - mu[None, :, None], 0.0, upper)
 
     def body(_, bounds):
         lo, hi = bounds
         mid = 0.5 * (lo + hi)
-        too_much = jnp.sum(jnp.clip(flat - mid, 0.0, upper)) > budget
+        too_much = jnp.sum(allocate(mid)) > budget
         return jnp.where(too_much, mid, lo), jnp.where(too_much, hi, mid)
 
-    lo, hi = jax.lax.fori_loop(0, 200, body, (lo, hi))
-    x = jnp.clip(flat - 0.5 * (lo + hi), 0.0, upper)
+    lo, hi = jax.lax.fori_loop(0, 100, body, (jnp.min(y) - 2 * big, jnp.max(y)))
+    x = allocate(0.5 * (lo + hi))
     total = jnp.sum(x)
     x = jnp.where(total > 0, x * (budget / jnp.where(total > 0, total, 1.0)), jnp.full_like(x, budget / x.size))
     if cap is not None:
         x = jnp.minimum(x, cap)
-    return x.reshape(y.shape)
+    if region_cap is not None:  # the rescaling moves totals by rounding only; keep them inside
+        totals = jnp.sum(x, axis=(0, 2), keepdims=True)
+        x = x * jnp.minimum(1.0, region_cap / jnp.maximum(totals, 1e-300))
+    return x
 
 
 def uniform_allocation(problem: PolicyProblem) -> jax.Array:
@@ -221,7 +247,7 @@ def optimize(
     def step(spend, state):
         value, grad = value_and_grad(spend)
         updates, state = optimizer.update(jax.tree_util.tree_map(jnp.negative, grad), state, spend)
-        return value, project(optax.apply_updates(spend, updates), problem.budget, problem.cap), state
+        return value, project(optax.apply_updates(spend, updates), problem.budget, problem.cap, problem.region_cap), state
 
     spend = uniform_allocation(problem)
     state = optimizer.init(spend)
@@ -265,7 +291,7 @@ def proportional_allocation(problem: PolicyProblem, size: np.ndarray) -> jax.Arr
     """Spending in proportion to region size, split evenly over levers (and years)."""
     share = np.asarray(size, float) / np.sum(size)
     spend = np.broadcast_to(share[None, :, None], problem.shape) * problem.budget / (problem.shape[0] * problem.shape[2])
-    return project(jnp.asarray(spend), problem.budget, problem.cap)
+    return project(jnp.asarray(spend), problem.budget, problem.cap, problem.region_cap)
 
 
 def random_search(problem: PolicyProblem, evaluations: int, *, key: jax.Array, batch: int = 32) -> PolicyResult:
@@ -277,7 +303,7 @@ def random_search(problem: PolicyProblem, evaluations: int, *, key: jax.Array, b
         n = min(batch, evaluations - done)
         key, sub = jax.random.split(key)
         draws = jax.random.dirichlet(sub, jnp.ones(int(np.prod(problem.shape))), (batch,)) * problem.budget
-        draws = jax.vmap(lambda d: project(d.reshape(problem.shape), problem.budget, problem.cap))(draws)
+        draws = jax.vmap(lambda d: project(d.reshape(problem.shape), problem.budget, problem.cap, problem.region_cap))(draws)
         values = np.asarray(batched(draws))[:n]
         j = int(np.argmax(values))
         if values[j] > best_value:
@@ -293,30 +319,32 @@ def evolution_strategy(
     """A gradient-free evolution strategy on softmax logits (antithetic sampling, rank weights).
 
     The allocation is `budget x softmax(logits)` (projected when capped); each generation
-    spends `population` evaluations; the search mean moves along the rank-weighted noise.
+    spends `population` evaluations (the last one fewer, to use exactly `evaluations`, rounded
+    down to an even number); the search mean moves along the rank-weighted noise.
     """
     started = time.perf_counter()
     batched = _batched_objective(problem)
     cells = int(np.prod(problem.shape))
 
     def allocation(logits):
-        return project((problem.budget * jax.nn.softmax(logits)).reshape(problem.shape), problem.budget, problem.cap)
+        return project((problem.budget * jax.nn.softmax(logits)).reshape(problem.shape), problem.budget, problem.cap,
+                       problem.region_cap)
 
     mean = jnp.zeros(cells)
     best, best_value, history, done = np.asarray(allocation(mean)), -np.inf, [], 0
-    half = population // 2
-    while done + population <= evaluations:
+    while evaluations - done >= 2:  # the last generation may be smaller, so no evaluation is left unused
+        half = min(population, evaluations - done) // 2
         key, sub = jax.random.split(key)
         noise = jax.random.normal(sub, (half, cells))
         candidates = jnp.concatenate([mean + sigma * noise, mean - sigma * noise])
         spends = jax.vmap(allocation)(candidates)
         values = np.asarray(batched(spends))
-        done += population
+        done += 2 * half
         history += values.tolist()
         j = int(np.argmax(values))
         if values[j] > best_value:
             best, best_value = np.asarray(spends[j]), float(values[j])
-        ranks = np.argsort(np.argsort(values)) / (population - 1) - 0.5
+        ranks = np.argsort(np.argsort(values)) / (2 * half - 1) - 0.5
         direction = (jnp.asarray(ranks[:half] - ranks[half:])[:, None] * noise).sum(0) / (half * sigma)
         mean = mean + rate * direction
     return PolicyResult(best, best_value, history, done, time.perf_counter() - started)
