@@ -169,6 +169,7 @@ def test_optimize_command_writes_the_report(tmp_path, clean_argv):
     for name in ("allocation.png", "objective.png", "report.md", "objective_parts.csv"):
         assert (out / name).exists(), name
     assert json.loads((out / "summary.json").read_text())["spent"] == pytest.approx(200.0)
+    assert cli.main([*args[:-1], "policy.budget=300", f"hydra.run.dir={out}"]) == 2  # another config's checkpoint
 
 
 @pytest.mark.parametrize(

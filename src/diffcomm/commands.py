@@ -153,11 +153,20 @@ def fit_dataset(cfg: CalibrateConfig, dataset, *, checkpoint: Path | None, label
     return result, polished, approx, inputs
 
 
-def _fingerprint(cfg: CalibrateConfig) -> str:
+def _claim_run_folder(cfg, out_dir: Path, settings: str) -> None:
+    """Mark `out_dir` with the configuration's fingerprint; refuse a folder holding another's.
+
+    A checkpoint in the folder is resumed, so it must come from the same configuration; the
+    settings that only steer one call (`stop_after`, `progress`) do not count.
+    """
     plain = dataclasses.asdict(cfg)
     for key in ("stop_after", "progress"):
-        plain["fit"].pop(key, None)
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        plain[settings].pop(key, None)
+    fingerprint = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    stamp = out_dir / "fingerprint.txt"
+    if stamp.exists() and stamp.read_text().strip() != fingerprint:
+        raise ConfigError(f"{out_dir} holds a checkpoint of a different configuration; use a new run folder")
+    stamp.write_text(fingerprint + "\n")
 
 
 def run_calibrate(cfg: CalibrateConfig, out_dir: Path, *, plain_config: dict | None = None) -> dict:
@@ -170,11 +179,7 @@ def run_calibrate(cfg: CalibrateConfig, out_dir: Path, *, plain_config: dict | N
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(cfg)
-    stamp = out_dir / "fingerprint.txt"
-    if stamp.exists() and stamp.read_text().strip() != fingerprint:
-        raise ConfigError(f"{out_dir} holds a checkpoint of a different configuration; use a new run folder")
-    stamp.write_text(fingerprint + "\n")
+    _claim_run_folder(cfg, out_dir, "fit")
     started = time.perf_counter()
     dataset = load_dataset(cfg.data)
     print(f"data: {dataset.num_regions} regions, years {dataset.years[0]}-{dataset.years[-1]} "
@@ -463,6 +468,7 @@ def run_optimize(cfg, out_dir: Path, *, plain_config: dict | None = None) -> dic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _claim_run_folder(cfg, out_dir, "optimize")
     started = time.perf_counter()
     try:
         problem, names, size = build_policy_problem(cfg)
