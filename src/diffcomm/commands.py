@@ -371,7 +371,7 @@ def run_forecast(cfg: ForecastConfig, out_dir: Path, *, plain_config: dict | Non
     """
     from .forecast import forecast_patents
     from .loss import CalibrationInputs
-    from .report import plot_observed_vs_fitted, write_json
+    from .report import atomic_path, plot_observed_vs_fitted, write_json
 
     first, last = parse_years(cfg.years)
     calibrated, params, approx = load_calibrated_run(Path(cfg.run))
@@ -400,8 +400,6 @@ def run_forecast(cfg: ForecastConfig, out_dir: Path, *, plain_config: dict | Non
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from .report import atomic_path
-
     with atomic_path(out_dir / "forecast.csv") as tmp:
         frame.to_csv(tmp, index=False)
     shown = np.full((len(years), dataset.num_regions), np.nan)
@@ -429,18 +427,15 @@ def build_policy_problem(cfg):
 
     p = cfg.policy
     if cfg.source == "run":
-        from .forecast import restart_knowledge
-        from .loss import CalibrationInputs, initial_state_from_data
-        from .simulate import make_forcing, simulate
+        from .forecast import state_at_origin
+        from .loss import CalibrationInputs
 
         calibrated, params, _ = load_calibrated_run(Path(cfg.run))
         dataset = load_dataset(calibrated.data)
         inputs = CalibrationInputs.from_dataset(dataset)
         # the state in the last data year: simulate the data years, knowledge from the last counts
-        state, _ = simulate(params, initial_state_from_data(params, inputs), inputs.drivers, inputs.graph,
-                            make_forcing(len(dataset.years) - 1, dataset.num_regions), record_states=False)
         last = np.where(np.asarray(inputs.patents_mask[-1]) > 0, np.asarray(inputs.patents[-1]), np.nan)
-        initial = restart_knowledge(params, state, jnp.asarray(last))
+        initial, _ = state_at_origin(params, inputs, len(dataset.years) - 1, jnp.asarray(last))
         drivers, graph, names = inputs.drivers, inputs.graph, dataset.names
     else:
         from .config import build_scenario

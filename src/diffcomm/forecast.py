@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .calibrate import Laplace, sample_params
-from .loss import CalibrationInputs, initial_state_from_data, knowledge_from_patents, nb_sample
+from .loss import CalibrationInputs, knowledge_from_patents, nb_sample, simulate_from_data
 from .model import Params
 from .simulate import make_forcing, simulate
 
@@ -31,6 +31,18 @@ def restart_knowledge(params: Params, state, counts):
     return eqx.tree_at(lambda s: s.regions.knowledge, state, new)
 
 
+def state_at_origin(params: Params, inputs: CalibrationInputs, origin_years: int, origin_counts=None):
+    """Simulate `origin_years` years from the data's first year; with `origin_counts` (R,),
+    restart knowledge from the counts observed at that origin.
+
+    **Returns:** the state at the origin and the observations of the years up to it (T, R).
+    """
+    state, observations = simulate_from_data(params, inputs, origin_years)
+    if origin_counts is not None:
+        state = restart_knowledge(params, state, origin_counts)
+    return state, observations
+
+
 @eqx.filter_jit
 def _ensemble_means(draws: Params, inputs: CalibrationInputs, num_years: int, origin_years: int, origin_counts):
     """Patents means for each draw: simulate to the forecast origin, restart knowledge from the
@@ -38,15 +50,13 @@ def _ensemble_means(draws: Params, inputs: CalibrationInputs, num_years: int, or
     num_regions = inputs.first_patents.shape[0]
 
     def one(params):
-        state = initial_state_from_data(params, inputs)
-        first = make_forcing(origin_years, num_regions)
-        state, traj = simulate(params, state, inputs.drivers, inputs.graph, first, record_states=False)
         if origin_counts is None or origin_years == num_years:
-            return traj.observations.patents, params.natural().patents_dispersion
-        state = restart_knowledge(params, state, origin_counts)
+            patents = simulate_from_data(params, inputs, num_years)[1].patents
+            return patents, params.natural().patents_dispersion
+        state, observations = state_at_origin(params, inputs, origin_years, origin_counts)
         rest = make_forcing(num_years - origin_years, num_regions)
         _, later = simulate(params, state, inputs.drivers, inputs.graph, rest, record_states=False)
-        patents = jnp.concatenate([traj.observations.patents, later.observations.patents])
+        patents = jnp.concatenate([observations.patents, later.observations.patents])
         return patents, params.natural().patents_dispersion
 
     return jax.vmap(one)(draws)

@@ -131,12 +131,18 @@ def initial_state_from_data(params: Params, inputs: CalibrationInputs):
     return init_state(params, inputs.graph, active=active, knowledge=knowledge, internationalization=internationalization)
 
 
-def predict(params: Params, inputs: CalibrationInputs, num_years: int, *, checkpoint: bool = False):
-    """Simulate `num_years` years after the first; returns the trajectory's observations (T, R)."""
+def simulate_from_data(params: Params, inputs: CalibrationInputs, num_years: int, *, checkpoint: bool = False):
+    """Simulate `num_years` years after the data's first year; returns the final state and the
+    observations of every year (T, R)."""
     state = initial_state_from_data(params, inputs)
     forcing = make_forcing(num_years, inputs.first_patents.shape[0])
-    _, traj = simulate(params, state, inputs.drivers, inputs.graph, forcing, record_states=False, checkpoint=checkpoint)
-    return traj.observations
+    final, traj = simulate(params, state, inputs.drivers, inputs.graph, forcing, record_states=False, checkpoint=checkpoint)
+    return final, traj.observations
+
+
+def predict(params: Params, inputs: CalibrationInputs, num_years: int, *, checkpoint: bool = False):
+    """Simulate `num_years` years after the first; returns the trajectory's observations (T, R)."""
+    return simulate_from_data(params, inputs, num_years, checkpoint=checkpoint)[1]
 
 
 def calibration_loss(params: Params, inputs: CalibrationInputs) -> Float[Array, ""]:

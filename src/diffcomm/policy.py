@@ -11,6 +11,7 @@ through the whole simulation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,12 @@ class PolicyProblem:
     @property
     def num_regions(self) -> int:
         return int(self.drivers.connecting.shape[0])
+
+    @functools.cached_property
+    def baseline(self) -> dict[str, float]:
+        """The objective's parts with no policy: simulated once per problem."""
+        zero = Levers.zeros((self.years, self.num_regions))
+        return {k: float(v) for k, v in objective_parts(self, zero).items()}
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -176,8 +183,7 @@ def objective_parts(problem: PolicyProblem, levers: Levers) -> dict[str, jax.Arr
 
 def make_objective(problem: PolicyProblem) -> tuple[Callable[[jax.Array], jax.Array], dict[str, float]]:
     """The scalar objective of an allocation (to maximize), and the parts under no policy."""
-    zero = jax.tree_util.tree_map(jnp.zeros_like, lever_amounts(problem, uniform_allocation(problem)))
-    baseline = {k: float(v) for k, v in objective_parts(problem, zero).items()}
+    baseline = problem.baseline
 
     def objective(spend):
         parts = objective_parts(problem, lever_amounts(problem, spend))

@@ -109,6 +109,21 @@ def archetype_summary(scenario: Scenario, traj: Trajectory) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    _pyplot().close(fig)
+
+
 PANELS = (
     ("active", "active members (sum over domains)"),
     ("knowledge", "knowledge (sum over domains)"),
@@ -123,11 +138,7 @@ PANELS = (
 
 def plot_archetype_trajectories(scenario: Scenario, traj: Trajectory, path: Path, *, title: str = "") -> None:
     """One panel per main variable; a line per archetype (mean) with its 10-90% band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     arrays = trajectory_arrays(traj)
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), constrained_layout=True)
     for ax, (variable, label) in zip(axes.ravel(), PANELS):
@@ -146,9 +157,7 @@ def plot_archetype_trajectories(scenario: Scenario, traj: Trajectory, path: Path
     axes[0, 0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_simulation(
@@ -201,21 +210,6 @@ def write_simulation(
 # --------------------------------------------------------------------------------------------
 # Calibration and forecasts
 # --------------------------------------------------------------------------------------------
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    _pyplot().close(fig)
 
 
 def plot_loss_history(history: dict, path: Path, *, title: str = "") -> None:
