@@ -1,94 +1,119 @@
-"""Calibration on the default data: time to converge, and one gradient vs. finite differences.
+"""Calibration on the default data: the whole command, cold and warm, and one gradient vs. finite differences.
 
-    python benchmarks/bench_calibrate.py [--out FILE] [--skip-fit]
+    python benchmarks/bench_calibrate.py [--out FILE] [--skip-command] [--compare /other/venv/bin/diffcomm]
 
-Prints and writes JSON (default `benchmarks/results/calibrate_<platform>.json`): seconds to load
-the data; seconds for one reverse-mode gradient of the loss over the free parameters against
-estimating the same gradient by central finite differences (2 P loss evaluations), with the
-largest relative difference between the two; and the calibration's steps, seconds and final
-loss with the default settings (`conf/calibrate.yaml`).
+Prints and writes JSON (default `benchmarks/results/calibrate_<platform>.json`):
+
+- `diffcomm calibrate` end to end (a subprocess, wall time), first with an empty compilation
+  cache (a first run on a new machine) and then again with the cache it filled (every later
+  run), with the time of each phase read from its `calibrate.log`;
+- with `--compare`, the same command of another installation run right before, so that both
+  are timed on the same machine in one sitting (the ratio is what to trust: absolute times on a
+  shared machine move with its load);
+- seconds to load the data; one reverse-mode gradient of the objective over the free
+  parameters against central finite differences (2 P evaluations), with their largest relative
+  difference.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from common import best_time, write_result
 
-jax.config.update("jax_enable_x64", True)
+import diffcomm as dc
+from diffcomm.loss import Prior, objective
+from diffcomm.params import free_mask
 
-import equinox as eqx  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from jax.flatten_util import ravel_pytree  # noqa: E402
+PHASE = re.compile(r"\] (?P<phase>[\w :()-]+?): done in (?P<seconds>[\d.]+) s")
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time, write_result  # noqa: E402
 
-from diffcomm.calibrate import free_filter  # noqa: E402
-from diffcomm.commands import fit_dataset, load_dataset  # noqa: E402
-from diffcomm.config import CalibrateConfig, build_params, conf_dir, to_typed  # noqa: E402
-from diffcomm.loss import CalibrationInputs, calibration_loss  # noqa: E402
+def run_command(executable: str, folder: Path, cache: Path | None) -> dict:
+    """Wall seconds of `<executable> calibrate` into `folder`, and its phases from the log."""
+    args = [executable, "calibrate", "fit.progress=false", f"hydra.run.dir={folder}"]
+    if cache is not None:
+        args.append(f"runtime.compilation_cache={cache}")
+    started = time.perf_counter()
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    log = (folder / "calibrate.log").read_text()
+    phases = {m["phase"]: float(m["seconds"]) for m in PHASE.finditer(log)}
+    return dict(wall_seconds=wall, phases=phases)
+
+
+def gradient_against_finite_differences() -> dict:
+    with jax.enable_x64(True):
+        config = dc.CalibrateConfig()
+        start = time.perf_counter()
+        data = dc.load_dataset(config.data)
+        load_seconds = time.perf_counter() - start
+        params = dc.Params.from_natural(1)
+        prior = Prior(params, tuple(config.fit.free), config.fit.prior_scale)
+        import equinox as eqx
+        from jax.flatten_util import ravel_pytree
+
+        free, fixed = eqx.partition(params, free_mask(params, config.fit.free))
+        flat, unravel = ravel_pytree(free)
+        loss = jax.jit(lambda x: objective(eqx.combine(unravel(x), fixed), data, prior))
+        grad = jax.jit(jax.grad(lambda x: objective(eqx.combine(unravel(x), fixed), data, prior)))
+        h = 1e-5
+
+        def finite_differences():
+            return jnp.stack([(loss(flat + e) - loss(flat - e)) / (2 * h) for e in np.eye(flat.size) * h])
+
+        t_grad, t_loss = best_time(lambda: grad(flat)), best_time(lambda: loss(flat))
+        t_fd = best_time(finite_differences, repeats=3)
+        g_ad, g_fd = np.asarray(grad(flat)), np.asarray(finite_differences())
+        return dict(regions=data.num_regions, years=len(data.years) - 1, free_parameters=int(flat.size),
+                    load_seconds=load_seconds, loss_seconds=t_loss, gradient_seconds=t_grad,
+                    finite_difference_seconds=t_fd, finite_difference_over_gradient=t_fd / t_grad,
+                    gradient_over_loss=t_grad / t_loss,
+                    max_relative_difference_fd_vs_ad=float(np.max(np.abs(g_ad - g_fd) / np.maximum(np.abs(g_ad), 1e-8))))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--skip-fit", action="store_true", help="only the gradient comparison")
+    parser.add_argument("--skip-command", action="store_true", help="only the gradient comparison")
+    parser.add_argument("--compare", default=None, help="the diffcomm executable of another installation to time first")
     args = parser.parse_args(argv)
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = to_typed(compose(config_name="calibrate", overrides=["fit.progress=false"]), CalibrateConfig)
-
-    start = time.perf_counter()
-    dataset = load_dataset(cfg.data)
-    load_seconds = time.perf_counter() - start
-    inputs = CalibrationInputs.from_dataset(dataset)
-    params = build_params(cfg.model)
-    free, fixed = eqx.partition(params, free_filter(params, cfg.fit.free))
-    flat, unravel = ravel_pytree(free)
-
-    loss = jax.jit(lambda x: calibration_loss(eqx.combine(unravel(x), fixed), inputs))
-    grad = jax.jit(jax.grad(lambda x: calibration_loss(eqx.combine(unravel(x), fixed), inputs)))
-    h = 1e-5
-
-    def finite_differences():
-        basis = np.eye(flat.size) * h
-        return jnp.stack([(loss(flat + e) - loss(flat - e)) / (2 * h) for e in basis])
-
-    t_grad = best_time(lambda: grad(flat))
-    t_loss = best_time(lambda: loss(flat))
-    t_fd = best_time(finite_differences, repeats=3)
-    g_ad, g_fd = np.asarray(grad(flat)), np.asarray(finite_differences())
-    rel = float(np.max(np.abs(g_ad - g_fd) / np.maximum(np.abs(g_ad), 1e-8)))
-    result = dict(
-        device=dict(platform=jax.devices()[0].platform, cpu_count=os.cpu_count(), jax=jax.__version__),
-        regions=dataset.num_regions, years=int(dataset.years[-1] - dataset.years[0]), free_parameters=int(flat.size),
-        load_seconds=load_seconds, loss_seconds=t_loss, gradient_seconds=t_grad, finite_difference_seconds=t_fd,
-        finite_difference_over_gradient=t_fd / t_grad, gradient_over_loss=t_grad / t_loss,
-        max_relative_difference_fd_vs_ad=rel,
-    )
-    print(f"data: {dataset.num_regions} regions loaded in {load_seconds:.2f} s")
-    print(f"one gradient ({flat.size} free parameters): {t_grad * 1e3:.1f} ms; loss alone {t_loss * 1e3:.1f} ms; "
-          f"central finite differences: {t_fd * 1e3:.0f} ms ({t_fd / t_grad:.1f}x the gradient); "
-          f"largest relative difference {rel:.1e}")
-    if not args.skip_fit:
-        start = time.perf_counter()
-        adam, final, approx, _ = fit_dataset(cfg, dataset, checkpoint=None)
-        seconds = time.perf_counter() - start
-        result.update(
-            fit_seconds=seconds, adam_steps=adam.steps, adam_seconds=adam.seconds, adam_converged=adam.converged,
-            restarts=cfg.fit.restarts, polish_steps=final.steps if final is not adam else 0,
-            loss_per_observation=float(final.best_losses[final.best_restart]),
-            laplace_positive_definite=approx.positive_definite,
-        )
-        print(f"calibration: {adam.steps} Adam steps x {cfg.fit.restarts} restarts in {adam.seconds:.0f} s, then "
-              f"{result['polish_steps']} L-BFGS steps; {seconds:.0f} s in all with compilation and the Laplace "
-              f"Hessian; loss per observation {result['loss_per_observation']:.4f}")
+    result = dict(device=dict(platform=jax.devices()[0].platform, cpu_count=os.cpu_count(), jax=jax.__version__))
+    if not args.skip_command:
+        work = Path(tempfile.mkdtemp(prefix="bench_calibrate_"))
+        try:
+            if args.compare:
+                result["compared"] = run_command(args.compare, work / "compared", None)
+                print(f"{args.compare} calibrate: {result['compared']['wall_seconds']:.0f} s")
+            this = str(Path(sys.executable).with_name("diffcomm"))
+            result["cold"] = run_command(this, work / "cold", work / "cache")
+            result["warm"] = run_command(this, work / "warm", work / "cache")
+            for name in ("cold", "warm"):
+                print(f"diffcomm calibrate, {name} compilation cache: {result[name]['wall_seconds']:.0f} s; phases: "
+                      + ", ".join(f"{k} {v:.1f} s" for k, v in result[name]["phases"].items()))
+            if args.compare:
+                for name in ("cold", "warm"):
+                    ratio = result["compared"]["wall_seconds"] / result[name]["wall_seconds"]
+                    result[f"speedup_{name}"] = ratio
+                    print(f"speed-up over the compared installation, {name}: {ratio:.2f}x")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    result.update(gradient_against_finite_differences())
+    print(f"data: {result['regions']} regions loaded in {result['load_seconds']:.2f} s")
+    print(f"one gradient ({result['free_parameters']} free parameters): {result['gradient_seconds'] * 1e3:.1f} ms; "
+          f"loss alone {result['loss_seconds'] * 1e3:.1f} ms; central finite differences: "
+          f"{result['finite_difference_seconds'] * 1e3:.0f} ms ({result['finite_difference_over_gradient']:.1f}x the "
+          f"gradient); largest relative difference {result['max_relative_difference_fd_vs_ad']:.1e}")
     write_result(result, "calibrate", args.out)
     return 0
 

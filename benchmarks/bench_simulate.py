@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, write_result  # noqa: E402
 from numpy_reference import simulate_numpy  # noqa: E402
 
-from diffcomm.model import Levers, Params  # noqa: E402
+from diffcomm.inputs import Levers  # noqa: E402
+from diffcomm.params import Params  # noqa: E402
 from diffcomm.scenario import ARCHETYPES, synthetic_regions  # noqa: E402
 from diffcomm.simulate import make_forcing, simulate  # noqa: E402
 
@@ -63,7 +64,8 @@ def bytes_per_region_year(sc, num_years: int) -> float:
 
 
 def numpy_inputs(params, sc, forcing, dtype=np.float32):
-    natural = {k: np.asarray(v, dtype) for k, v in params.natural()._asdict().items()}
+    p = params.natural()
+    natural = {f.name: np.asarray(getattr(p, f.name), dtype) for f in dataclasses.fields(p)}
     regions = sc.initial.regions
     state = {f.name: np.asarray(getattr(regions, f.name), dtype) for f in dataclasses.fields(regions)}
     world = sc.initial.world
@@ -145,7 +147,8 @@ def main(argv=None) -> int:
     rows = []
     print(f"device: {device.platform} ({device.device_kind}), cores: {os.cpu_count()}, "
           f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s")
-    header = f"{'R':>8} {'fwd ry/s':>12} {'grad ry/s':>12} {'numpy ry/s':>12} {'grad/fwd':>9} {'(stored)':>9} {'jax/numpy':>10} {'B/ry':>6} {'%bw':>6}"
+    header = (f"{'R':>8} {'fwd ry/s':>12} {'grad ry/s':>12} {'numpy ry/s':>12} {'grad/fwd':>9} {'(stored)':>9} "
+              f"{'jax/numpy':>10} {'B/ry':>6} {'%bw':>6}")
     print(header)
     for size in args.sizes:
         row = bench_size(size, args.years, args.repeats, max(1, args.repeats // 2))

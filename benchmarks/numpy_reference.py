@@ -50,7 +50,7 @@ def simulate_numpy(p: dict, state: dict, drivers: dict, graph: dict, levers: dic
         connecting = drivers["connecting"] + levers["connecting"][t]
         phi = drivers["spawning_share"] + (1.0 - drivers["spawning_share"]) * _leave(levers["spawning"][t])
         A, P, X, G, F = s["active"], s["passive"], s["overlap"], s["knowledge"], s["internationalization"]
-        Y, Lc, S = s["development"], s["local_connectedness"], s["catchment_share"]
+        Y, D, S = s["development"], s["disconnection"], s["catchment_share"]
 
         # cross-local ties
         sender, receiver = G[src], G[tgt]
@@ -101,8 +101,8 @@ def simulate_numpy(p: dict, state: dict, drivers: dict, graph: dict, levers: dic
         erosion = p["orchestration_erosion"] * drivers["mne_presence"] * (1.0 - phi) * F.mean(1)
         renewal = (p["spawning_renewal"] * drivers["mne_presence"] * phi * mean_clockspeed
                    + p["policy_renewal"] * np.logaddexp(0.0, policy))
-        Lc_new = Lc * np.exp(-erosion) + _leave(renewal) * (1.0 - Lc)
-        S_new = S + p["catchment_rate"] * (Lc_new * p["catchment_ceiling"] - S)
+        D_new = D * np.exp(-renewal) + (1.0 - D) * _leave(erosion)  # 1 - Lc, as the model stores it
+        S_new = S + p["catchment_rate"] * ((1.0 - D_new) * p["catchment_ceiling"] - S)
 
         members = p["international_base"] + (X_new * A_new).sum(0)
         target = p["frontier_base"] + p["frontier_contribution"] * (X_new * A_new * G_new).sum(0) / members
@@ -112,12 +112,12 @@ def simulate_numpy(p: dict, state: dict, drivers: dict, graph: dict, levers: dic
         ties = s["ties"] * (1.0 - p["tie_decay"]) + (1.0 - s["ties"]) * formation
 
         s.update(active=A_new, passive=P_new, overlap=X_new, knowledge=G_new, internationalization=F_new,
-                 development=Y_new, local_connectedness=Lc_new, catchment_share=S_new,
+                 development=Y_new, disconnection=D_new, catchment_share=S_new,
                  international_members=members, frontier=frontier, ties=ties)
         logit_overlap = _logit(mean_overlap)
         out["patents"][t] = np.exp(p["patents_intercept"] + p["patents_knowledge_elasticity"] * np.log(G_new.sum(1)))
         out["coinvention_share"][t] = _sigmoid(p["coinvention_intercept"] + p["coinvention_slope"] * logit_overlap)
-        out["nonlocal_share"][t] = _sigmoid(p["nonlocal_intercept"] + p["nonlocal_connectedness_slope"] * _logit(1.0 - Lc_new)
+        out["nonlocal_share"][t] = _sigmoid(p["nonlocal_intercept"] + p["nonlocal_connectedness_slope"] * _logit(D_new)
                                             + p["nonlocal_overlap_slope"] * logit_overlap)
         out["exports_intensity"][t] = F_new.mean(1)
         out["development"][t] = Y_new

@@ -1,13 +1,24 @@
-"""Shared fixtures. x64 is on for the whole suite so that gradient checks are meaningful."""
+"""Shared fixtures: a PRNG key, double precision where a test asks for it, small simulations and
+synthetic calibration data, and a clean command line for the CLI tests.
 
+Precision is not switched for the whole suite: the library's float32 path (the simulate default)
+is what the tests without the `x64` fixture run.
+"""
+
+import dataclasses
+import logging
 import sys
 
+import absl.logging
 import jax
+import jax.numpy as jnp
+import pytest
 
-jax.config.update("jax_enable_x64", True)
-
-import absl.logging  # noqa: E402  (imported by optax)
-import pytest  # noqa: E402
+from diffcomm.data import Dataset
+from diffcomm.inputs import Drivers, Graph
+from diffcomm.model import init_state
+from diffcomm.observation import sample_counts
+from diffcomm.simulate import make_forcing, simulate, simulate_from_data
 
 # absl's log handler keeps the sys.stderr of its import, which under pytest is a capture
 # stream; Hydra's logging set-up closes every handler, and absl's then closes that stream.
@@ -21,10 +32,71 @@ def key():
 
 
 @pytest.fixture
+def x64():
+    """Double precision for this test (gradient checks against finite differences need it)."""
+    with jax.enable_x64(True):
+        yield
+
+
+def run_regions(params, drivers, *, years, active=5.0, graph=None, shock=None, levers=None, **init):
+    """Simulate `years` years from a state with `active` members everywhere (or one value per region)."""
+    num_regions, num_domains = drivers.specializing.shape
+    graph = Graph.empty() if graph is None else graph
+    active = jnp.broadcast_to(jnp.asarray(active, dtype=float).reshape(-1, 1) if jnp.ndim(active) else active,
+                              (num_regions, num_domains))
+    state = init_state(params, graph, active=active, **init)
+    return simulate(params, state, drivers, graph, make_forcing(years, num_regions, shock=shock, levers=levers))
+
+
+@pytest.fixture
+def run():
+    return run_regions
+
+
+def synthetic_dataset(key, truth, *, num_regions=300, num_years=15, with_linkages=False) -> Dataset:
+    """Regions with random drivers; patents (and linkages) drawn from the model with parameters `truth`."""
+    R, T = num_regions, num_years
+    ks = jax.random.split(key, 8)
+    drivers = dataclasses.replace(
+        Drivers.uniform(R, 1), connecting=jax.random.normal(ks[0], (R,)), educating=jax.random.normal(ks[1], (R,)),
+        migrating=jax.random.normal(ks[2], (R,)), specializing=jax.random.normal(ks[3], (R, 1)))
+    total = jnp.round(jnp.exp(5.0 + jax.random.normal(ks[7], (R,)))) if with_linkages else jnp.zeros(R)
+    data = Dataset(
+        drivers=drivers, graph=Graph.empty(), first_patents=jnp.round(jnp.exp(3.0 + jax.random.normal(ks[4], (R,)))),
+        initial_active=jnp.exp(2.0 + 0.7 * jax.random.normal(ks[5], (R,))), initial_internationalization=jnp.full(R, 0.2),
+        patents=jnp.zeros((T, R)), patents_mask=jnp.ones((T, R)), window=jnp.ones(T), nonlocal_count=jnp.round(0.3 * total),
+        linkage_total=total, linkage_mask=jnp.full(R, float(with_linkages)),
+        codes=tuple(f"{i:05d}" for i in range(R)), names=tuple(f"region {i}" for i in range(R)),
+        years=tuple(range(2000, 2001 + T)), notes=(),
+    )
+    mean = simulate_from_data(truth, data, T)[1].patents
+    return dataclasses.replace(data, patents=sample_counts(ks[6], mean, truth.natural().patents_dispersion))
+
+
+@pytest.fixture
+def synthetic():
+    return synthetic_dataset
+
+
+@pytest.fixture(scope="session")
+def fitted_small():
+    """One small calibration shared by the tests that read one (30 regions, 2000-2006, two free
+    parameters): `(data, config, calibration)`, in double precision."""
+    from diffcomm.calibrate import calibrate
+    from diffcomm.config import CalibrateConfig, EvaluationConfig, FitConfig
+    from diffcomm.params import Params
+
+    with jax.enable_x64(True):
+        data = synthetic_dataset(jax.random.key(5), Params.from_natural(1, educating_weight=0.8), num_regions=30, num_years=6)
+        config = CalibrateConfig(
+            fit=FitConfig(free=["educating_weight", "inflow_bias"], restarts=2, steps=60, polish_steps=200, progress=False),
+            evaluation=EvaluationConfig(train_last_year=2003, draws=30))
+        return data, config, calibrate(data, config)
+
+
+@pytest.fixture
 def clean_argv(monkeypatch):
     """A clean command line and Hydra state for tests that call `diffcomm.cli.main`."""
-    import logging
-
     from hydra.core.global_hydra import GlobalHydra
 
     monkeypatch.setattr(sys, "argv", ["diffcomm"])

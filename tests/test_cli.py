@@ -1,118 +1,343 @@
-"""Config groups compose; the CLI runs end to end, sweeps, and refuses bad overrides in one line."""
+"""The command line: every config composes, each command runs end to end and writes its files,
+bad input ends in one line and exit code 2, help lists a command's own options."""
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
 from diffcomm import cli
-from diffcomm.config import SCHEMAS, build_forcing, build_params, build_scenario, conf_dir, to_typed
-
-
+from diffcomm.config import SCHEMAS
 
 pytestmark = pytest.mark.usefixtures("clean_argv")
 
-
-def group_options(command: str):
-    for group in ("model", "scenario", "experiment"):
-        for path in sorted((conf_dir() / group).glob("*.yaml")):
-            yield command, f"{group}={path.stem}"
-
-
-@pytest.mark.parametrize("command, override", list(group_options("simulate")))
-def test_every_config_group_option_composes_and_builds(command, override):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(config_name=command, overrides=[override])
-    typed = to_typed(cfg, SCHEMAS[command])
-    params = build_params(typed.model)
-    if override.startswith("scenario=") and override != "scenario=archetypes":
-        return  # building 1000 regions adds nothing over the check above
-    scenario = build_scenario(params, typed.scenario)
-    forcing = build_forcing(typed.scenario, scenario)
-    assert forcing.shock.shape == (typed.scenario.years, scenario.num_regions)
+SMALL = ["data.regions=[10420,10580,10740,12060,12420,12580,14460,16980,19100,19740,26420,31100,33460,35620,37980,41860,"
+         "41940,42660,47900,'00901']", "fit.steps=25", "fit.restarts=2", "fit.polish_steps=0", "evaluation.draws=20",
+         "fit.progress=false"]
+SMALL_OPTIMIZE = ["optimize.steps=20", "optimize.progress=false", *[f"scenario.counts.{a}=2" for a in (
+    "world_city", "university_city", "immigrant_gateway", "specialized_cluster", "normal_region")]]
 
 
-def run_cli(*args):
-    return cli.main(["simulate", *args])
+def group_options():
+    for command, groups in cli.GROUPS.items():
+        for group in groups:
+            for path in sorted((cli.conf_dir() / group).glob("*.yaml")):
+                yield command, f"{group}={path.stem}"
+
+
+@pytest.mark.parametrize("command, override", list(group_options()))
+def test_every_config_group_option_composes_into_its_schema(command, override):
+    typed = cli.to_typed(cli.compose(command, [override]), command)
+    assert isinstance(typed, SCHEMAS[command])
+
+
+def test_the_schemas_hold_the_defaults_the_yaml_files_do_not_repeat():
+    calibrate = cli.to_typed(cli.compose("calibrate"), "calibrate")
+    assert calibrate.model.num_domains == 1 and calibrate.model.x64 and calibrate.fit.steps == 1000
+    assert calibrate.optimizer.transform["_target_"] == "diffcomm.training.adam_with_warmup"
+    optimize = cli.to_typed(cli.compose("optimize"), "optimize")
+    assert set(optimize.scenario.counts.values()) == {4} and optimize.model.x64
+    simulate = cli.to_typed(cli.compose("simulate", ["scenario=large"]), "simulate")
+    assert set(simulate.scenario.counts.values()) == {200} and not simulate.model.x64
+
+
+def run(*args):
+    return cli.main(list(args))
 
 
 def test_simulate_writes_every_output(tmp_path):
     out = tmp_path / "run"
-    assert run_cli("experiment=smoke", f"hydra.run.dir={out}") == 0
+    assert run("simulate", "experiment=smoke", f"hydra.run.dir={out}") == 0
     summary = json.loads((out / "summary.json").read_text())
-    for name in ("trajectories.csv", "trajectories.npz", "summary.csv", "trajectories.png"):
+    for name in ("trajectories.csv", "trajectories.npz", "summary.csv", "trajectories.png", "simulate.log"):
         assert (out / name).stat().st_size > 0, name
     assert summary["regions"] == 10 and summary["years"] == 5
     frame = pd.read_csv(out / "trajectories.csv")
     assert list(frame.columns) == ["region", "archetype", "year", "variable", "domain", "value"]
-    assert set(frame.year) == set(range(1, 6))
+    assert set(frame.year) == set(range(1, 6)) and len(frame) == summary["rows"]
     assert {"patents", "active", "local_connectedness", "nonlocal_share"} <= set(frame.variable)
+    assert frame[frame.variable == "development"].domain.isna().all() and frame[frame.variable == "active"].domain.notna().all()
     assert not frame.duplicated(["region", "year", "variable", "domain"]).any()
     arrays = np.load(out / "trajectories.npz")
     assert arrays["active"].shape == (5, 10, 3) and arrays["patents"].shape == (5, 10)
     patents = frame[(frame.variable == "patents") & (frame.year == 5)].set_index("region").value
     np.testing.assert_allclose(patents.loc[list(arrays["region"])], arrays["patents"][-1], rtol=1e-6)
+    assert not list(out.glob(".*tmp")) and not (out / ".staging").exists()
+
+
+def test_simulate_writes_parquet_with_the_same_rows(tmp_path):
+    csv_dir, parquet_dir = tmp_path / "csv", tmp_path / "parquet"
+    assert run("simulate", "experiment=smoke", f"hydra.run.dir={csv_dir}") == 0
+    assert run("simulate", "experiment=smoke", "output.format=parquet", f"hydra.run.dir={parquet_dir}") == 0
+    from_csv = pd.read_csv(csv_dir / "trajectories.csv")
+    from_parquet = pq.read_table(parquet_dir / "trajectories.parquet").to_pandas()
+    assert list(from_parquet.columns) == list(from_csv.columns) and len(from_parquet) == len(from_csv)
+    np.testing.assert_allclose(from_parquet.value.to_numpy(), from_csv.value.to_numpy(), rtol=1e-6)
 
 
 def test_lever_and_mne_overrides_change_the_outcome(tmp_path):
-    def last_connectedness(*overrides):
+    def last(*overrides):
         out = tmp_path / "_".join(overrides).replace("=", "-")
-        assert run_cli("experiment=smoke", "scenario.years=15", *overrides, f"hydra.run.dir={out}") == 0
+        assert run("simulate", "experiment=smoke", "scenario.years=15", *overrides, f"hydra.run.dir={out}") == 0
         table = pd.read_csv(out / "summary.csv")
         return table.local_connectedness_last.mean(), table.active_last.mean()
 
-    orchestrate, _ = last_connectedness("scenario.mne.spawning_share=0.1")
-    spawn, _ = last_connectedness("scenario.mne.spawning_share=0.9")
-    assert spawn > orchestrate
-    _, without = last_connectedness("scenario.levers.middleground=0")
-    _, with_middleground = last_connectedness("scenario.levers.middleground=2")
-    assert with_middleground > without
+    assert last("scenario.mne.spawning_share=0.9")[0] > last("scenario.mne.spawning_share=0.1")[0]
+    assert last("scenario.levers.middleground=2")[1] > last("scenario.levers.middleground=0")[1]
 
 
 @pytest.mark.slow
 def test_multirun_sweeps_shock_intensity(tmp_path):
     sweep = tmp_path / "sweep"
-    code = run_cli(
-        "-m", "experiment=smoke", "scenario.shock.start=2", "scenario.shock.intensity=0,0.5,1", f"hydra.sweep.dir={sweep}"
-    )
+    code = run("simulate", "-m", "experiment=smoke", "scenario.shock.start=2", "scenario.shock.intensity=0,0.5,1",
+               f"hydra.sweep.dir={sweep}")
     assert code == 0
     runs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(runs) == 3
     by_intensity = {}
-    for run in runs:
-        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    for folder in runs:
+        overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
         intensity = float(next(o for o in overrides if o.startswith("scenario.shock.intensity=")).split("=")[1])
-        by_intensity[intensity] = pd.read_csv(run / "summary.csv").exports_intensity_last.mean()
-    assert sorted(by_intensity) == [0.0, 0.5, 1.0]
+        by_intensity[intensity] = pd.read_csv(folder / "summary.csv").exports_intensity_last.mean()
     assert by_intensity[0.0] > by_intensity[0.5] > by_intensity[1.0]
 
 
 @pytest.mark.parametrize(
-    "override, expected",
+    "command, override, expected",
     [
-        ("scenario.nope=1", "no such key"),
-        ("scenario.counts.world_city=-3", "scenario.counts.world_city must be a non-negative count"),
-        ("scenario.shock.intensity=1.5", "scenario.shock.intensity must be a share in [0, 1]"),
-        ("scenario.mne.spawning_share=-0.2", "scenario.mne.spawning_share"),
-        ("scenario.years=abc", "scenario.years"),
-        ("model=missing", "model/missing"),
-        ("+model.params.reproduction_rate=-1", "reproduction_rate' must be > 0"),
-        ("scenario.shock.intensity=0,2", "must be a share in [0, 1], got 2.0"),
+        ("simulate", "scenario.nope=1", "no such key"),
+        ("simulate", "scenario.counts.world_city=-3", "scenario.counts.world_city must be a non-negative count"),
+        ("simulate", "scenario.shock.intensity=1.5", "scenario.shock.intensity must be a share in [0, 1]"),
+        ("simulate", "scenario.mne.spawning_share=-0.2", "scenario.mne.spawning_share"),
+        ("simulate", "scenario.years=abc", "scenario.years"),
+        ("simulate", "model=missing", "model/missing"),
+        ("simulate", "+model.params.reproduction_rate=-1", "reproduction_rate' must be finite and > 0"),
+        ("simulate", "scenario.shock.intensity=0,2", "must be a share in [0, 1], got 2.0"),
+        ("simulate", "experiment=disruption scenario.shock.start=500", "scenario.shock.start must be a year within the 5"),
+        ("simulate", "output.format=xlsx", "output.format must be csv or parquet"),
+        ("calibrate", "fit.free=[no_such_parameter]", "fit.free must be names of model parameters"),
+        ("calibrate", "fit.restarts=0", "fit.restarts must be >= 1"),
+        ("calibrate", "fit.checkpoint_every=0", "fit.checkpoint_every must be >= 1"),
+        ("calibrate", "fit.tolerance=-1", "fit.tolerance must be >= 0"),
+        ("calibrate", "evaluation.largest_regions=0", "evaluation.largest_regions must be >= 1"),
+        ("calibrate", "data.first_year=-5", "data.first_year must be a calendar year, got -5"),
+        ("calibrate", "evaluation.train_last_year=2012", "evaluation.train_last_year must be strictly between"),
+        ("calibrate", "data.drivers.educating.0.transform=sqrt", "transform must be identity, log or log1p"),
+        ("optimize", "policy.budget=-5", "policy.budget must be a finite number >= 0"),
+        ("optimize", "policy.levers=[bribes]", "policy.levers must be names from"),
+        ("optimize", "+policy.objective.happiness=1", "policy.objective.happiness must be a part from"),
+        ("optimize", "source=run", "run must be an existing calibrated run folder"),
     ],
 )
-def test_bad_override_ends_in_one_clear_line(tmp_path, capsys, override, expected):
+def test_bad_override_ends_in_one_clear_line(tmp_path, capsys, command, override, expected):
     out = tmp_path / "run"
-    code = run_cli("-m" if "," in override else "experiment=smoke", override, f"hydra.run.dir={out}")
+    smoke = ["experiment=smoke"] if command == "simulate" else []
+    code = run(command, *(["-m"] if "," in override else smoke), *override.split(), f"hydra.run.dir={out}")
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and expected in err, err
     assert not out.exists()
 
 
+def test_an_impossible_budget_cap_is_refused_after_the_regions_are_known(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("optimize", "policy.region_cap=0.001", f"hydra.run.dir={out}") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "region_cap 0.001 x 20 regions cannot hold the budget" in err
+    assert not (out / "summary.json").exists()
+
+
 def test_unknown_command(capsys):
-    assert cli.main(["simulat"]) == 2
+    assert run("simulat") == 2
     assert "unknown command" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_each_command_has_its_own_help(capsys, command):
+    assert run(command, "--help") == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: diffcomm {command}") and "examples:" in text
+    for group in cli.GROUPS[command]:
+        assert f"  {group}=" in text
+    unused = {"model", "data", "scenario", "policy", "optimizer", "experiment"} - set(cli.GROUPS[command])
+    assert not any(f"\n  {group}=" in text for group in unused)  # no groups the command does not use
+    key = {"simulate": "scenario.years=50", "calibrate": "fit.steps=1000", "forecast": "years=???",
+           "optimize": "policy.budget=200.0"}[command]
+    line = next(line for line in text.splitlines() if line.strip().startswith(key))
+    assert len(line.split(maxsplit=1)) == 2  # every option says what it means
+
+
+# -- data errors ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        ("10420,Akron OH,2000,-3", ":2: column 'patents': expected a non-negative count"),
+        ("10420,Akron OH,-2001,3", ":2: column 'year': expected a calendar year"),
+        ("10420,Akron OH,2000,1e12", ":2: column 'patents': 1e+12 in one region-year is above the plausible maximum"),
+    ],
+)
+def test_bad_data_file_ends_in_one_line(tmp_path, capfd, row, expected):
+    bad = tmp_path / "patents.csv"
+    bad.write_text("cbsa_code,cbsa_name,year,patents\n" + row + "\n")
+    out = tmp_path / "run"
+    assert run("calibrate", f"data.patents={bad}", f"hydra.run.dir={out}") == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{bad}{expected}" in err, err
+    assert not (out / "summary.json").exists()
+
+
+def test_a_patent_file_with_other_column_names_is_told_what_is_required(tmp_path, capfd):
+    bad = tmp_path / "patents.csv"
+    bad.write_text("region,year,count\n10420,2000,3\n")
+    assert run("calibrate", f"data.patents={bad}", f"hydra.run.dir={tmp_path / 'run'}") == 2
+    err = capfd.readouterr().err
+    assert "missing column(s) 'cbsa_code', 'patents', 'cbsa_name'" in err
+
+
+# -- calibrate and forecast -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """A small calibration run through the command line, shared by the tests that read it."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    folder = tmp_path_factory.mktemp("calibrated") / "run"
+    GlobalHydra.instance().clear()
+    assert cli.main(["calibrate", *SMALL, f"hydra.run.dir={folder}"]) == 0
+    GlobalHydra.instance().clear()
+    return folder
+
+
+@pytest.mark.slow
+def test_calibrate_writes_every_output_with_its_columns(calibrated):
+    for name in ("params.csv", "history.csv", "loss.png", "fit.png", "rolling_origin.csv", "rolling_origin.png",
+                 "report.md", "summary.json", "fitted.eqx", "laplace.npz", "calibration.json", "calibrate.log"):
+        assert (calibrated / name).exists(), name
+    params = pd.read_csv(calibrated / "params.csv")
+    assert list(params.columns[:3]) == ["parameter", "value", "se"]
+    assert {"educating_weight", "nonlocal_concentration"} <= set(params.parameter)
+    summary = json.loads((calibrated / "summary.json").read_text())
+    positive = params[params.parameter.isin(["buzz_scale", "patents_dispersion", "nonlocal_concentration"])]
+    if summary["laplace_positive_definite"]:  # 25 steps may not reach the optimum, where the Hessian is
+        assert (positive.lower95 > 0).all() and (positive.lower95 < positive.value).all()
+    else:
+        assert positive.lower95.isna().all() and positive.se.isna().all()  # not made up
+    assert set(summary["rolling_origin"]["scores"]) == {"model", "persistence", "log_linear_trend"}
+    log = (calibrated / "calibrate.log").read_text()
+    for phase in ("data: 20 regions", "restarts: done", "Laplace approximation", "rolling origin: restarts: done", "calibrated in"):
+        assert phase in log, phase
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("years, expected", [("2011-2013", {2011, 2012, 2013}), ("2005-2008", {2005, 2006, 2007, 2008})])
+def test_forecast_out_of_and_inside_the_data(calibrated, tmp_path, years, expected):
+    out = tmp_path / "fc"
+    assert cli.main(["forecast", f"run={calibrated}", f"years={years}", f"hydra.run.dir={out}"]) == 0
+    frame = pd.read_csv(out / "forecast.csv", dtype={"region": str})
+    assert list(frame.columns) == ["region", "year", "mean", "lower", "upper"]
+    assert len(frame) == 20 * len(expected) and not frame.duplicated(["region", "year"]).any()
+    assert set(frame.year) == expected and frame.region.nunique() == 20
+    assert (frame.lower <= frame.upper).all() and (frame["mean"] > 0).all()
+    assert json.loads((out / "summary.json").read_text())["origin_year"] == min(expected) - 1
+    assert (out / "forecast.png").exists()
+
+
+@pytest.mark.slow
+def test_forecast_refuses_what_it_cannot_do_and_writes_nothing(calibrated, tmp_path, capfd):
+    for years, message in (("2011-2600", "years must end by 2060"), ("1999-2003", "years must start after the data's first year")):
+        out = tmp_path / years
+        assert cli.main(["forecast", f"run={calibrated}", f"years={years}", f"hydra.run.dir={out}"]) == 2
+        err = capfd.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert not (out / "forecast.csv").exists() and not (out / "summary.json").exists()
+
+
+def test_forecast_needs_a_finished_calibration(tmp_path, capfd):
+    assert run("forecast", f"run={tmp_path}", "years=2011-2015", f"hydra.run.dir={tmp_path / 'out'}") == 2
+    assert "is not a finished calibration" in capfd.readouterr().err
+    assert run("forecast", f"run={tmp_path}", "years=2015-2011") == 2
+    assert "comes before" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_truncated_estimate_is_refused_in_one_line(calibrated, tmp_path, capfd):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(calibrated, damaged)
+    fitted = damaged / "fitted.eqx"
+    fitted.write_bytes(fitted.read_bytes()[:100])
+    assert run("forecast", f"run={damaged}", "years=2011-2012", f"hydra.run.dir={tmp_path / 'out'}") == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a finished calibration: its files cannot be read" in err
+
+
+@pytest.mark.slow
+def test_interrupted_calibration_resumes_in_its_folder(tmp_path, capfd):
+    folder = tmp_path / "cal"
+    args = [*SMALL, "evaluation.rolling_origin=false", f"hydra.run.dir={folder}"]
+    assert run("calibrate", *args, "fit.stop_after=10") == 3
+    assert "resume" in capfd.readouterr().err
+    assert not (folder / "summary.json").exists() and not (folder / "params.csv").exists()  # nothing passed off as finished
+    assert run("calibrate", *args) == 0
+    resumed = pd.read_csv(folder / "params.csv")
+    whole_dir = tmp_path / "whole"
+    assert run("calibrate", *SMALL, "evaluation.rolling_origin=false", f"hydra.run.dir={whole_dir}") == 0
+    np.testing.assert_allclose(resumed.value, pd.read_csv(whole_dir / "params.csv").value, rtol=1e-10)
+    other = [*SMALL, "evaluation.rolling_origin=false", "fit.restarts=3", f"hydra.run.dir={folder}"]
+    assert run("calibrate", *other) == 2  # a different configuration cannot resume this folder
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_within_seconds_with_a_checkpoint_and_no_traceback(tmp_path):
+    folder = tmp_path / "cal"
+    command = [sys.executable, "-m", "diffcomm.cli", "calibrate", *SMALL[:1], "fit.steps=100000", "fit.patience=100000",
+               "fit.polish_steps=0", "evaluation.rolling_origin=false", "runtime.compilation_cache=null", f"hydra.run.dir={folder}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 240
+    while not (folder / "checkpoint.json").exists() and time.monotonic() < deadline:  # stepping has begun
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    _, err = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 10
+    assert process.returncode == 3, err
+    assert "Traceback" not in err and "interrupted at step" in err
+    assert json.loads((folder / "checkpoint.json").read_text())["step"] > 0
+    assert not (folder / "summary.json").exists()
+
+
+# -- optimize -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_optimize_command_writes_the_report(tmp_path):
+    out = tmp_path / "opt"
+    assert run("optimize", *SMALL_OPTIMIZE, f"hydra.run.dir={out}") == 0
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert list(comparison.columns) == ["method", "objective", "simulator_evaluations"]
+    assert set(comparison.method) == {"gradient", "uniform", "proportional_to_size", "random_search", "evolution_strategy"}
+    evaluations = comparison.set_index("method").simulator_evaluations
+    assert evaluations.random_search == evaluations.gradient
+    allocation = pd.read_csv(out / "allocation.csv")
+    assert {"region", "lever", "year", "spend", "amount"} <= set(allocation.columns)
+    np.testing.assert_allclose(allocation.spend.sum(), 200.0, rtol=1e-9)
+    assert (allocation.spend >= 0).all()
+    marginal = pd.read_csv(out / "marginal_value.csv", index_col=0)
+    assert marginal.shape == (10, 6)
+    for name in ("allocation.png", "objective.png", "report.md", "objective_parts.csv", "optimize.log"):
+        assert (out / name).exists(), name
+    assert json.loads((out / "summary.json").read_text())["spent"] == pytest.approx(200.0)
+    assert run("optimize", *SMALL_OPTIMIZE, "policy.budget=300", f"hydra.run.dir={out}") == 2  # another config's checkpoint

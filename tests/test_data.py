@@ -1,11 +1,10 @@
 """Loaders of observed data: the shipped data loads; every kind of bad file gets a clear error."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from diffcomm import data as D
-from diffcomm.config import DataConfig, DriverTermConfig
+from diffcomm.config import DataConfig, DriverTerm
 
 PATENT_HEADER = "cbsa_code,cbsa_name,year,patents\n"
 
@@ -25,8 +24,7 @@ def test_default_patent_panel_loads_completely():
 
 
 def test_default_covariates_keep_missing_cells_missing():
-    notes = []
-    covariates = D.load_covariates(on_duplicate="first", notes=notes)
+    covariates, notes = D.load_covariates(on_duplicate="first")
     assert covariates.univ_rd_total.isna().sum() > 500  # empty cells stay NaN, never 0
     assert any("37980" in n for n in notes)  # the repeated Philadelphia row is reported
     with pytest.raises(D.DataError, match="duplicate key \\(cbsa_code='37980'\\)"):
@@ -51,6 +49,8 @@ def test_state_tech_panel_has_domains():
         (PATENT_HEADER + "10100,A,2000,many\n", ":2: column 'patents': expected a number, got 'many'"),
         (PATENT_HEADER + "901,A,2000,3\n", ":2: column 'cbsa_code': expected a 5-digit region code"),
         (PATENT_HEADER + "10100,A,20x0,3\n", ":2: column 'year': expected a number, got '20x0'"),
+        (PATENT_HEADER + "10100,A,2000,3\n10100,A,-2001,3\n", ":3: column 'year': expected a calendar year from 1800 to 2100"),
+        (PATENT_HEADER + "10100,A,2000,1e12\n", ":2: column 'patents': 1e\\+12 in one region-year is above the plausible maximum"),
         (PATENT_HEADER, "a header but no rows"),
         ("", "the file is empty"),
     ],
@@ -83,13 +83,13 @@ def test_non_numeric_covariate(tmp_path):
 
 
 def test_missing_covariate_needs_an_explicit_rule():
-    covariates = D.load_covariates(on_duplicate="first")
+    covariates, _ = D.load_covariates(on_duplicate="first")
     codes = tuple(covariates.index[:200])
     spec = D.load_specialization()
-    strict = D.DriverMapping(terms={"educating": [D.DriverTerm("univ_rd_total", "log1p", per_capita=True)]})
+    strict = {"educating": [DriverTerm("univ_rd_total", "log1p", per_capita=True)]}
     with pytest.raises(D.DataError, match="has no 'univ_rd_total'; set `missing`"):
         D.drivers_from_covariates(codes, covariates, spec, strict)
-    explicit = D.DriverMapping(terms={"educating": [D.DriverTerm("univ_rd_total", "log1p", per_capita=True, missing="zero")]})
+    explicit = {"educating": [DriverTerm("univ_rd_total", "log1p", per_capita=True, missing="zero")]}
     drivers, notes = D.drivers_from_covariates(codes, covariates, spec, explicit)
     assert any("missing 'univ_rd_total' filled with zero" in n for n in notes)
     assert np.isfinite(np.asarray(drivers.educating)).all()
@@ -97,36 +97,60 @@ def test_missing_covariate_needs_an_explicit_rule():
 
 
 def test_dataset_for_the_default_data():
-    from diffcomm.commands import load_dataset
-    from diffcomm.config import CalibrateConfig, to_typed
-    from hydra import compose, initialize_config_dir
-
-    from diffcomm.config import conf_dir
-
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = to_typed(compose(config_name="calibrate"), CalibrateConfig)
-    dataset = load_dataset(cfg.data)
+    dataset = D.load_dataset(DataConfig())
     assert dataset.num_regions == 1002
-    assert dataset.observed.patents.shape == (10, 1002)
+    assert dataset.patents.shape == (10, 1002) and dataset.years == tuple(range(2000, 2011))
     assert int(dataset.graph.source.shape[0]) > 10000
-    assert 300 < float(dataset.observed.linkage_mask.sum()) < 400
+    assert 300 < float(dataset.linkage_mask.sum()) < 400
     for name in ("educating", "migrating", "connecting", "amenities"):
         value = np.asarray(getattr(dataset.drivers, name))
         assert np.isfinite(value).all() and abs(value.mean()) < 0.2
     assert any("no covariate row" in n for n in dataset.notes)
+    assert any("37980" in n for n in dataset.notes)  # the repeated Philadelphia row, resolved and noted
 
 
 def test_unknown_region_in_data_regions():
-    from diffcomm.commands import load_dataset
-
-    config = DataConfig(regions=["10100", "00000"], drivers={"educating": [DriverTermConfig(column="share_bachelor_plus")]},
-                        covariate_duplicates="first")
+    config = DataConfig(regions=["10100", "00000"], drivers={"educating": [DriverTerm(column="share_bachelor_plus")]})
     with pytest.raises(D.DataError, match="unknown region code\\(s\\) \\['00000'\\]"):
-        load_dataset(config)
+        D.load_dataset(config)
+
+
+def test_years_outside_the_file_are_refused_with_the_key():
+    with pytest.raises(D.DataError, match="data.first_year=1995: .*patents.csv has patents for 2000-2010 only"):
+        D.load_dataset(DataConfig(first_year=1995))
+
+
+def test_blank_cells_missing_years_and_unused_rows_are_noted(tmp_path):
+    rows = ["10420,Akron,2000,5", "10420,Akron,2001,", "10420,Akron,2003,7", "10420,Akron,2004,9",
+            "10580,Albany,2000,3", "10580,Albany,2001,4", "10580,Albany,2003,2", "10580,Albany,2004,1",
+            "10580,Albany,1999,2"]
+    path = write(tmp_path, "patents.csv", PATENT_HEADER + "\n".join(rows) + "\n")
+    dataset = D.load_dataset(DataConfig(patents=str(path), first_year=2000, last_year=2004, linkages=None, edges=None))
+    notes = "\n".join(dataset.notes)
+    assert "no patent counts at all for 2002: those years are masked" in notes
+    assert "3 blank patent cells" in notes  # 10420 in 2001, and both regions in 2002
+    assert "1 patent counts outside 2000-2004 are not used" in notes
+    assert dataset.observed_patents()[0].tolist()[0] != dataset.observed_patents()[0].tolist()[0]  # NaN: masked
+    assert float(dataset.patents_mask.sum()) == 5
+
+
+def test_held_out_years_keep_the_shapes():
+    dataset = D.load_dataset(DataConfig(regions=["10420", "10580", "41860"]))
+    held = dataset.through(2007)
+    assert held.patents.shape == dataset.patents.shape
+    np.testing.assert_array_equal(np.asarray(held.window), [1] * 7 + [0] * 3)
+    assert float(held.patents_mask[7:].sum()) == 0 and float(held.patents_mask[:7].sum()) == 21
+    with pytest.raises(ValueError, match="last_year must lie in 2001..2010"):
+        dataset.through(2012)
 
 
 def test_linkage_counts_split_local_and_non_local():
     counts = D.load_linkage_counts()
     assert {"local", "non_local"} == set(counts.columns)
-    assert (counts.to_numpy() >= 0).all() and len(counts) > 300
-    assert isinstance(counts, pd.DataFrame)
+    assert len(counts) > 300
+    row = counts.loc["41860"]  # San Francisco: its published transfer counts, split
+    raw = D.read_table(D.resolve("us_msa_transfers/by_msa_period.csv"),
+                       {"cbsa_code": "code", "period": "text", "intracity_transfers": "count", "intercity_out": "count",
+                        "intercity_in": "count"})
+    line = raw[(raw.cbsa_code == "41860") & (raw.period == "2000-2023")].iloc[0]
+    assert row.local == line.intracity_transfers and row.non_local == line.intercity_out + line.intercity_in

@@ -1,23 +1,20 @@
 """The NumPy yardstick of the benchmark computes the same numbers as the JAX model (float64)."""
 
-import sys
-from pathlib import Path
-
-import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from bench_simulate import numpy_inputs, scenario_of_size  # benchmarks/ is on pytest's pythonpath
+from numpy_reference import simulate_numpy
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from bench_simulate import numpy_inputs, scenario_of_size  # noqa: E402
-from numpy_reference import simulate_numpy  # noqa: E402
-
-from diffcomm.model import Levers, Params  # noqa: E402
-from diffcomm.simulate import make_forcing, simulate  # noqa: E402
+from diffcomm.inputs import Levers
+from diffcomm.params import Params
+from diffcomm.simulate import make_forcing, simulate
 
 
-def test_numpy_reference_equals_jax_in_float64():
+@pytest.mark.usefixtures("x64")
+def test_numpy_reference_equals_jax_in_float64(key):
     params = Params.from_natural(3)
-    sc = scenario_of_size(params, 60, jax.random.key(3))
+    sc = scenario_of_size(params, 60, key)
     T, R = 30, sc.num_regions
     levers = Levers(*(jnp.full((T, R), v) for v in (0.3, 0.2, 0.5, -0.2, 0.4, 0.7)))
     forcing = make_forcing(T, R, levers=levers, shock=jnp.zeros((T, R)).at[10:12].set(0.8))

@@ -1,22 +1,21 @@
 """Policy optimization: feasibility, gradients, baselines, and what a budget should do."""
 
-import json
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 import pytest
 
-from diffcomm import cli
-from diffcomm.model import Params
+from diffcomm.config import OptimizeSettings, PolicyConfig
+from diffcomm.inputs import LEVERS, Levers
+from diffcomm.model import critical_mass_switch
+from diffcomm.params import Params
 from diffcomm.policy import (
-    LEVERS,
     PolicyProblem,
     evaluate,
     evolution_strategy,
-    make_objective,
+    objective,
+    objective_parts,
     optimize,
     project,
     proportional_allocation,
@@ -24,14 +23,22 @@ from diffcomm.policy import (
     uniform_allocation,
 )
 from diffcomm.scenario import ARCHETYPES, synthetic_regions
+from diffcomm.simulate import make_forcing, simulate
+from diffcomm.training import Interrupted
+
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 def problem_for(budget=100.0, params=None, **changes):
     params = params or Params.from_natural(2)
     sc = synthetic_regions(params, {n: 2 for n in ARCHETYPES}, key=jax.random.key(0), ties_per_region=2)
-    settings = dict(years=10, levers=LEVERS, costs=np.ones(len(LEVERS)), budget=budget, weights={"development": 1.0})
+    settings = dict(years=10, costs={name: 1.0 for name in LEVERS}, budget=budget, objective={"development": 1.0})
     settings.update(changes)
-    return PolicyProblem(params, sc.initial, sc.drivers, sc.graph, **settings)
+    return PolicyProblem.build(PolicyConfig(**settings), params, sc.initial, sc.drivers, sc.graph)
+
+
+def steps(n, **changes):
+    return OptimizeSettings(steps=n, progress=False, **changes)
 
 
 @pytest.mark.parametrize("cap", [None, 1.2])  # 105 cells x 1.2 >= 100
@@ -66,7 +73,7 @@ def test_projection_with_region_caps_is_exactly_feasible_and_optimal(cap):
 
 def test_optimized_allocation_beats_every_baseline_and_stays_feasible():
     problem = problem_for()
-    result = optimize(problem, steps=60, progress=False)
+    result = optimize(problem, steps(60))
     spend = result.spend
     assert spend.min() >= 0.0
     np.testing.assert_allclose(spend.sum(), problem.budget, rtol=1e-12)
@@ -83,15 +90,15 @@ def test_optimized_allocation_beats_every_baseline_and_stays_feasible():
 
 
 def test_objective_gradient_matches_finite_differences():
-    problem = problem_for(weights={"development": 1.0, "patents": 0.5, "catchment": 0.5, "inequality": 0.3,
-                                   "above_critical_mass": 0.2})
-    objective, _ = make_objective(problem)
+    problem = problem_for(objective={"development": 1.0, "patents": 0.5, "catchment": 0.5, "inequality": 0.3,
+                                     "above_critical_mass": 0.2})
     spend = project(jax.random.uniform(jax.random.key(3), problem.shape) * 5.0, problem.budget)
-    grad = np.asarray(jax.grad(objective)(spend))
+    value = jax.jit(objective)
+    grad = np.asarray(jax.grad(objective, argnums=1)(problem, spend))
     h = 1e-5
     for index in [(0, 0, 0), (0, 3, 2), (0, 7, 5), (0, 9, 1)]:
         bump = jnp.zeros(problem.shape).at[index].set(h)
-        fd = (objective(spend + bump) - objective(spend - bump)) / (2 * h)
+        fd = (value(problem, spend + bump) - value(problem, spend - bump)) / (2 * h)
         np.testing.assert_allclose(grad[index], fd, rtol=1e-5, atol=1e-10)
 
 
@@ -100,7 +107,7 @@ def test_a_lever_with_no_effect_receives_no_budget():
     # with both at (near) zero and an objective of development only, it can do nothing
     params = Params.from_natural(2, policy_weight=0.0, policy_renewal=1e-12)
     problem = problem_for(params=params)
-    result = optimize(problem, steps=60, progress=False)
+    result = optimize(problem, steps(60))
     share = result.spend[..., LEVERS.index("place_policy")].sum() / problem.budget
     assert share < 1e-3, share
     uniform_share = 1 / len(LEVERS)
@@ -108,27 +115,25 @@ def test_a_lever_with_no_effect_receives_no_budget():
 
 
 def test_doubling_the_budget_does_not_lower_the_objective():
-    small = optimize(problem_for(budget=60.0), steps=40, progress=False)
-    large = optimize(problem_for(budget=120.0), steps=40, progress=False)
+    small = optimize(problem_for(budget=60.0), steps(40))
+    large = optimize(problem_for(budget=120.0), steps(40))
     assert large.objective >= small.objective
 
 
 def test_interrupted_optimization_resumes_to_the_same_allocation(tmp_path):
-    from diffcomm.calibrate import Interrupted
-
     problem = problem_for()
-    whole = optimize(problem, steps=20, progress=False)
+    whole = optimize(problem, steps(20))
     ckpt = tmp_path / "checkpoint"
     with pytest.raises(Interrupted):
-        optimize(problem, steps=20, checkpoint_path=ckpt, checkpoint_every=4, stop_after=9, progress=False)
-    resumed = optimize(problem, steps=20, checkpoint_path=ckpt, progress=False)
+        optimize(problem, steps(20, checkpoint_every=4, stop_after=9), checkpoint_path=ckpt)
+    resumed = optimize(problem, steps(20), checkpoint_path=ckpt)
     np.testing.assert_array_equal(resumed.spend, whole.spend)
     assert resumed.history == whole.history
 
 
 def test_time_varying_allocation_and_caps():
     problem = problem_for(time_varying=True, cap=1.5, years=6)
-    result = optimize(problem, steps=15, progress=False)
+    result = optimize(problem, steps(15))
     assert result.spend.shape == (6, 10, len(LEVERS))
     assert result.spend.max() <= 1.5 + 1e-12
     np.testing.assert_allclose(result.spend.sum(), problem.budget, rtol=1e-12)
@@ -139,52 +144,25 @@ def test_problem_rejects_impossible_settings():
         problem_for(cap=0.01)
     with pytest.raises(ValueError, match="region_cap 1.0 x 10 regions cannot hold"):
         problem_for(region_cap=1.0)
-    with pytest.raises(ValueError, match="unknown objective part"):
-        problem_for(weights={"happiness": 1.0})
-    with pytest.raises(ValueError, match="levers must be"):
-        problem_for(levers=("teleportation",), costs=np.ones(1))
-    with pytest.raises(ValueError, match="costs must be"):
-        problem_for(costs=-np.ones(len(LEVERS)))
+    with pytest.raises(ValueError, match="policy.objective.happiness must be a part"):
+        problem_for(objective={"happiness": 1.0})
+    with pytest.raises(ValueError, match="policy.levers must be names from"):
+        problem_for(levers=["teleportation"])
+    with pytest.raises(ValueError, match="policy.costs.education must be a positive unit cost"):
+        problem_for(costs={"education": -1.0})
 
 
+def test_the_critical_mass_part_uses_the_models_own_switch():
+    """`above_critical_mass` is the model's switch per domain (its steepness, its thresholds)."""
+    def part_and_expected(params):
+        problem = problem_for(params=params)
+        zero = Levers.zeros((problem.years, problem.num_regions))
+        parts = objective_parts(params, problem.initial, problem.drivers, problem.graph, zero, problem.discount)
+        _, traj = simulate(params, problem.initial, problem.drivers, problem.graph, make_forcing(problem.years, problem.num_regions))
+        switch = critical_mass_switch(params.natural(), jnp.log(traj.regions.active[-1]))  # (R, K)
+        return float(parts["above_critical_mass"]), float(jnp.sum(jnp.mean(switch, axis=-1)))
 
-@pytest.mark.slow
-def test_optimize_command_writes_the_report(tmp_path, clean_argv):
-    out = tmp_path / "opt"
-    args = ["optimize", "optimize.steps=20", "optimize.progress=false", "scenario.counts.world_city=2",
-            "scenario.counts.university_city=2", "scenario.counts.immigrant_gateway=2",
-            "scenario.counts.specialized_cluster=2", "scenario.counts.normal_region=2", f"hydra.run.dir={out}"]
-    assert cli.main(args) == 0
-    comparison = pd.read_csv(out / "comparison.csv")
-    assert list(comparison.columns) == ["method", "objective", "simulator_evaluations"]
-    assert set(comparison.method) == {"gradient", "uniform", "proportional_to_size", "random_search", "evolution_strategy"}
-    evaluations = comparison.set_index("method").simulator_evaluations
-    assert evaluations.random_search == evaluations.gradient
-    allocation = pd.read_csv(out / "allocation.csv")
-    assert {"region", "lever", "year", "spend", "amount"} <= set(allocation.columns)
-    np.testing.assert_allclose(allocation.spend.sum(), 200.0, rtol=1e-9)
-    assert (allocation.spend >= 0).all()
-    marginal = pd.read_csv(out / "marginal_value.csv", index_col=0)
-    assert marginal.shape == (10, len(LEVERS))
-    for name in ("allocation.png", "objective.png", "report.md", "objective_parts.csv"):
-        assert (out / name).exists(), name
-    assert json.loads((out / "summary.json").read_text())["spent"] == pytest.approx(200.0)
-    assert cli.main([*args[:-1], "policy.budget=300", f"hydra.run.dir={out}"]) == 2  # another config's checkpoint
-
-
-@pytest.mark.parametrize(
-    "override, expected",
-    [
-        ("policy.budget=-5", "policy.budget must be a finite number >= 0"),
-        ("policy.levers=[bribes]", "policy.levers must be names from"),
-        ("+policy.objective.happiness=1", "policy.objective.happiness must be a part from"),
-        ("source=run", "run must be an existing calibrated run folder"),
-        ("policy.region_cap=0.001", "region_cap 0.001 x 20 regions cannot hold the budget"),
-    ],
-)
-def test_bad_optimize_overrides(tmp_path, clean_argv, capsys, override, expected):
-    out = tmp_path / "run"
-    assert cli.main(["optimize", override, f"hydra.run.dir={out}"]) == 2
-    assert not (out / "summary.json").exists()
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and expected in err, err
+    soft, expected = part_and_expected(Params.from_natural(2, critical_mass=[8.0, 30.0], critical_mass_steepness=2.5))
+    np.testing.assert_allclose(soft, expected, rtol=1e-10)
+    sharp, _ = part_and_expected(Params.from_natural(2, critical_mass=[8.0, 30.0], critical_mass_steepness=8.0))
+    assert abs(sharp - soft) > 1e-2  # changing the model's steepness changes the objective

@@ -1,6 +1,7 @@
 """The simulation machinery: jit, vmap, gradients, long horizons, retracing, ensembles."""
 
 import dataclasses
+import importlib
 
 import equinox as eqx
 import jax
@@ -8,15 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffcomm.model import Levers, Params, region_step, step, tie_knowledge
+from diffcomm.inputs import Levers
+from diffcomm.model import region_step, step, tie_knowledge
+from diffcomm.params import PARAMETERS, Params
 from diffcomm.scenario import ARCHETYPES, synthetic_regions
-from diffcomm.simulate import _simulate, make_forcing, simulate, simulate_ensemble, stack
+from diffcomm.simulate import make_forcing, simulate, simulate_ensemble, stack
 
 K = 2
 
 
 @pytest.fixture
-def scenario(key):
+def scenario(key, x64):
     params = Params.from_natural(K)
     return params, synthetic_regions(params, {n: 2 for n in ARCHETYPES}, key=key, ties_per_region=3)
 
@@ -73,29 +76,31 @@ def _scalar_output(params, sc, forcing):
     )
 
 
-def test_gradients_match_central_finite_differences_for_every_parameter(key):
+def test_gradients_match_central_finite_differences_for_every_parameter(key, x64):
     params = Params.from_natural(K)
     sc = synthetic_regions(params, {"world_city": 1, "university_city": 1, "normal_region": 2}, key=key)
     forcing = make_forcing(12, sc.num_regions, shock=jnp.zeros((12, 4)).at[5].set(0.5))
     loss = jax.jit(lambda prm: _scalar_output(prm, sc, forcing))
     grads = jax.grad(loss)(params)
     h = 1e-6
-    checked = 0
-    for field in dataclasses.fields(Params):
-        value = getattr(params, field.name)
-        g = np.asarray(getattr(grads, field.name))
+    for name in PARAMETERS:  # every entry of every parameter, on the unconstrained scale
+        value = params.unconstrained[name]
         for index in np.ndindex(value.shape):
             bump = jnp.zeros_like(value).at[index].set(h)
-            up = dataclasses.replace(params, **{field.name: value + bump})
-            down = dataclasses.replace(params, **{field.name: value - bump})
+            up = eqx.tree_at(lambda p: p.unconstrained[name], params, value + bump)
+            down = eqx.tree_at(lambda p: p.unconstrained[name], params, value - bump)
             fd = (loss(up) - loss(down)) / (2 * h)
-            np.testing.assert_allclose(g[index], fd, rtol=1e-5, atol=1e-8, err_msg=field.name)
-            checked += 1
-    per_domain = sum(f.metadata["per_domain"] for f in dataclasses.fields(Params))
-    assert checked == len(dataclasses.fields(Params)) + per_domain * (K - 1)
+            np.testing.assert_allclose(grads.unconstrained[name][index], fd, rtol=1e-5, atol=1e-8, err_msg=name)
 
 
-def test_positive_bounded_and_finite_over_200_years_under_extreme_drivers(key):
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_positive_bounded_and_finite_over_200_years_under_extreme_drivers(key, precision):
+    """In double precision and in float32, the simulate default: no clipping keeps it so."""
+    with jax.enable_x64(precision == "float64"):
+        _extreme_run(key, precision)
+
+
+def _extreme_run(key, precision):
     params = Params.from_natural(K)
     counts = {n: 3 for n in ARCHETYPES}
     sc = synthetic_regions(params, counts, key=key, ties_per_region=4)
@@ -120,13 +125,20 @@ def test_positive_bounded_and_finite_over_200_years_under_extreme_drivers(key):
     shock = (jax.random.uniform(k1, (T, R)) < 0.1).astype(float)
     forcing = make_forcing(T, R, shock=shock)
     final, traj = simulate(params, sc.initial, drivers, sc.graph, forcing)
+    assert traj.regions.active.dtype == jnp.dtype(precision)
     s = traj.regions
     for name in ("active", "passive", "knowledge", "internationalization", "development"):
         value = np.asarray(getattr(s, name))
         assert np.all(np.isfinite(value)) and np.all(value > 0), name
-    for name in ("overlap", "local_connectedness", "catchment_share"):
+    for name in ("overlap", "catchment_share"):
         value = np.asarray(getattr(s, name))
         assert np.all((value > 0) & (value < 1)), name
+    # 1 - Lc, stored: with no erosion (spawning share 1) it decays geometrically, and float32 reaches
+    # its limit 0 after about 150 years; float64 keeps it positive
+    disconnection = np.asarray(s.disconnection)
+    assert np.all((disconnection >= 0) & (disconnection < 1)) and np.all(np.asarray(s.local_connectedness) > 0)
+    if precision == "float64":
+        assert np.all(disconnection > 0)
     for leaf in jax.tree_util.tree_leaves(traj.observations):
         assert np.all(np.isfinite(np.asarray(leaf)))
     w = np.asarray(final.world.ties)
@@ -141,17 +153,25 @@ def test_positive_bounded_and_finite_over_200_years_under_extreme_drivers(key):
         assert np.all(np.isfinite(np.asarray(leaf)))
 
 
-def test_no_retrace_on_a_second_call_of_the_same_shapes(scenario):
+def test_no_retrace_on_a_second_call_of_the_same_shapes(scenario, monkeypatch):
     params, sc = scenario
     R = sc.num_regions
-    simulate(params, sc.initial, sc.drivers, sc.graph, make_forcing(9, R))
-    before = eqx.debug.get_num_traces(_simulate)
+    traces = []
+
+    def counted_step(*args):  # the year's step is called only while `simulate` is traced
+        traces.append(1)
+        return step(*args)
+
+    monkeypatch.setattr(importlib.import_module("diffcomm.simulate"), "step", counted_step)  # the module, not the function
+    simulate(params, sc.initial, sc.drivers, sc.graph, make_forcing(9, R, shock=0.2))
+    before = len(traces)
+    assert before >= 1  # the first call of these shapes was traced (and counted)
     other = Params.from_natural(K, educating_weight=2.0)
     simulate(other, sc.initial, sc.drivers, sc.graph, make_forcing(9, R, shock=0.5))
     simulate(params, sc.initial, sc.drivers, sc.graph, make_forcing(9, R, shock=0.1))
-    assert eqx.debug.get_num_traces(_simulate) == before
-    simulate(params, sc.initial, sc.drivers, sc.graph, make_forcing(13, R))  # a new shape traces once
-    assert eqx.debug.get_num_traces(_simulate) == before + 1
+    assert len(traces) == before
+    simulate(params, sc.initial, sc.drivers, sc.graph, make_forcing(13, R, shock=0.2))  # a new shape traces again
+    assert len(traces) > before
 
 
 def test_ensemble_equals_separate_runs(scenario):
@@ -168,18 +188,13 @@ def test_ensemble_equals_separate_runs(scenario):
         np.testing.assert_allclose(traj.observations.patents[i], single.observations.patents, rtol=1e-12)
 
 
-def test_scenario_generator_is_seeded_and_counts_archetypes(key):
-    params = Params.from_natural(3)
-    counts = {"world_city": 2, "normal_region": 5, "specialized_cluster": 1}
-    a = synthetic_regions(params, counts, key=key)
-    b = synthetic_regions(params, counts, key=key)
-    c = synthetic_regions(params, counts, key=jax.random.key(1))
-    assert a.num_regions == 8 and a.drivers.specializing.shape == (8, 3)
-    assert sorted(a.archetype_names) == sorted(counts)
-    assert [int((a.archetype == i).sum()) for i in range(3)] == [counts[n] for n in a.archetype_names]
-    np.testing.assert_array_equal(a.drivers.connecting, b.drivers.connecting)
-    assert not np.allclose(a.drivers.connecting, c.drivers.connecting)
-    with pytest.raises(ValueError, match="unknown archetype"):
-        synthetic_regions(params, {"moon_base": 1}, key=key)
-    with pytest.raises(ValueError, match="non-negative integer"):
-        synthetic_regions(params, {"world_city": -1}, key=key)
+def test_ensemble_over_initial_states_equals_separate_runs(scenario):
+    params, sc = scenario
+    R = sc.num_regions
+    starts = [dataclasses.replace(sc.initial, regions=dataclasses.replace(sc.initial.regions, active=sc.initial.regions.active * f))
+              for f in (0.5, 1.0, 2.0)]
+    forcing = make_forcing(6, R)
+    _, traj = simulate_ensemble(params, stack(starts), sc.drivers, sc.graph, forcing, in_axes=(None, 0, None, None, None))
+    for i, start in enumerate(starts):
+        _, single = simulate(params, start, sc.drivers, sc.graph, forcing, record_states=False)
+        np.testing.assert_allclose(traj.observations.patents[i], single.observations.patents, rtol=1e-12)

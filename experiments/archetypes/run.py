@@ -20,19 +20,23 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffcomm.model import Drivers, Graph, Params, init_state  # noqa: E402
-from diffcomm.report import archetype_summary, plot_archetype_trajectories  # noqa: E402
-from diffcomm.scenario import ARCHETYPES, synthetic_regions  # noqa: E402
+from diffcomm.cli import compose, to_typed  # noqa: E402
+from diffcomm.inputs import Drivers, Graph  # noqa: E402
+from diffcomm.model import init_state  # noqa: E402
+from diffcomm.params import Params  # noqa: E402
+from diffcomm.report.figures import plot_archetype_trajectories  # noqa: E402
+from diffcomm.report.tables import archetype_summary  # noqa: E402
+from diffcomm.scenario import scenario_from_config, synthetic_regions  # noqa: E402
 from diffcomm.simulate import make_forcing, simulate, simulate_ensemble, stack  # noqa: E402
 
-YEARS = 50
-SEED = 7
+CONFIG = to_typed(compose("simulate", ["experiment=archetypes"]), "simulate")  # conf/experiment/archetypes.yaml
+YEARS, SEED = CONFIG.scenario.years, CONFIG.scenario.seed
 
 
 def archetype_runs(out: Path) -> dict:
-    params = Params.from_natural(3)
-    scenario = synthetic_regions(params, {name: 20 for name in ARCHETYPES}, key=jax.random.key(SEED))
-    _, traj = simulate(params, scenario.initial, scenario.drivers, scenario.graph, make_forcing(YEARS, scenario.num_regions))
+    params = Params.from_natural(CONFIG.model.num_domains, **CONFIG.model.params)
+    scenario, forcing = scenario_from_config(params, CONFIG.scenario)
+    _, traj = simulate(params, scenario.initial, scenario.drivers, scenario.graph, forcing)
     plot_archetype_trajectories(scenario, traj, out / "archetypes.png", title="five archetypes, 20 regions each, 50 years")
     table = archetype_summary(scenario, traj)
     columns = ["archetype", "active_first", "active_last", "knowledge_last", "overlap_last", "internationalization_last",
@@ -43,10 +47,7 @@ def archetype_runs(out: Path) -> dict:
 def profile_drivers(profile: str, params: Params) -> Drivers:
     """Drivers of one region: an archetype without noise, or the average region (all z-scores 0)."""
     if profile == "average_region":
-        zero = jnp.zeros(1)
-        return Drivers(connecting=zero, educating=zero, migrating=zero, specializing=jnp.zeros((1, 1)),
-                       amenities=zero, openness=zero + 0.5, anchors=zero, middleground=zero, place_policy=zero,
-                       mne_presence=zero + 1.0, spawning_share=zero + 0.5)
+        return Drivers.uniform(1, 1)
     return synthetic_regions(params, {profile: 1}, key=jax.random.key(SEED), noise=0.0, ties_per_region=0).drivers
 
 

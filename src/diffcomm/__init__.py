@@ -1,42 +1,50 @@
-"""diffcomm: a differentiable model of local professional communities and internationalization."""
+"""diffcomm: a differentiable model of local professional communities and internationalization.
 
-from .model import (
-    Drivers,
-    Flows,
-    Forcing,
-    Graph,
-    Levers,
-    Observations,
-    Params,
-    RegionState,
-    State,
-    WorldState,
-    init_state,
-    step,
+The library, stage by stage (data flows one way): typed configs (`config`), observed data
+(`data`), the model (`params`, `inputs`, `state`, `model`, `observation`), simulation
+(`simulate`, `scenario`), the calibration objective (`loss`), and what uses it (`calibrate`,
+`forecast`, `policy`), with `report` writing run folders and `cli` at the door.
+
+```python
+import diffcomm as dc
+
+data = dc.load_dataset(dc.DataConfig(regions=["41860", "41940", "42660", "14460"]))
+calibration = dc.calibrate(data, dc.CalibrateConfig(fit=dc.FitConfig(steps=300)))
+result = dc.forecast(calibration, data, 2011, 2015)
+```
+"""
+
+from .calibrate import Calibration, FitResult, Laplace, calibrate, fit, laplace, load_calibration, sample_params
+from .config import (
+    CalibrateConfig,
+    DataConfig,
+    DriverTerm,
+    EvaluationConfig,
+    FitConfig,
+    ModelConfig,
+    OptimizeSettings,
+    PolicyConfig,
+    ScenarioConfig,
 )
+from .data import Dataset, load_dataset
+from .errors import ConfigError, DataError
+from .forecast import Forecast, forecast, rolling_origin
+from .inputs import LEVERS, Drivers, Forcing, Graph, Levers
+from .model import init_state, step
+from .observation import Observations
+from .params import NaturalParams, Params
+from .policy import PolicyProblem, PolicyResult, optimize
 from .scenario import ARCHETYPES, Scenario, synthetic_regions
 from .simulate import Trajectory, make_forcing, simulate, simulate_ensemble
+from .state import Flows, RegionState, State, WorldState
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "ARCHETYPES",
-    "Drivers",
-    "Flows",
-    "Forcing",
-    "Graph",
-    "Levers",
-    "Observations",
-    "Params",
-    "RegionState",
-    "Scenario",
-    "State",
-    "Trajectory",
-    "WorldState",
-    "init_state",
-    "make_forcing",
-    "simulate",
-    "simulate_ensemble",
-    "step",
-    "synthetic_regions",
+    "ARCHETYPES", "LEVERS", "CalibrateConfig", "Calibration", "ConfigError", "DataConfig", "DataError", "Dataset",
+    "DriverTerm", "Drivers", "EvaluationConfig", "FitConfig", "FitResult", "Flows", "Forcing", "Forecast", "Graph",
+    "Laplace", "Levers", "ModelConfig", "NaturalParams", "Observations", "OptimizeSettings", "Params", "PolicyConfig",
+    "PolicyProblem", "PolicyResult", "RegionState", "Scenario", "ScenarioConfig", "State", "Trajectory", "WorldState",
+    "calibrate", "fit", "forecast", "init_state", "laplace", "load_calibration", "load_dataset", "make_forcing",
+    "optimize", "rolling_origin", "sample_params", "simulate", "simulate_ensemble", "step", "synthetic_regions",
 ]

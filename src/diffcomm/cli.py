@@ -1,174 +1,295 @@
-"""The command line: `diffcomm <command> [hydra overrides]`.
+"""The command line: `diffcomm <command> [hydra overrides]`, the only place Hydra is used.
 
-Each command is a Hydra app whose config is `conf/<command>.yaml`. Before Hydra runs, the
-overrides are composed and validated once per sweep combination, so a bad override ends in one
-line on stderr and exit code 2 rather than a traceback or a half-finished sweep.
+Each command is a Hydra app whose config is `conf/<command>.yaml` on top of its typed schema
+(`config.SCHEMAS`). Before Hydra runs, the overrides are composed and checked once per sweep
+combination, so a bad override ends in one line on stderr and exit code 2 rather than a
+traceback or a half-finished sweep. The work then runs in a worker thread, with double precision
+switched on for that run only if its config asks; Ctrl-C asks the work to checkpoint and stop,
+and the command ends within seconds either way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
+import logging
+import os
 import sys
+import threading
+import typing
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from .config import SCHEMAS, ConfigError, conf_dir, to_typed
+import hydra
+import jax
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-USAGE = """usage: diffcomm <command> [-m] [key=value ...]
+from . import apps
+from .config import SCHEMAS
+from .errors import ConfigError, DataError
+from .training import Interrupted, clear_stop, request_stop
 
-commands:
-  simulate   simulate a scenario of synthetic regions and write trajectories, summary, figures
-  calibrate  fit the model to observed patents and linkages (default: US metros 2000-2010)
-  forecast   forecast patents from a calibrated run: run=<folder> years=2011-2015
-  optimize   allocate a budget of policy levers by gradient ascent through the model
-
-Overrides follow Hydra's syntax, e.g.
-  diffcomm simulate scenario.years=30 scenario.levers.middleground=1
-  diffcomm simulate -m scenario.shock.intensity=0,0.5,1
-  diffcomm simulate experiment=disruption
-  diffcomm calibrate fit.restarts=8
-  diffcomm forecast run=outputs/calibrate/<time> years=2011-2015
-  diffcomm optimize policy=patents policy.budget=500
-"""
-
+COMMANDS = {
+    "simulate": "simulate a scenario of synthetic regions and write trajectories, summary, figures",
+    "calibrate": "fit the model to observed patents and linkages (default: US metros 2000-2010)",
+    "forecast": "forecast patents from a calibrated run: run=<folder> years=2011-2015",
+    "optimize": "allocate a budget of policy levers by gradient ascent through the model",
+}
+GROUPS = {"simulate": ("model", "scenario", "experiment"), "calibrate": ("model", "data", "optimizer"),
+          "forecast": (), "optimize": ("model", "scenario", "policy")}
+EXAMPLES = {
+    "simulate": ["diffcomm simulate scenario.years=30 scenario.levers.middleground=1",
+                 "diffcomm simulate experiment=disruption",
+                 "diffcomm simulate -m scenario.shock.intensity=0,0.5,1"],
+    "calibrate": ["diffcomm calibrate fit.restarts=8 fit.steps=2000",
+                  "diffcomm calibrate \"data.regions=[41860,41940,'00901']\" evaluation.rolling_origin=false",
+                  "diffcomm calibrate optimizer=lbfgs hydra.run.dir=outputs/my_run"],
+    "forecast": ["diffcomm forecast run=outputs/calibrate/<time> years=2011-2015",
+                 "diffcomm forecast run=outputs/calibrate/<time> years=2006-2010 level=0.5"],
+    "optimize": ["diffcomm optimize policy=patents policy.budget=500",
+                 "diffcomm optimize policy.time_varying=true policy.region_cap=20",
+                 "diffcomm optimize source=run run=outputs/calibrate/<time> policy=catchment"],
+}
+GRACE_SECONDS = 5.0  # after Ctrl-C, how long the work may take to checkpoint before the process ends
 MAX_CHECKED_COMBINATIONS = 256
 
 
-def _fail(command: str, message: str) -> int:
-    print(f"diffcomm {command}: error: {message}", file=sys.stderr)
-    return 2
+def conf_dir() -> Path:
+    """The folder of Hydra configs: packaged with a wheel, or `conf/` at the repository root."""
+    packaged = Path(__file__).parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf"
 
 
-def _sweep_combinations(overrides: list[str]) -> list[list[str]]:
-    """Expand comma sweeps into the list of single-valued override lists Hydra will run."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def _register_schemas() -> None:
+    for command, schema in SCHEMAS.items():
+        ConfigStore.instance().store(name=f"{command}_schema", node=schema)
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    choices = []
-    for text, override in zip(overrides, parsed):
-        if override.is_sweep_override():
-            key = override.get_key_element()
-            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
-        else:
-            choices.append([text])
-    combos = itertools.islice(itertools.product(*choices), MAX_CHECKED_COMBINATIONS)
-    return [list(c) for c in combos]
+
+def compose(command: str, overrides: list[str] = ()) -> DictConfig:
+    """The composed config of `command` with `overrides`, as Hydra would give it to the command."""
+    _register_schemas()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return hydra_compose(config_name=command, overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def to_typed(cfg: DictConfig, command: str) -> Any:
+    """The typed, checked config of `command` (a dataclass of `config.py`); `ConfigError` if not."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SCHEMAS[command]), cfg))
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        first = _first_line(error)
+        raise ConfigError(f"{key}: {first}" if key and key not in first else first) from None
 
 
 def check_overrides(command: str, overrides: list[str]) -> None:
-    """Compose and validate the config for every sweep combination; raise `ConfigError`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
+    """Compose and check the config of every sweep combination; raise `ConfigError`."""
     try:
-        combos = _sweep_combinations(overrides)
+        parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as error:  # Hydra's parser raises several types; all mean a malformed override
         raise ConfigError(_first_line(error)) from None
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        for combo in combos:
-            try:
-                cfg = compose(config_name=command, overrides=combo)
-            except Exception as error:  # composition errors: unknown key, missing group option, bad type
-                raise ConfigError(_composition_message(error)) from None
-            to_typed(cfg, SCHEMAS[command])
-    GlobalHydra.instance().clear()
+    choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [text]
+               for text, o in zip(overrides, parsed)]
+    for combination in itertools.islice(itertools.product(*choices), MAX_CHECKED_COMBINATIONS):
+        try:
+            cfg = compose(command, list(combination))
+        except Exception as error:  # composition errors: unknown key, missing group option, bad type
+            raise ConfigError(_composition_message(error)) from None
+        to_typed(cfg, command)
 
 
 def _composition_message(error: Exception) -> str:
     message = _first_line(error)
     cause = error.__cause__
-    if cause is not None and "not in struct" in str(cause):
-        message = f"{message.rstrip('.')}: no such key ({_first_line(cause)})"
+    if cause is not None and ("not in struct" in str(cause) or "not in '" in str(cause)):
+        message = f"{message.rstrip('.')}: no such key ({_first_line(cause)}); `diffcomm <command> --help` lists the keys"
         if "model.params." in message:
             message += "; set a model parameter with +model.params.NAME=VALUE"
     return message
 
 
-def _first_line(error: Exception) -> str:
+def _first_line(error: BaseException) -> str:
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
 
 
-def _hydra_app(command: str, task: Callable) -> Callable:
-    import hydra
-
-    return hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")(task)
-
-
-def _output_dir() -> Path:
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
-def _plain(cfg) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)
+def _fail(command: str, message: str, code: int = 2) -> int:
+    print(f"diffcomm {command}: error: {message}", file=sys.stderr)
+    return code
 
 
 # --------------------------------------------------------------------------------------------
-# tasks: typed config at the door, the work in commands.py
+# Help
 # --------------------------------------------------------------------------------------------
 
 
-def _task(command: str) -> Callable:
-    def task(cfg) -> None:
-        from . import commands
-        from .data import DataError
+def _options(schema: type, values: dict, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, value, help) of every option of a schema, from the composed default config `values`."""
+    rows = []
+    for f in dataclasses.fields(schema):
+        value = values[f.name]
+        if isinstance(value, dict) and dataclasses.is_dataclass(_field_type(schema, f.name)):
+            rows += _options(_field_type(schema, f.name), value, f"{prefix}{f.name}.")
+            continue
+        shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        rows.append((f"{prefix}{f.name}", shown if len(shown) <= 40 else shown[:37] + "...", f.metadata.get("help", "")))
+    return rows
 
-        import logging
 
-        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # its backend probe is noise in run logs
-        typed = _typed_or_exit(command, cfg)
-        work = {"simulate": commands.run_simulate, "calibrate": commands.run_calibrate, "forecast": commands.run_forecast,
-                "optimize": commands.run_optimize}
+def _field_type(schema: type, name: str):
+    return typing.get_type_hints(schema)[name]
+
+
+def command_help(command: str) -> str:
+    """What `diffcomm <command> --help` prints: the command's groups, options and examples."""
+    lines = [f"usage: diffcomm {command} [-m] [key=value ...]", "", COMMANDS[command], ""]
+    for group in GROUPS[command]:
+        names = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+        lines.append(f"  {group}={'|'.join(names)}")
+    if GROUPS[command]:
+        lines = lines[:4] + ["groups (choose one option each):"] + lines[4:] + [""]
+    lines.append("options (key=default, then what it means):")
+    for key, default, text in _options(SCHEMAS[command], OmegaConf.to_container(compose(command), resolve=False)):
+        if not key.startswith("runtime."):
+            lines.append(f"  {key}={default}".ljust(44) + f"  {text}")
+    lines += ["", "also: -m (a sweep: key=a,b,c), --cfg job (print the composed config),",
+              "      hydra.run.dir=<folder> (where the run writes; the same folder resumes a checkpoint),",
+              "      runtime.compilation_cache=<folder>|null (compiled programs kept between runs)", "", "examples:"]
+    lines += [f"  {example}" for example in EXAMPLES[command]]
+    return "\n".join(lines)
+
+
+def usage() -> str:
+    lines = ["usage: diffcomm <command> [-m] [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
+    lines += ["", "diffcomm <command> --help lists a command's options, with examples."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Running a command
+# --------------------------------------------------------------------------------------------
+
+
+def _use_compilation_cache(setting: str | None) -> None:
+    """Keep compiled programs between runs in `setting` (`auto`: the user cache folder)."""
+    if setting is None:
+        return
+    folder = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "diffcomm" / "jax" if setting == "auto" \
+        else Path(setting).expanduser()
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _work_in_thread(work: Callable[[], Any], *, x64: bool) -> Any:
+    """Run `work` in a worker thread with x64 switched on for it only if asked; on Ctrl-C ask it
+    to checkpoint and stop, and end the process if it has not within `GRACE_SECONDS`."""
+    outcome: dict[str, Any] = {}
+    finished = threading.Event()  # not Thread.join: a join interrupted by Ctrl-C can report a live thread dead
+
+    def target():
         try:
-            work[command](typed, _output_dir(), plain_config=_plain(cfg))
+            with jax.enable_x64(x64):
+                outcome["value"] = work()
+        except BaseException as error:  # handed to the main thread, which reports it
+            outcome["error"] = error
+        finally:
+            finished.set()
+
+    clear_stop()
+    threading.Thread(target=target, name="diffcomm-work", daemon=True).start()
+    try:
+        while not finished.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        request_stop()
+        print("diffcomm: stopping (Ctrl-C) ...", file=sys.stderr)
+        if not finished.wait(GRACE_SECONDS):  # busy in compiled code that cannot be interrupted
+            print("diffcomm: interrupted; no outputs were written", file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(130)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def _task(command: str) -> Callable[[DictConfig], None]:
+    def task(cfg: DictConfig) -> None:
+        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # its backend probe is noise in run logs
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        try:
+            typed = to_typed(cfg, command)
+            _use_compilation_cache(typed.runtime.compilation_cache)
+            x64 = typed.x64 if command == "forecast" else typed.model.x64
+            kwargs = dict(plain_config=plain)
+            if command == "calibrate":
+                try:
+                    kwargs["optimizer"] = instantiate(typed.optimizer.transform) if typed.optimizer.transform else None
+                except Exception as error:  # Hydra wraps whatever the target raised
+                    raise ConfigError(f"optimizer.transform: {_first_line(error.__cause__ or error)}") from None
+            run = getattr(apps, f"run_{command}")
+            _work_in_thread(lambda: run(typed, out_dir, **kwargs), x64=x64)
         except (ConfigError, DataError, FloatingPointError) as error:
-            raise SystemExit(_fail(command, str(error)))
+            raise SystemExit(_fail(command, str(error))) from None
+        except Interrupted as stop:
+            print(f"diffcomm {command}: interrupted at step {stop.step}; the checkpoint is in {out_dir}. "
+                  f"Run the same command with hydra.run.dir={out_dir} to resume.", file=sys.stderr)
+            raise SystemExit(3) from None
 
     return task
 
 
-# --------------------------------------------------------------------------------------------
-# dispatch
-# --------------------------------------------------------------------------------------------
-
-
-def _typed_or_exit(command: str, cfg):
+@contextlib.contextmanager
+def _argv(args: list[str]):
+    """Hydra reads its command line from `sys.argv`; set it for the app's call only."""
+    saved = sys.argv
+    sys.argv = args
     try:
-        return to_typed(cfg, SCHEMAS[command])
-    except ConfigError as error:
-        raise SystemExit(_fail(command, str(error)))
-
-
-TASKS: dict[str, Callable] = {name: _task(name) for name in ("simulate", "calibrate", "forecast", "optimize")}
+        yield
+    finally:
+        sys.argv = saved
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `diffcomm` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(usage())
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in TASKS:
-        return _fail(command, f"unknown command; expected one of {sorted(TASKS)}")
+    if command not in COMMANDS:
+        return _fail(command, f"unknown command; expected one of {sorted(COMMANDS)}")
+    if any(a in ("-h", "--help") for a in rest):
+        print(command_help(command))
+        return 0
     overrides = [a for a in rest if not a.startswith("-")]
     # other Hydra flags (--cfg job, --info, -cn ...) take values and print or redirect: Hydra checks those
-    plain_run = all(a in ("-m", "--multirun") for a in rest if a.startswith("-"))
-    if plain_run:
+    if all(a in ("-m", "--multirun") for a in rest if a.startswith("-")):
         try:
             check_overrides(command, overrides)
         except ConfigError as error:
             return _fail(command, str(error))
-    sys.argv = [f"diffcomm {command}", *rest]
+    _register_schemas()
+    app = hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")(_task(command))
     try:
-        _hydra_app(command, TASKS[command])()
+        with _argv([f"diffcomm {command}", *rest]):
+            app()
     except SystemExit as exit_:
-        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     return 0
 
 

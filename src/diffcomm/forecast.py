@@ -1,62 +1,50 @@
-"""Forecasts with uncertainty, honest baselines, and forecast scores.
+"""Forecasts with uncertainty, honest baselines, scores, and the rolling-origin test.
 
 A forecast simulates from the data's first year through the last forecast year for parameter
 draws from the Laplace approximation (one `vmap`-ped ensemble), then draws counts from the
-negative binomial: the interval holds both parameter and count uncertainty.
+negative binomial: the interval holds both parameter and count uncertainty. Forecasts condition
+on the counts observed at their origin (knowledge restarts from them), as the baselines do.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import pandas as pd
 
-from .calibrate import Laplace, sample_params
-from .loss import CalibrationInputs, knowledge_from_patents, nb_sample, simulate_from_data
-from .model import Params
-from .simulate import make_forcing, simulate
+from .calibrate import Calibration, Laplace, calibrate, sample_params
+from .config import CalibrateConfig
+from .observation import sample_counts
+from .params import Params
+from .simulate import make_forcing, simulate, simulate_from_data, state_at_origin
 
+if TYPE_CHECKING:
+    from .data import Dataset
 
-def restart_knowledge(params: Params, state, counts):
-    """The state with knowledge set from observed patent counts (the observation model inverted),
-    kept where a count is missing; its split over domains is the simulated one."""
-    knowledge = state.regions.knowledge
-    level = knowledge_from_patents(params, counts)
-    observed = jnp.isfinite(counts)
-    share = knowledge / jnp.sum(knowledge, axis=-1, keepdims=True)
-    new = jnp.where(observed[:, None], jnp.where(observed, level, 1.0)[:, None] * share, knowledge)
-    return eqx.tree_at(lambda s: s.regions.knowledge, state, new)
-
-
-def state_at_origin(params: Params, inputs: CalibrationInputs, origin_years: int, origin_counts=None):
-    """Simulate `origin_years` years from the data's first year; with `origin_counts` (R,),
-    restart knowledge from the counts observed at that origin.
-
-    **Returns:** the state at the origin and the observations of the years up to it (T, R).
-    """
-    state, observations = simulate_from_data(params, inputs, origin_years)
-    if origin_counts is not None:
-        state = restart_knowledge(params, state, origin_counts)
-    return state, observations
+MAX_HORIZON = 50  # years after the data that a forecast may reach
 
 
 @eqx.filter_jit
-def _ensemble_means(draws: Params, inputs: CalibrationInputs, num_years: int, origin_years: int, origin_counts):
-    """Patents means for each draw: simulate to the forecast origin, restart knowledge from the
-    counts observed there (if any), simulate on; (draws, num_years, R)."""
-    num_regions = inputs.first_patents.shape[0]
+def _ensemble_means(draws: Params, data: Dataset, num_years: int, origin_years: int, origin_counts):
+    """Expected patents of each draw, (S, num_years, R), and its dispersion (S,): simulate to the
+    origin, restart knowledge from the counts observed there (if any), simulate on."""
 
     def one(params):
         if origin_counts is None or origin_years == num_years:
-            patents = simulate_from_data(params, inputs, num_years)[1].patents
-            return patents, params.natural().patents_dispersion
-        state, observations = state_at_origin(params, inputs, origin_years, origin_counts)
-        rest = make_forcing(num_years - origin_years, num_regions)
-        _, later = simulate(params, state, inputs.drivers, inputs.graph, rest, record_states=False)
-        patents = jnp.concatenate([observations.patents, later.observations.patents])
+            patents = simulate_from_data(params, data, num_years)[1].patents
+        else:
+            state, observations = state_at_origin(params, data, origin_years, origin_counts)
+            rest = make_forcing(num_years - origin_years, data.num_regions)
+            _, later = simulate(params, state, data.drivers, data.graph, rest, record_states=False)
+            patents = jnp.concatenate([observations.patents, later.observations.patents])
         return patents, params.natural().patents_dispersion
 
     return jax.vmap(one)(draws)
@@ -66,7 +54,7 @@ def forecast_patents(
     params: Params,
     approx: Laplace,
     free: list[str],
-    inputs: CalibrationInputs,
+    data: Dataset,
     num_years: int,
     *,
     key: jax.Array,
@@ -82,34 +70,96 @@ def forecast_patents(
     last observation too. Years up to the origin are the model's fit.
 
     **Returns:** `mean`, `lower`, `upper`, each (num_years, R), and `fitted` (the mean at the
-    fitted parameters).
+    estimate `params`).
     """
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     k_params, k_counts = jax.random.split(key)
     sampled = sample_params(params, free, approx, key=k_params, num=draws)
+    ensemble = jax.tree_util.tree_map(lambda one, many: jnp.concatenate([one[None], many]), params, sampled)
     if origin is None or origin_counts is None:
         origin, observed = num_years, None
     else:
         observed = jnp.asarray(origin_counts, dtype=float)
-    means, dispersion = _ensemble_means(sampled, inputs, num_years, origin, observed)
-    draws_of_counts = jax.vmap(nb_sample)(jax.random.split(k_counts, draws), means, dispersion)
+    means, dispersion = _ensemble_means(ensemble, data, num_years, origin, observed)
     if not bool(jnp.all(jnp.isfinite(means))):
         raise FloatingPointError("the forecast has non-finite values: the fitted parameters leave the model's stable range")
-    tail = (1 - level) / 2
-    fitted, _ = _ensemble_means(jax.tree_util.tree_map(lambda x: x[None], params), inputs, num_years, origin, observed)
-    return dict(
-        mean=np.asarray(jnp.mean(means, axis=0)),
-        lower=np.asarray(jnp.quantile(draws_of_counts, tail, axis=0)),
-        upper=np.asarray(jnp.quantile(draws_of_counts, 1 - tail, axis=0)),
-        fitted=np.asarray(fitted[0]),
-    )
+    band = _predictive_band(means[1:], dispersion[1:], k_counts, (1 - level) / 2)
+    return {name: np.asarray(value) for name, value in band.items()} | dict(fitted=np.asarray(means[0]))
+
+
+@eqx.filter_jit
+def _predictive_band(means, dispersion, key, tail: float) -> dict[str, jax.Array]:
+    """Mean over the draws' means, and central quantiles of counts drawn around each draw's mean."""
+    counts = jax.vmap(sample_counts)(jax.random.split(key, means.shape[0]), means, dispersion)
+    return dict(mean=jnp.mean(means, axis=0), lower=jnp.quantile(counts, tail, axis=0),
+                upper=jnp.quantile(counts, 1 - tail, axis=0))
+
+
+@dataclass
+class Forecast:
+    """Patents from the data's second year through `years[-1]`, each array (T, R); the years
+    from `first_year` on are the ones asked for."""
+
+    codes: tuple[str, ...]
+    names: tuple[str, ...]
+    years: np.ndarray  # (T,)
+    first_year: int
+    origin_year: int  # the last observed year the forecast conditions on
+    observed: np.ndarray  # NaN outside the data
+    mean: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+    def table(self) -> pd.DataFrame:
+        """One row per region and asked year: `region, year, mean, lower, upper`."""
+        wanted = self.years >= self.first_year
+        count = int(wanted.sum())
+        return pd.DataFrame({
+            "region": np.repeat(np.asarray(self.codes)[None], count, axis=0).ravel(),
+            "year": np.repeat(self.years[wanted], len(self.codes)),
+            "mean": self.mean[wanted].ravel(),
+            "lower": self.lower[wanted].ravel(),
+            "upper": self.upper[wanted].ravel(),
+        })
+
+
+def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year: int, *, draws: int = 200,
+             level: float = 0.9, key: jax.Array | None = None) -> Forecast:
+    """Forecast patents for `first_year`..`last_year` from a calibration.
+
+    The forecast conditions on the last observed year before `first_year`: years inside the
+    data give one-step-ahead and longer forecasts from there (fitted values with intervals).
+    Raises `ValueError` for years the data or the horizon (`MAX_HORIZON`) do not allow.
+    """
+    start, end = data.years[0], data.years[-1]
+    if first_year <= start:
+        raise ValueError(f"years must start after the data's first year {start}, got {first_year}")
+    if last_year > end + MAX_HORIZON:
+        raise ValueError(f"years must end by {end + MAX_HORIZON} ({MAX_HORIZON} years after the data), got {last_year}")
+    observed = data.observed_patents()
+    origin = min(end, first_year - 1) - start  # years after the first
+    band = forecast_patents(calibration.params, calibration.laplace, calibration.config.fit.free, data, last_year - start,
+                            key=jax.random.key(0) if key is None else key, draws=draws, level=level, origin=origin,
+                            origin_counts=observed[origin - 1] if origin >= 1 else None)
+    years = np.arange(start + 1, last_year + 1)
+    shown = np.full((len(years), data.num_regions), np.nan)
+    shown[: min(len(years), len(observed))] = observed[: len(years)]
+    return Forecast(data.codes, data.names, years, first_year, start + origin, shown, band["mean"], band["lower"],
+                    band["upper"])
+
+
+# --------------------------------------------------------------------------------------------
+# Baselines and scores
+# --------------------------------------------------------------------------------------------
 
 
 def persistence(history: np.ndarray, horizon: int) -> np.ndarray:
     """Each region's last observed value, repeated (horizon, R)."""
-    last = _last_observed(history)
-    return np.repeat(last[None], horizon, axis=0)
+    filled = history.copy()
+    for t in range(1, len(filled)):
+        filled[t] = np.where(np.isnan(filled[t]), filled[t - 1], filled[t])
+    return np.repeat(filled[-1][None], horizon, axis=0)
 
 
 def log_linear_trend(history: np.ndarray, horizon: int) -> np.ndarray:
@@ -126,19 +176,13 @@ def log_linear_trend(history: np.ndarray, horizon: int) -> np.ndarray:
     return np.expm1(ym + slope * (future[:, None] - tm))
 
 
-def _last_observed(history: np.ndarray) -> np.ndarray:
-    filled = history.copy()
-    for t in range(1, len(filled)):
-        filled[t] = np.where(np.isnan(filled[t]), filled[t - 1], filled[t])
-    return filled[-1]
-
-
 def scores(prediction: np.ndarray, observed: np.ndarray) -> dict[str, float]:
     """Forecast errors over observed cells: MAE, mean absolute log error (log1p), RMSE."""
     mask = ~np.isnan(observed)
     err = prediction[mask] - observed[mask]
     log_err = np.log1p(np.clip(prediction[mask], 0, None)) - np.log1p(observed[mask])
-    return dict(mae=float(np.mean(np.abs(err))), male=float(np.mean(np.abs(log_err))), rmse=float(np.sqrt(np.mean(err**2))))
+    return dict(mae=float(np.mean(np.abs(err))), mean_abs_log_error=float(np.mean(np.abs(log_err))),
+                rmse=float(np.sqrt(np.mean(err**2))))
 
 
 def per_region_log_error(prediction: np.ndarray, observed: np.ndarray) -> np.ndarray:
@@ -147,3 +191,84 @@ def per_region_log_error(prediction: np.ndarray, observed: np.ndarray) -> np.nda
     with warnings.catch_warnings():  # a region with no observed year has no error: NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(np.where(np.isnan(observed), np.nan, diff), axis=0)
+
+
+# --------------------------------------------------------------------------------------------
+# The rolling-origin test
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RollingOrigin:
+    """A fit through `train_last_year` and its forecast of the later years, with baselines."""
+
+    train_last_year: int
+    test_years: np.ndarray  # (H,)
+    observed: np.ndarray  # every year after the first (T, R), NaN where not observed
+    band: dict[str, np.ndarray]  # the model's mean, lower, upper over all T years
+    predictions: dict[str, np.ndarray]  # method -> (H, R) over the test years
+
+    @property
+    def truth(self) -> np.ndarray:
+        return self.observed[-len(self.test_years):]
+
+    def scores(self) -> dict[str, dict[str, float]]:
+        return {name: scores(pred, self.truth) for name, pred in self.predictions.items()}
+
+    def summary(self, codes: tuple[str, ...], names: tuple[str, ...], first_year: int) -> dict:
+        """Scores, interval coverage, and where the model does worse than the better baseline."""
+        horizon = len(self.test_years)
+        inside = (self.truth >= self.band["lower"][-horizon:]) & (self.truth <= self.band["upper"][-horizon:])
+        errors = {name: per_region_log_error(pred, self.truth) for name, pred in self.predictions.items()}
+        excess = errors["model"] - np.minimum(errors["persistence"], errors["log_linear_trend"])
+        worst = np.argsort(-np.nan_to_num(excess, nan=-np.inf))[:10]
+        size = np.nanmean(self.truth, axis=0)
+        return dict(
+            train_years=[first_year, self.train_last_year],
+            test_years=[int(self.test_years[0]), int(self.test_years[-1])],
+            scores=self.scores(),
+            interval_coverage=float(np.nanmean(np.where(np.isnan(self.truth), np.nan, inside))),
+            share_of_regions_where_model_is_worse_than_best_baseline=float(np.nanmean(excess > 0)),
+            worse_regions=[dict(region=codes[i], name=names[i], excess_log_error=float(excess[i]),
+                                mean_patents=float(size[i])) for i in worst],
+            mean_patents_where_model_worse=float(np.nanmedian(size[excess > 0])) if (excess > 0).any() else None,
+            mean_patents_where_model_better=float(np.nanmedian(size[excess <= 0])) if (excess <= 0).any() else None,
+        )
+
+    def table(self, codes: tuple[str, ...], names: tuple[str, ...]) -> pd.DataFrame:
+        """One row per region and test year: observed, the model with its interval, each baseline."""
+        horizon, regions = len(self.test_years), len(codes)
+        columns = {"region": np.tile(codes, horizon), "name": np.tile(names, horizon),
+                   "year": np.repeat(self.test_years, regions), "observed": self.truth.ravel(),
+                   "model": self.predictions["model"].ravel(), "lower": self.band["lower"][-horizon:].ravel(),
+                   "upper": self.band["upper"][-horizon:].ravel()}
+        columns.update({name: pred.ravel() for name, pred in self.predictions.items() if name != "model"})
+        return pd.DataFrame(columns)
+
+
+def rolling_origin(
+    data: Dataset,
+    config: CalibrateConfig,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    checkpoint: Path | None = None,
+) -> RollingOrigin:
+    """Calibrate on the years through `config.evaluation.train_last_year` (the later years held
+    out of the same data set, so every compiled program is reused), forecast the later years
+    from the last training year's counts, and predict them with two baselines."""
+    train_last = config.evaluation.train_last_year
+    fitted = calibrate(data.through(train_last), config, optimizer=optimizer, checkpoint=checkpoint, phase="rolling origin: ")
+    observed = data.observed_patents()
+    years = np.asarray(data.years[1:])
+    horizon = int(np.sum(years > train_last))
+    origin = len(years) - horizon  # years after the first: the last training year
+    band = forecast_patents(fitted.params, fitted.laplace, config.fit.free, data, len(years),
+                            key=jax.random.key(config.fit.seed + 1), draws=config.evaluation.draws,
+                            level=config.evaluation.level, origin=origin, origin_counts=observed[origin - 1])
+    history = np.vstack([np.asarray(data.first_patents)[None], observed[:-horizon]])
+    predictions = {
+        "model": band["mean"][-horizon:],
+        "persistence": persistence(history, horizon),
+        "log_linear_trend": log_linear_trend(history, horizon),
+    }
+    return RollingOrigin(train_last, years[-horizon:], observed, band, predictions)

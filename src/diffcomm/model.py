@@ -1,8 +1,10 @@
-"""The co-evolution model: parameters, drivers, state, and one year of dynamics.
+"""The co-evolution model: the state at the first year and one year of dynamics.
 
-Every concept of the model (see ``docs/model.md``) is a named field or a named function here.
-The per-region update :func:`region_step` is written for one region; :func:`step` maps it over
-regions with ``jax.vmap``, adds the cross-local ties with ``jax.ops.segment_sum`` and updates the
+Every concept of the model (see ``docs/model.md``) is a named field or a named function: the
+parameters in ``params.py``, drivers and levers in ``inputs.py``, the state in ``state.py``, the
+observation model in ``observation.py``, and the mechanisms here. The per-region update
+:func:`region_step` is written for one region; :func:`step` maps it over regions with
+``jax.vmap``, adds the cross-local ties with ``jax.ops.segment_sum`` and updates the
 international communities as a reduction over regions.
 
 Stocks stay positive and shares stay inside (0, 1) by construction, never by clipping: outflows
@@ -12,353 +14,14 @@ current value and a target inside (0, 1).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import NamedTuple
-
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
 
-# --------------------------------------------------------------------------------------------
-# Parameters
-# --------------------------------------------------------------------------------------------
-
-_REAL, _POSITIVE, _UNIT = "real", "positive", "unit"
-
-
-def _parameter(constraint: str, default: float, doc: str, *, per_domain: bool = False):
-    """A model parameter: stored unconstrained, read through ``constraint``."""
-    return eqx.field(
-        metadata=dict(constraint=constraint, default=default, doc=doc, per_domain=per_domain)
-    )
-
-
-def _to_natural(constraint: str, raw: Array) -> Array:
-    if constraint == _POSITIVE:
-        return jax.nn.softplus(raw)
-    if constraint == _UNIT:
-        return jax.nn.sigmoid(raw)
-    return raw
-
-
-def _to_raw(constraint: str, value: Array) -> Array:
-    if constraint == _POSITIVE:
-        return value + jnp.log(-jnp.expm1(-value))  # inverse softplus
-    if constraint == _UNIT:
-        return jnp.log(value) - jnp.log1p(-value)  # logit
-    return value
-
-
-def _check_natural(name: str, constraint: str, value) -> None:
-    if isinstance(value, jax.core.Tracer):  # traced values (e.g. under grad) cannot be checked here
-        return
-    v = np.asarray(value, dtype=float)
-    if not np.all(np.isfinite(v)):
-        raise ValueError(f"parameter {name!r} must be finite, got {value!r}")
-    if constraint == _POSITIVE and np.any(v <= 0):
-        raise ValueError(f"parameter {name!r} must be > 0, got {value!r}")
-    if constraint == _UNIT and np.any((v <= 0) | (v >= 1)):
-        raise ValueError(f"parameter {name!r} must lie strictly inside (0, 1), got {value!r}")
-
-
-class Params(eqx.Module):
-    """All parameters of the model, stored on an unconstrained scale.
-
-    Read the values a user means (natural scale) with :meth:`natural`; build from natural values
-    with :meth:`from_natural`. Scalars have shape ``()``; per-domain parameters have shape ``(K,)``.
-    Symbols refer to ``docs/model.md``.
-    """
-
-    # -- inflow of new members: the four driving forces (B&C section 4) --------------------
-    inflow_bias: Float[Array, ""] = _parameter(_REAL, -0.5, "b_in: log inflow of a region at mean drivers")
-    connecting_weight: Float[Array, ""] = _parameter(_REAL, 0.5, "w_c: driver weight of connecting")
-    educating_weight: Float[Array, ""] = _parameter(_REAL, 0.5, "w_e: driver weight of educating/training")
-    migrating_weight: Float[Array, ""] = _parameter(_REAL, 0.5, "w_m: driver weight of migrating (scaled by 1+openness)")
-    specializing_weight: Float[Array, ""] = _parameter(_REAL, 0.5, "w_s: driver weight of clustering/specializing")
-    amenity_weight: Float[Array, ""] = _parameter(_REAL, 0.3, "w_q: amenities raise inflow and cut attrition")
-    development_inflow_weight: Float[Array, ""] = _parameter(_REAL, 0.3, "w_Y: regional development feeds inflow")
-    development_amenity_weight: Float[Array, ""] = _parameter(_REAL, 0.3, "development feeds amenities")
-    # -- activation P -> A: middleground, place-based policy, anchors (B&C section 5) ------
-    activation_max: Float[Array, ""] = _parameter(_UNIT, 0.3, "a-bar: largest yearly activation rate")
-    activation_bias: Float[Array, ""] = _parameter(_REAL, -1.5, "b_a: activation logit at mean conditions")
-    middleground_weight: Float[Array, ""] = _parameter(_REAL, 0.8, "w_g: middleground raises activation")
-    policy_weight: Float[Array, ""] = _parameter(_REAL, 0.5, "w_p: place-based policy raises activation")
-    anchor_weight: Float[Array, ""] = _parameter(_REAL, 0.5, "w_l: leaders and anchor firms raise activation")
-    internationalization_activation_weight: Float[Array, ""] = _parameter(_REAL, 0.5, "w_F: internationalization raises activation")
-    # -- reproduction, critical mass, attrition ---------------------------------------------
-    reproduction_rate: Float[Array, ""] = _parameter(_POSITIVE, 0.2, "rho: self-sustaining feedback per unit of F")
-    critical_mass_steepness: Float[Array, ""] = _parameter(_POSITIVE, 4.0, "h: sharpness of the critical-mass switch")
-    critical_mass: Float[Array, "k"] = _parameter(_POSITIVE, 10.0, "A*: critical mass of active members", per_domain=True)
-    carrying_capacity: Float[Array, "k"] = _parameter(_POSITIVE, 30.0, "A_cap: size at which reproduction halves", per_domain=True)
-    active_attrition: Float[Array, ""] = _parameter(_POSITIVE, 0.1, "delta_A: attrition rate of active members")
-    passive_attrition: Float[Array, ""] = _parameter(_POSITIVE, 0.1, "delta_P: attrition rate of passive members")
-    # -- local-international overlap (B&C sections 2, 5) ------------------------------------
-    overlap_rate: Float[Array, ""] = _parameter(_UNIT, 0.2, "lambda_X: largest yearly share of non-overlap that joins")
-    overlap_bias: Float[Array, ""] = _parameter(_REAL, -2.0, "b_X: overlap-formation logit at mean drivers")
-    middleground_overlap_weight: Float[Array, ""] = _parameter(_REAL, 0.5, "w_gX: middleground merges local and global buzz")
-    international_pull_weight: Float[Array, ""] = _parameter(_REAL, 0.3, "w_N: a growing international community draws overlap (log N/N0)")
-    overlap_decay: Float[Array, ""] = _parameter(_UNIT, 0.05, "delta_X: yearly loss of overlap")
-    # -- disruption shocks (L,M&S) -----------------------------------------------------------
-    shock_on_migration: Float[Array, ""] = _parameter(_UNIT, 0.8, "tau_m: share of inflow a full shock stops")
-    shock_on_fairs: Float[Array, ""] = _parameter(_UNIT, 0.8, "tau_f: share of new overlap a full shock stops")
-    shock_on_exports: Float[Array, ""] = _parameter(_UNIT, 0.6, "tau_F: share of new internationalization a full shock stops")
-    # -- localized learning (M&M) ------------------------------------------------------------
-    best_distance: Float[Array, ""] = _parameter(_POSITIVE, 1.0, "d*: cognitive distance of largest absorption")
-    buzz_scale: Float[Array, ""] = _parameter(_POSITIVE, 0.3, "beta_b: productivity of local buzz")
-    buzz_elasticity: Float[Array, ""] = _parameter(_UNIT, 0.5, "alpha: buzz is concave in active members")
-    buzz_specialization_weight: Float[Array, ""] = _parameter(_REAL, 0.3, "w_sb: buzz rises with specialization")
-    lock_in_exponent: Float[Array, ""] = _parameter(_POSITIVE, 0.5, "nu: low openness and overlap damp learning")
-    pipeline_scale: Float[Array, ""] = _parameter(_POSITIVE, 0.01, "beta_p: learning from the international frontier")
-    tie_scale: Float[Array, ""] = _parameter(_POSITIVE, 0.02, "beta_W: learning through cross-local ties")
-    complementarity: Float[Array, ""] = _parameter(_POSITIVE, 1.0, "eta: pipelines make buzz more productive")
-    ubiquitification: Float[Array, ""] = _parameter(_UNIT, 0.1, "delta_G: knowledge decays toward the ubiquitous")
-    # -- internationalization ----------------------------------------------------------------
-    export_rate: Float[Array, ""] = _parameter(_POSITIVE, 0.2, "lambda_F: largest yearly gain of internationalization")
-    export_bias: Float[Array, ""] = _parameter(_REAL, -1.0, "b_F: internationalization logit at mean conditions")
-    export_overlap_weight: Float[Array, ""] = _parameter(_REAL, 2.0, "w_XF: overlap drives internationalization")
-    export_community_weight: Float[Array, ""] = _parameter(_REAL, 0.3, "w_AF: community size drives internationalization")
-    export_mne_weight: Float[Array, ""] = _parameter(_REAL, 0.5, "w_M: MNE presence drives internationalization")
-    export_decay: Float[Array, ""] = _parameter(_UNIT, 0.2, "delta_F: yearly decay of internationalization")
-    # -- regional development ----------------------------------------------------------------
-    development_export_gain: Float[Array, ""] = _parameter(_POSITIVE, 0.02, "gamma_F: development from internationalization")
-    development_knowledge_gain: Float[Array, ""] = _parameter(_POSITIVE, 0.01, "gamma_G: development from knowledge")
-    development_decay: Float[Array, ""] = _parameter(_UNIT, 0.1, "delta_Y: pull of development back to 1")
-    # -- MNE strategy and local connectedness (L,M&S) ---------------------------------------
-    orchestration_erosion: Float[Array, ""] = _parameter(_POSITIVE, 0.15, "omega_o: global orchestration erodes Lc")
-    spawning_renewal: Float[Array, ""] = _parameter(_POSITIVE, 0.1, "omega_s: local spawning renews Lc")
-    policy_renewal: Float[Array, ""] = _parameter(_POSITIVE, 0.02, "omega_p: place-based policy renews Lc")
-    clockspeed: Float[Array, "k"] = _parameter(_POSITIVE, 1.0, "kappa: industry clockspeed", per_domain=True)
-    catchment_rate: Float[Array, ""] = _parameter(_UNIT, 0.2, "lambda_S: speed at which the catchment share follows Lc")
-    catchment_ceiling: Float[Array, ""] = _parameter(_UNIT, 0.5, "S-bar: catchment share at full connectedness")
-    # -- international communities and cross-local ties ------------------------------------
-    international_base: Float[Array, "k"] = _parameter(_POSITIVE, 100.0, "N0: members abroad outside the modelled regions", per_domain=True)
-    frontier_base: Float[Array, "k"] = _parameter(_POSITIVE, 40.0, "I0: frontier knowledge made outside the modelled regions", per_domain=True)
-    frontier_contribution: Float[Array, ""] = _parameter(_UNIT, 0.5, "b_I: weight of overlapping members' knowledge in the frontier")
-    frontier_rate: Float[Array, ""] = _parameter(_UNIT, 0.1, "delta_I: speed at which the frontier moves")
-    tie_formation: Float[Array, ""] = _parameter(_UNIT, 0.1, "lambda_W: tie formation at full overlap and affinity")
-    tie_decay: Float[Array, ""] = _parameter(_UNIT, 0.1, "delta_W: yearly decay of ties")
-    # -- observation model (MODEL section 4) ---------------------------------------------------
-    patents_intercept: Float[Array, ""] = _parameter(_REAL, 0.0, "theta_0: log patents at unit knowledge")
-    patents_knowledge_elasticity: Float[Array, ""] = _parameter(_REAL, 1.0, "theta_G: elasticity of patents to knowledge")
-    patents_dispersion: Float[Array, ""] = _parameter(_POSITIVE, 5.0, "negative binomial size (larger: closer to Poisson)")
-    coinvention_intercept: Float[Array, ""] = _parameter(_REAL, -2.0, "theta_i0: logit share of patents with a foreign co-inventor")
-    coinvention_slope: Float[Array, ""] = _parameter(_REAL, 0.5, "theta_i1: response of that share to logit overlap")
-    nonlocal_intercept: Float[Array, ""] = _parameter(_REAL, 0.0, "theta_n0: logit non-local connection share")
-    nonlocal_connectedness_slope: Float[Array, ""] = _parameter(_REAL, 1.0, "theta_n1: response to logit (1 - Lc)")
-    nonlocal_overlap_slope: Float[Array, ""] = _parameter(_REAL, 0.5, "theta_n2: response to logit overlap")
-    nonlocal_concentration: Float[Array, ""] = _parameter(_POSITIVE, 20.0, "beta-binomial concentration of connection counts")
-
-    def __check_init__(self):
-        shapes = {f.name: jnp.shape(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        domain_shapes = {shapes[f.name] for f in dataclasses.fields(self) if f.metadata["per_domain"]}
-        if len(domain_shapes) != 1 or len(next(iter(domain_shapes))) != 1:
-            raise ValueError(f"per-domain parameters must all have one shape (K,), got {domain_shapes}")
-        for f in dataclasses.fields(self):
-            if not f.metadata["per_domain"] and shapes[f.name] != ():
-                raise ValueError(f"parameter {f.name!r} must be a scalar, got shape {shapes[f.name]}")
-
-    @property
-    def num_domains(self) -> int:
-        return jnp.shape(self.critical_mass)[-1]
-
-    @classmethod
-    def from_natural(cls, num_domains: int = 3, **values) -> "Params":
-        """Build parameters from natural-scale values; unnamed ones take their defaults.
-
-        **Arguments:**
-
-        - `num_domains`: K, the number of industry or technology domains.
-        - `values`: natural-scale values by name; per-domain ones may be a scalar or length K.
-
-        **Returns:** a `Params`.
-
-        ```python
-        params = Params.from_natural(3, educating_weight=1.0, critical_mass=[10.0, 20.0, 5.0])
-        ```
-        """
-        if not isinstance(num_domains, int) or num_domains < 1:
-            raise ValueError(f"num_domains must be a positive int, got {num_domains!r}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {unknown}; known: {sorted(known)}")
-        raw = {}
-        for name, f in known.items():
-            value = values.get(name, f.metadata["default"])
-            _check_natural(name, f.metadata["constraint"], value)
-            value = jnp.asarray(value, dtype=float)
-            if f.metadata["per_domain"]:
-                if value.ndim == 0:
-                    value = jnp.full((num_domains,), value)
-                elif value.shape != (num_domains,):
-                    raise ValueError(
-                        f"parameter {name!r} must be a scalar or have length {num_domains}, got shape {value.shape}"
-                    )
-            raw[name] = _to_raw(f.metadata["constraint"], value)
-        return cls(**raw)
-
-    def natural(self) -> "NaturalParams":
-        """The parameters on their natural (constrained) scale, as a named tuple of arrays."""
-        return NaturalParams(
-            **{f.name: _to_natural(f.metadata["constraint"], getattr(self, f.name)) for f in dataclasses.fields(self)}
-        )
-
-    @classmethod
-    def describe(cls) -> dict[str, dict]:
-        """Name -> constraint, default, per-domain flag and meaning, for docs and reports."""
-        return {f.name: dict(f.metadata) for f in dataclasses.fields(cls)}
-
-
-NaturalParams = NamedTuple(
-    "NaturalParams", [(f.name, Array) for f in dataclasses.fields(Params)]
-)
-NaturalParams.__doc__ = "Parameters on their natural scale; same names as `Params`."
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs: drivers, levers, graph
-# --------------------------------------------------------------------------------------------
-
-
-class Drivers(eqx.Module):
-    """What a region brings: standardized driving forces and conditions (constant over time).
-
-    For one region every field is a scalar except `specializing`, shape `(K,)`; batched over
-    regions each gains a leading axis `R`. Standardized fields are z-scores.
-    """
-
-    connecting: Float[Array, ""]  # z-score: global connectivity, exports, scale
-    educating: Float[Array, ""]  # z-score: university R&D, graduates
-    migrating: Float[Array, ""]  # z-score: skilled in-migration
-    specializing: Float[Array, "k"]  # z-score per domain: clustering / specialization
-    amenities: Float[Array, ""]  # z-score: quality of life
-    openness: Float[Array, ""]  # >= 0, about [0, 1]: openness to an influx of people and ideas
-    anchors: Float[Array, ""]  # z-score: leaders and anchor firms
-    middleground: Float[Array, ""]  # z-score: middleground places, events, organisations
-    place_policy: Float[Array, ""]  # z-score: place-based policy and support organisations
-    mne_presence: Float[Array, ""]  # >= 0: presence of multinational enterprises
-    spawning_share: Float[Array, ""]  # in [0, 1]: local spawning share of MNE strategy (phi)
-
-
-class Levers(eqx.Module):
-    """Policy levers for one region and year, each added to the driver or condition it acts on.
-
-    All default to zero (no policy). `spawning` raises the spawning share smoothly toward 1.
-    """
-
-    education: Float[Array, ""]  # -> educating
-    openness: Float[Array, ""]  # -> openness (attraction of skilled migrants)
-    middleground: Float[Array, ""]  # -> middleground and support organisations
-    place_policy: Float[Array, ""]  # -> place-based policy
-    connecting: Float[Array, ""]  # -> connecting (international fairs and associations)
-    spawning: Float[Array, ""]  # -> spawning share (incentives for MNE local spawning)
-
-    @classmethod
-    def zeros(cls, shape: tuple[int, ...] = ()) -> "Levers":
-        names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{n: jnp.zeros(shape) for n in names})
-
-    def apply(self, drivers: Drivers) -> Drivers:
-        """Drivers as the levers leave them."""
-        phi = drivers.spawning_share + (1.0 - drivers.spawning_share) * -jnp.expm1(-self.spawning)
-        return dataclasses.replace(
-            drivers,
-            educating=drivers.educating + self.education,
-            openness=drivers.openness + self.openness,
-            middleground=drivers.middleground + self.middleground,
-            place_policy=drivers.place_policy + self.place_policy,
-            connecting=drivers.connecting + self.connecting,
-            spawning_share=phi,
-        )
-
-
-class Graph(eqx.Module):
-    """Cross-local ties as a directed edge list; knowledge flows from `source` to `target`."""
-
-    source: Int[Array, "e"]
-    target: Int[Array, "e"]
-    affinity: Float[Array, "e"]  # in [0, 1]: institutional and cognitive affinity of the pair
-
-    @classmethod
-    def empty(cls) -> "Graph":
-        return cls(jnp.zeros((0,), int), jnp.zeros((0,), int), jnp.zeros((0,)))
-
-
-class Forcing(eqx.Module):
-    """What changes from year to year: policy levers and disruption shocks (leading axis T)."""
-
-    levers: Levers  # each field (T, R)
-    shock: Float[Array, "t r"]  # xi in [0, 1]
-
-
-# --------------------------------------------------------------------------------------------
-# State and observations
-# --------------------------------------------------------------------------------------------
-
-
-class RegionState(eqx.Module):
-    """The state of one region (batched: leading axis R). Members in hundreds of people.
-
-    - `active`, `passive` (K,): active and passive members of the local professional community.
-    - `overlap` (K,) in (0, 1): share of active members who belong to the international community.
-    - `knowledge` (K,) > 0: localized knowledge stock (capability), in frontier units.
-    - `internationalization` (K,) > 0: internationalization of the region's firms (exports intensity).
-    - `development` () > 0: regional development, 1 at the reference level.
-    - `local_connectedness` () in (0, 1): connectedness between core city and catchment.
-    - `catchment_share` () in (0, 1): share of opportunities that reach the catchment area.
-    """
-
-    active: Float[Array, "k"]
-    passive: Float[Array, "k"]
-    overlap: Float[Array, "k"]
-    knowledge: Float[Array, "k"]
-    internationalization: Float[Array, "k"]
-    development: Float[Array, ""]
-    local_connectedness: Float[Array, ""]
-    catchment_share: Float[Array, ""]
-
-
-class WorldState(eqx.Module):
-    """What is shared by all regions.
-
-    - `international_members` (K,): size of each domain's international professional community.
-    - `frontier` (K,): its epistemic frontier (knowledge, same units as `RegionState.knowledge`).
-    - `ties` (E,) in (0, 1): strength of each cross-local tie.
-    """
-
-    international_members: Float[Array, "k"]
-    frontier: Float[Array, "k"]
-    ties: Float[Array, "e"]
-
-
-class State(eqx.Module):
-    """The whole state: regions (leading axis R) and the world."""
-
-    regions: RegionState
-    world: WorldState
-
-
-class Observations(eqx.Module):
-    """What the model says data should show, per region (one year; batched: leading axes)."""
-
-    patents: Float[Array, ""]  # expected patents granted (negative binomial mean)
-    coinvention_share: Float[Array, ""]  # share of patents with a foreign co-inventor
-    nonlocal_share: Float[Array, ""]  # share of connections that are non-local
-    exports_intensity: Float[Array, ""]  # mean internationalization over domains
-    development: Float[Array, ""]  # regional development
-
-
-class Flows(eqx.Module):
-    """Yearly flows of one region, kept for diagnosis and tests (K,)."""
-
-    inflow: Float[Array, "k"]
-    activation: Float[Array, "k"]
-    reproduction: Float[Array, "k"]
-    new_overlap: Float[Array, "k"]
-    buzz: Float[Array, "k"]
-    pipeline: Float[Array, "k"]
+from .inputs import Drivers, Graph, Levers
+from .observation import Observations, observe
+from .params import NaturalParams, Params
+from .state import Flows, RegionState, State, WorldState
 
 
 def init_state(
@@ -400,7 +63,7 @@ def init_state(
         knowledge=full(knowledge, rk),
         internationalization=full(internationalization, rk),
         development=full(development, r),
-        local_connectedness=full(local_connectedness, r),
+        disconnection=1.0 - full(local_connectedness, r),
         catchment_share=full(catchment_share, r),
     )
     p = params.natural()
@@ -540,33 +203,20 @@ def internationalization_target(p: NaturalParams, s: RegionState, d: Drivers, sh
     return p.export_rate * jax.nn.sigmoid(logit) * (1.0 - p.shock_on_exports * shock)
 
 
-def local_connectedness_update(p: NaturalParams, s: RegionState, d: Drivers) -> Array:
-    """Orchestration erodes local connectedness; spawning and place-based policy renew it."""
+def disconnection_update(p: NaturalParams, s: RegionState, d: Drivers) -> Array:
+    """Orchestration erodes local connectedness Lc; spawning and place-based policy renew it.
+
+    Lc' = Lc exp(-erosion) + leave(renewal) (1 - Lc), written for the stored complement
+    1 - Lc' = (1 - Lc) exp(-renewal) + Lc leave(erosion): both terms are >= 0, so 1 - Lc stays a
+    positive number even where Lc comes within float32's resolution of 1.
+    """
     mean_f = jnp.mean(s.internationalization)
     erosion = p.orchestration_erosion * d.mne_presence * (1.0 - d.spawning_share) * mean_f
     renewal = (
         p.spawning_renewal * d.mne_presence * d.spawning_share * jnp.mean(p.clockspeed)
         + p.policy_renewal * jax.nn.softplus(d.place_policy)
     )
-    lc = s.local_connectedness
-    return lc * jnp.exp(-erosion) + _leave(renewal) * (1.0 - lc)
-
-
-def observe(p: NaturalParams, s: RegionState) -> Observations:
-    """The observation model (MODEL section 4) for one region."""
-    logit_overlap = jax.scipy.special.logit(jnp.mean(s.overlap))
-    logit_nonlocal = jax.scipy.special.logit(1.0 - s.local_connectedness)
-    return Observations(
-        patents=jnp.exp(p.patents_intercept + p.patents_knowledge_elasticity * jnp.log(jnp.sum(s.knowledge))),
-        coinvention_share=jax.nn.sigmoid(p.coinvention_intercept + p.coinvention_slope * logit_overlap),
-        nonlocal_share=jax.nn.sigmoid(
-            p.nonlocal_intercept
-            + p.nonlocal_connectedness_slope * logit_nonlocal
-            + p.nonlocal_overlap_slope * logit_overlap
-        ),
-        exports_intensity=jnp.mean(s.internationalization),
-        development=s.development,
-    )
+    return s.disconnection * jnp.exp(-renewal) + s.local_connectedness * _leave(erosion)
 
 
 def region_step(
@@ -619,9 +269,9 @@ def region_step(
         + p.development_export_gain * jnp.sum(s.internationalization)
         + p.development_knowledge_gain * jnp.log1p(jnp.sum(s.knowledge))
     )
-    local_connectedness = local_connectedness_update(p, s, d)
+    disconnection = disconnection_update(p, s, d)
     catchment_share = s.catchment_share + p.catchment_rate * (
-        local_connectedness * p.catchment_ceiling - s.catchment_share
+        (1.0 - disconnection) * p.catchment_ceiling - s.catchment_share
     )
     new = RegionState(
         active=active,
@@ -630,7 +280,7 @@ def region_step(
         knowledge=knowledge,
         internationalization=internationalization,
         development=development,
-        local_connectedness=local_connectedness,
+        disconnection=disconnection,
         catchment_share=catchment_share,
     )
     return new, Flows(inflow, activation, grown, new_overlap, buzz, pipeline)

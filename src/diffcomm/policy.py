@@ -4,88 +4,85 @@ An allocation is spending per cell (region x lever, or year x region x lever); l
 spending divided by the lever's unit cost. Allocations are kept feasible exactly, by Euclidean
 projection onto {spend >= 0, spend <= cap, sum spend = budget} after every step (projected
 gradient ascent with an optax optimizer), never by a penalty; an optional cap per region bounds
-the spending of all of a region's cells together. The objective is differentiated
-through the whole simulation.
+the spending of all of a region's cells together. The objective is differentiated through the
+whole simulation. A `PolicyProblem` is an `eqx.Module`, passed to the compiled functions as an
+argument: each program is compiled once per problem shape.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jaxtyping import Array, Float
 
-from .model import Drivers, Graph, Levers, Params, State
-from .simulate import Forcing, simulate
+from .inputs import LEVERS, Drivers, Graph, Levers
+from .model import critical_mass_switch
+from .params import Params
+from .simulate import make_forcing, simulate, state_at_origin
+from .state import State
+from .training import Progress, adam_with_warmup, load_checkpoint, run_steps, save_checkpoint, strongly_typed
 
-LEVERS = tuple(f.name for f in dataclasses.fields(Levers))
+if TYPE_CHECKING:
+    from .calibrate import Calibration
+    from .config import OptimizeSettings, PolicyConfig
+    from .data import Dataset
+
 OBJECTIVE_PARTS = ("development", "patents", "catchment", "above_critical_mass", "inequality")
+"""The parts an objective may weight; `inequality` is a penalty (its weight subtracts)."""
 
 
-@dataclass(frozen=True)
-class PolicyProblem:
+class PolicyProblem(eqx.Module):
     """What may be funded, at what cost, under which budget, judged by which objective.
 
-    - `levers`: names from `Levers` that may be funded (others stay zero).
-    - `costs`: cost of one unit of each lever in one region for one year, `(L,)`.
-    - `budget`: total spending over the horizon.
-    - `cap`: most spending one cell may receive (None: no cap).
-    - `region_cap`: most spending one region may receive over all its levers and years (None: no cap).
-    - `time_varying`: one allocation per year (`True`) or one spread evenly over the years.
-    - `discount`: yearly discount factor of the objective.
-    - `weights`: objective part -> weight; parts are divided by their size under no policy, so
-      weights are unit-free; `inequality` is a penalty (its weight subtracts).
+    Build one with `PolicyProblem.build`. Arrays are leaves; the settings are static fields.
+    `baseline` holds the objective's parts with no policy: the parts are divided by them, so the
+    weights are unit-free.
     """
 
     params: Params
     initial: State
     drivers: Drivers
     graph: Graph
-    years: int
-    levers: tuple[str, ...]
-    costs: np.ndarray
-    budget: float
-    cap: float | None = None
-    region_cap: float | None = None
-    time_varying: bool = False
-    discount: float = 0.97
-    weights: dict = dataclasses.field(default_factory=lambda: {"development": 1.0})
+    costs: Float[Array, " l"]  # cost of one unit of each lever in one region for one year
+    baseline: dict[str, Array]
+    years: int = eqx.field(static=True)
+    levers: tuple[str, ...] = eqx.field(static=True)
+    budget: float = eqx.field(static=True)
+    cap: float | None = eqx.field(static=True)  # most spending one cell may receive
+    region_cap: float | None = eqx.field(static=True)  # most spending one region may receive, all cells
+    time_varying: bool = eqx.field(static=True)  # one allocation per year, or one spread evenly
+    discount: float = eqx.field(static=True)
+    weights: tuple[tuple[str, float], ...] = eqx.field(static=True)  # (part, weight)
 
-    def __post_init__(self):
-        unknown = sorted(set(self.levers) - set(LEVERS))
-        if unknown or not self.levers:
-            raise ValueError(f"levers must be a non-empty subset of {list(LEVERS)}, got {list(self.levers)}")
-        if np.shape(self.costs) != (len(self.levers),) or np.any(np.asarray(self.costs) <= 0):
-            raise ValueError(f"costs must be {len(self.levers)} positive numbers, got {self.costs}")
-        if not self.budget >= 0:
-            raise ValueError(f"budget must be >= 0, got {self.budget}")
-        if self.cap is not None and self.cap * int(np.prod(self.shape)) < self.budget:
-            raise ValueError(f"cap {self.cap} x {int(np.prod(self.shape))} cells cannot hold the budget {self.budget}")
-        if self.region_cap is not None and self.region_cap * self.num_regions < self.budget:
-            raise ValueError(f"region_cap {self.region_cap} x {self.num_regions} regions cannot hold the budget {self.budget}")
-        bad = sorted(set(self.weights) - set(OBJECTIVE_PARTS))
-        if bad:
-            raise ValueError(f"unknown objective part(s) {bad}; known: {list(OBJECTIVE_PARTS)}")
-        if not 0 < self.discount <= 1:
-            raise ValueError(f"discount must lie in (0, 1], got {self.discount}")
+    @classmethod
+    def build(cls, config: PolicyConfig, params: Params, initial: State, drivers: Drivers, graph: Graph) -> PolicyProblem:
+        """The problem of a (checked) `PolicyConfig` on given regions; simulates no policy once.
+
+        Raises `ValueError` if the caps cannot hold the budget.
+        """
+        num_regions = int(drivers.connecting.shape[0])
+        cells = (config.years if config.time_varying else 1) * num_regions * len(config.levers)
+        if config.cap is not None and config.cap * cells < config.budget:
+            raise ValueError(f"cap {config.cap} x {cells} cells cannot hold the budget {config.budget}")
+        if config.region_cap is not None and config.region_cap * num_regions < config.budget:
+            raise ValueError(f"region_cap {config.region_cap} x {num_regions} regions cannot hold the budget {config.budget}")
+        zero = Levers.zeros((config.years, num_regions))
+        baseline = objective_parts(params, initial, drivers, graph, zero, config.discount)
+        return cls(params, initial, drivers, graph, jnp.asarray([config.costs.get(n, 1.0) for n in config.levers], dtype=float),
+                   baseline, config.years, tuple(config.levers), float(config.budget), config.cap, config.region_cap,
+                   config.time_varying, config.discount, tuple(config.objective.items()))
 
     @property
     def num_regions(self) -> int:
         return int(self.drivers.connecting.shape[0])
-
-    @functools.cached_property
-    def baseline(self) -> dict[str, float]:
-        """The objective's parts with no policy: simulated once per problem."""
-        zero = Levers.zeros((self.years, self.num_regions))
-        return {k: float(v) for k, v in objective_parts(self, zero).items()}
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -98,6 +95,7 @@ class PolicyProblem:
 # --------------------------------------------------------------------------------------------
 
 
+@eqx.filter_jit
 def project(y: jax.Array, budget: float, cap: float | None = None, region_cap: float | None = None) -> jax.Array:
     """Euclidean projection of `y` (shape (T', R, L)) onto the feasible allocations.
 
@@ -142,12 +140,24 @@ def project(y: jax.Array, budget: float, cap: float | None = None, region_cap: f
         x = jnp.minimum(x, cap)
     if region_cap is not None:  # the rescaling moves totals by rounding only; keep them inside
         totals = jnp.sum(x, axis=(0, 2), keepdims=True)
-        x = x * jnp.minimum(1.0, region_cap / jnp.maximum(totals, 1e-300))
+        x = x * jnp.minimum(1.0, region_cap / jnp.maximum(totals, jnp.finfo(x.dtype).tiny))
     return x
+
+
+def feasible(problem: PolicyProblem, y: jax.Array) -> jax.Array:
+    """`y` projected onto the problem's feasible allocations."""
+    return project(y, problem.budget, problem.cap, problem.region_cap)
 
 
 def uniform_allocation(problem: PolicyProblem) -> jax.Array:
     return jnp.full(problem.shape, problem.budget / np.prod(problem.shape))
+
+
+def proportional_allocation(problem: PolicyProblem, size: np.ndarray) -> jax.Array:
+    """Spending in proportion to region size, split evenly over levers (and years)."""
+    share = np.asarray(size, float) / np.sum(size)
+    spend = np.broadcast_to(share[None, :, None], problem.shape) * problem.budget / (problem.shape[0] * problem.shape[2])
+    return feasible(problem, jnp.asarray(spend))
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,58 +165,73 @@ def uniform_allocation(problem: PolicyProblem) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
+def spend_per_year(problem: PolicyProblem, spend: jax.Array) -> jax.Array:
+    """Spending in each year, region and lever `(T, R, L)`: an allocation constant in time is
+    spread evenly over the years."""
+    return spend if problem.time_varying else jnp.broadcast_to(spend / problem.years, (problem.years, *spend.shape[1:]))
+
+
 def lever_amounts(problem: PolicyProblem, spend: jax.Array) -> Levers:
     """Lever amounts per year and region, `(T, R)` each, from an allocation of spending."""
-    per_year = spend if problem.time_varying else jnp.broadcast_to(spend / problem.years, (problem.years, *spend.shape[1:]))
-    amounts = per_year / jnp.asarray(problem.costs)
+    amounts = spend_per_year(problem, spend) / problem.costs
     zero = jnp.zeros((problem.years, problem.num_regions))
     return Levers(**{name: (amounts[..., problem.levers.index(name)] if name in problem.levers else zero) for name in LEVERS})
 
 
-def objective_parts(problem: PolicyProblem, levers: Levers) -> dict[str, jax.Array]:
-    """Each part of the objective for given lever amounts (before weighting and scaling)."""
-    shock = jnp.zeros((problem.years, problem.num_regions))
-    _, traj = simulate(problem.params, problem.initial, problem.drivers, problem.graph, Forcing(levers, shock),
-                       checkpoint=True)
-    p = problem.params.natural()
-    weights = problem.discount ** jnp.arange(problem.years)
+def objective_parts(params: Params, initial: State, drivers: Drivers, graph: Graph, levers: Levers,
+                    discount: float) -> dict[str, jax.Array]:
+    """Each part of the objective for given lever amounts (before weighting and scaling).
+
+    `above_critical_mass` counts regions above the critical mass softly, with the model's own
+    switch (`model.critical_mass_switch`), averaged over domains.
+    """
+    years, num_regions = levers.education.shape
+    _, traj = simulate(params, initial, drivers, graph, make_forcing(years, num_regions, levers=levers), checkpoint=True)
+    weights = discount ** jnp.arange(years)
     regions = traj.regions
-    final_active = jnp.sum(regions.active[-1], axis=-1)
+    above = critical_mass_switch(params.natural(), jnp.log(regions.active[-1]))  # (R, K)
     return dict(
         development=jnp.sum(weights * jnp.mean(regions.development, axis=1)),
         patents=jnp.sum(weights * jnp.sum(traj.observations.patents, axis=1)),
         catchment=jnp.sum(weights * jnp.mean(regions.catchment_share, axis=1)),
-        above_critical_mass=jnp.sum(jax.nn.sigmoid(4.0 * (jnp.log(final_active) - jnp.log(jnp.sum(p.critical_mass))))),
+        above_critical_mass=jnp.sum(jnp.mean(above, axis=-1)),
         inequality=jnp.std(jnp.log(regions.development[-1])),
     )
 
 
-def make_objective(problem: PolicyProblem) -> tuple[Callable[[jax.Array], jax.Array], dict[str, float]]:
-    """The scalar objective of an allocation (to maximize), and the parts under no policy."""
-    baseline = problem.baseline
-
-    def objective(spend):
-        parts = objective_parts(problem, lever_amounts(problem, spend))
-        total = 0.0
-        for name, weight in problem.weights.items():
-            sign = -1.0 if name == "inequality" else 1.0
-            total = total + sign * weight * parts[name] / max(abs(baseline[name]), 1e-12)
-        return total
-
-    return objective, baseline
+def objective(problem: PolicyProblem, spend: jax.Array) -> jax.Array:
+    """The scalar objective of an allocation (to maximize): weighted parts relative to no policy."""
+    parts = objective_parts(problem.params, problem.initial, problem.drivers, problem.graph,
+                            lever_amounts(problem, spend), problem.discount)
+    total = 0.0
+    for name, weight in problem.weights:
+        sign = -1.0 if name == "inequality" else 1.0
+        total = total + sign * weight * parts[name] / jnp.maximum(jnp.abs(problem.baseline[name]), 1e-12)
+    return total
 
 
-def marginal_values(problem: PolicyProblem, spend: jax.Array) -> np.ndarray:
+@eqx.filter_jit
+def evaluate(problem: PolicyProblem, spend: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The objective and its raw parts for one allocation."""
+    parts = objective_parts(problem.params, problem.initial, problem.drivers, problem.graph,
+                            lever_amounts(problem, spend), problem.discount)
+    return objective(problem, spend), parts
+
+
+_objectives = eqx.filter_jit(jax.vmap(objective, in_axes=(None, 0)))
+
+
+@eqx.filter_jit
+def marginal_values(problem: PolicyProblem, spend: jax.Array) -> jax.Array:
     """d objective / d (one more unit of lever l in region r, every year), `(R, L)`."""
-    objective, _ = make_objective(problem)
 
     def of_amounts(amounts):  # amounts (T, R, L) per year
-        return objective(amounts * jnp.asarray(problem.costs) if problem.time_varying
-                         else jnp.sum(amounts, axis=0, keepdims=True) * jnp.asarray(problem.costs))
+        per_cell = amounts if problem.time_varying else jnp.sum(amounts, axis=0, keepdims=True)
+        return objective(problem, per_cell * problem.costs)
 
     levers = lever_amounts(problem, spend)
     amounts = jnp.stack([getattr(levers, name) for name in problem.levers], axis=-1)
-    return np.asarray(jnp.sum(jax.grad(of_amounts)(amounts), axis=0))
+    return jnp.sum(jax.grad(of_amounts)(amounts), axis=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,105 +243,99 @@ def marginal_values(problem: PolicyProblem, spend: jax.Array) -> np.ndarray:
 class PolicyResult:
     spend: np.ndarray  # the best allocation found
     objective: float
-    history: list[float]  # objective at every step
+    history: list[float]  # objective at every step (every evaluation for the baselines)
     evaluations: int  # simulator evaluations (a gradient step counts one: forward with its adjoint)
     seconds: float
 
 
+class _AscentState(NamedTuple):
+    spend: jax.Array
+    opt_state: optax.OptState
+    best: jax.Array
+    best_value: float
+    history: list[float]
+
+
+@eqx.filter_jit
+def _ascent_step(problem: PolicyProblem, optimizer: optax.GradientTransformation, spend, opt_state):
+    """One projected Adam step uphill; the value belongs to `spend`, before the step."""
+    value, grad = jax.value_and_grad(objective, argnums=1)(problem, spend)
+    updates, opt_state = optimizer.update(-grad, opt_state, spend)
+    return value, feasible(problem, optax.apply_updates(spend, updates)), opt_state
+
+
 def optimize(
     problem: PolicyProblem,
+    settings: OptimizeSettings,
     *,
-    steps: int = 200,
-    learning_rate: float = 4.0,
     checkpoint_path: Path | None = None,
-    checkpoint_every: int = 25,
-    stop_after: int | None = None,
-    progress: bool = True,
 ) -> PolicyResult:
     """Projected gradient ascent with Adam (warm-up, cosine decay) from the uniform allocation.
 
-    `learning_rate` is relative: the largest steps are about `learning_rate x budget / cells`
-    per cell, so that a few dozen steps can move the budget between cells.
-    A checkpoint at `checkpoint_path` is resumed; `stop_after` stops (checkpointed) early,
-    raising `calibrate.Interrupted`.
+    `settings.learning_rate` is relative: the largest steps are about `learning_rate x budget /
+    cells` per cell, so that a few dozen steps can move the budget between cells. A checkpoint
+    at `checkpoint_path` is resumed; `settings.stop_after`, Ctrl-C or `training.request_stop()`
+    stop (checkpointed) early, raising `training.Interrupted`.
     """
-    from .calibrate import checkpointed_loop, load_checkpoint, save_checkpoint
-
-    from .calibrate import warmup_cosine
-
-    objective, _ = make_objective(problem)
-    scale = problem.budget / np.prod(problem.shape)
-    optimizer = optax.adam(warmup_cosine(learning_rate * scale, steps))
-    value_and_grad = eqx.filter_jit(jax.value_and_grad(objective))
-
-    @eqx.filter_jit
-    def step(spend, state):
-        value, grad = value_and_grad(spend)
-        updates, state = optimizer.update(jax.tree_util.tree_map(jnp.negative, grad), state, spend)
-        return value, project(optax.apply_updates(spend, updates), problem.budget, problem.cap, problem.region_cap), state
-
+    optimizer = adam_with_warmup(settings.steps, float(settings.learning_rate * (problem.budget / np.prod(problem.shape))))
     spend = uniform_allocation(problem)
-    state = optimizer.init(spend)
-    best, best_value, history, start = spend, -np.inf, [], 0
-    if checkpoint_path is not None and Path(checkpoint_path).with_suffix(".json").exists():
-        (spend, state, best), meta = load_checkpoint(checkpoint_path, (spend, state, best))
-        history, start, best_value = meta["history"], meta["step"], meta["best"]
+    state = _AscentState(spend, strongly_typed(optimizer.init(spend)), spend, -np.inf, [])
+    start = 0
+    resumed = load_checkpoint(checkpoint_path, (state.spend, state.opt_state, state.best))
+    if resumed is not None:
+        (spend, opt_state, best), meta = resumed
+        state, start = _AscentState(spend, opt_state, best, meta["best"], meta["history"]), meta["step"]
 
-    current = dict(spend=spend, state=state, best=best, best_value=best_value)
-
-    def one_step() -> dict:
-        value, new_spend, new_state = step(current["spend"], current["state"])
+    def one_step(s: _AscentState) -> tuple[_AscentState, dict]:
+        value, new_spend, new_opt_state = _ascent_step(problem, optimizer, s.spend, s.opt_state)
         value = float(value)
-        history.append(value)
-        if value > current["best_value"]:  # `value` belongs to the allocation before the step
-            current["best"], current["best_value"] = current["spend"], value
-        current["spend"], current["state"] = new_spend, new_state
-        return dict(objective=f"{current['best_value']:.6g}")
+        s.history.append(value)
+        best, best_value = (s.spend, value) if value > s.best_value else (s.best, s.best_value)
+        return _AscentState(new_spend, new_opt_state, best, best_value, s.history), dict(objective=f"{best_value:.6g}")
 
-    def save(at: int) -> None:
+    def save(at: int, s: _AscentState) -> None:
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, (current["spend"], current["state"], current["best"]),
-                            dict(step=at, history=history, best=current["best_value"]))
+            save_checkpoint(checkpoint_path, (s.spend, s.opt_state, s.best), dict(step=at, history=s.history, best=s.best_value))
 
-    started = time.perf_counter()
-    checkpointed_loop(one_step, start=start, steps=steps, save=save, checkpoint_every=checkpoint_every,
-                      stop_after=stop_after, checkpoint_path=checkpoint_path, progress=progress, desc="optimize")
-    spend, best, best_value = current["spend"], current["best"], current["best_value"]
-    final_value = float(objective(spend))
+    progress = Progress("optimize: projected gradient", settings.steps, enabled=settings.progress, initial=start)
+    state, _ = run_steps(one_step, state, start=start, steps=settings.steps, save=save, progress=progress,
+                         checkpoint_every=settings.checkpoint_every, stop_after=settings.stop_after,
+                         checkpoint_path=checkpoint_path)
+    best, best_value = state.best, state.best_value
+    final_value = float(evaluate(problem, state.spend)[0])
     if final_value > best_value:
-        best, best_value = spend, final_value
-    return PolicyResult(np.asarray(best), best_value, history, len(history) + 1, time.perf_counter() - started)
+        best, best_value = state.spend, final_value
+    progress.close(f"objective {best_value:.6g}")
+    return PolicyResult(np.asarray(best), best_value, state.history, len(state.history) + 1, progress.seconds)
 
 
-def _batched_objective(problem: PolicyProblem):
-    objective, _ = make_objective(problem)
-    return eqx.filter_jit(jax.vmap(objective))
-
-
-def proportional_allocation(problem: PolicyProblem, size: np.ndarray) -> jax.Array:
-    """Spending in proportion to region size, split evenly over levers (and years)."""
-    share = np.asarray(size, float) / np.sum(size)
-    spend = np.broadcast_to(share[None, :, None], problem.shape) * problem.budget / (problem.shape[0] * problem.shape[2])
-    return project(jnp.asarray(spend), problem.budget, problem.cap, problem.region_cap)
+@eqx.filter_jit
+def _dirichlet_allocations(problem: PolicyProblem, key: jax.Array, count: int) -> jax.Array:
+    draws = jax.random.dirichlet(key, jnp.ones(int(np.prod(problem.shape))), (count,)) * problem.budget
+    return jax.vmap(lambda d: feasible(problem, d.reshape(problem.shape)))(draws)
 
 
 def random_search(problem: PolicyProblem, evaluations: int, *, key: jax.Array, batch: int = 32) -> PolicyResult:
     """Best of `evaluations` allocations drawn uniformly from the simplex (Dirichlet(1)), projected."""
     started = time.perf_counter()
-    batched = _batched_objective(problem)
     best, best_value, history, done = None, -np.inf, [], 0
     while done < evaluations:
         n = min(batch, evaluations - done)
         key, sub = jax.random.split(key)
-        draws = jax.random.dirichlet(sub, jnp.ones(int(np.prod(problem.shape))), (batch,)) * problem.budget
-        draws = jax.vmap(lambda d: project(d.reshape(problem.shape), problem.budget, problem.cap, problem.region_cap))(draws)
-        values = np.asarray(batched(draws))[:n]
+        draws = _dirichlet_allocations(problem, sub, batch)
+        values = np.asarray(_objectives(problem, draws))[:n]
         j = int(np.argmax(values))
         if values[j] > best_value:
             best, best_value = np.asarray(draws[j]), float(values[j])
         history += values.tolist()
         done += n
     return PolicyResult(best, best_value, history, done, time.perf_counter() - started)
+
+
+@eqx.filter_jit
+def _softmax_allocations(problem: PolicyProblem, logits: jax.Array) -> jax.Array:
+    """Allocations `budget x softmax(logits)` (projected, for the caps), one per row of `logits`."""
+    return jax.vmap(lambda z: feasible(problem, (problem.budget * jax.nn.softmax(z)).reshape(problem.shape)))(logits)
 
 
 def evolution_strategy(
@@ -329,22 +348,15 @@ def evolution_strategy(
     down to an even number); the search mean moves along the rank-weighted noise.
     """
     started = time.perf_counter()
-    batched = _batched_objective(problem)
     cells = int(np.prod(problem.shape))
-
-    def allocation(logits):
-        return project((problem.budget * jax.nn.softmax(logits)).reshape(problem.shape), problem.budget, problem.cap,
-                       problem.region_cap)
-
     mean = jnp.zeros(cells)
-    best, best_value, history, done = np.asarray(allocation(mean)), -np.inf, [], 0
+    best, best_value, history, done = np.asarray(_softmax_allocations(problem, mean[None])[0]), -np.inf, [], 0
     while evaluations - done >= 2:  # the last generation may be smaller, so no evaluation is left unused
         half = min(population, evaluations - done) // 2
         key, sub = jax.random.split(key)
         noise = jax.random.normal(sub, (half, cells))
-        candidates = jnp.concatenate([mean + sigma * noise, mean - sigma * noise])
-        spends = jax.vmap(allocation)(candidates)
-        values = np.asarray(batched(spends))
+        spends = _softmax_allocations(problem, jnp.concatenate([mean + sigma * noise, mean - sigma * noise]))
+        values = np.asarray(_objectives(problem, spends))
         done += 2 * half
         history += values.tolist()
         j = int(np.argmax(values))
@@ -356,9 +368,24 @@ def evolution_strategy(
     return PolicyResult(best, best_value, history, done, time.perf_counter() - started)
 
 
-def evaluate(problem: PolicyProblem, spend, objective: Callable | None = None) -> tuple[float, dict[str, float]]:
-    """The objective and its raw parts for one allocation (`objective` from `make_objective`,
-    built here if not given)."""
-    objective = objective or make_objective(problem)[0]
-    parts = objective_parts(problem, lever_amounts(problem, jnp.asarray(spend)))
-    return float(objective(jnp.asarray(spend))), {k: float(v) for k, v in parts.items()}
+def compare_methods(problem: PolicyProblem, result: PolicyResult, size: np.ndarray, *, seed: int = 0) -> dict:
+    """The gradient method's allocation and the baselines', with their simulator evaluations:
+    uniform, proportional to `size` (R,), and random search and an evolution strategy given as
+    many evaluations as the gradient method used. Method -> (allocation, evaluations)."""
+    random = random_search(problem, result.evaluations, key=jax.random.key(seed))
+    es = evolution_strategy(problem, result.evaluations, key=jax.random.key(seed + 1))
+    return {
+        "gradient": (result.spend, result.evaluations),
+        "uniform": (np.asarray(uniform_allocation(problem)), 1),
+        "proportional_to_size": (np.asarray(proportional_allocation(problem, size)), 1),
+        "random_search": (random.spend, random.evaluations),
+        "evolution_strategy": (es.spend, es.evaluations),
+    }
+
+
+def calibrated_regions(calibration: Calibration, data: Dataset) -> tuple[State, Drivers, Graph]:
+    """The state of the calibrated regions in the data's last year (the model run through the data
+    years, knowledge restarted from the last counts), with their drivers and ties."""
+    last = data.observed_patents()[-1]
+    initial, _ = state_at_origin(calibration.params, data, len(data.years) - 1, jnp.asarray(last))
+    return initial, data.drivers, data.graph

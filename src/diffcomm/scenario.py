@@ -7,14 +7,21 @@ graph in which well-connected regions (world cities) are more often the source o
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .model import Drivers, Graph, Params, State, init_state
+from .inputs import LEVERS, Drivers, Forcing, Graph, Levers
+from .model import init_state
+from .params import Params
+from .simulate import make_forcing
+from .state import State
+
+if TYPE_CHECKING:
+    from .config import ScenarioConfig
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ def synthetic_regions(
     - `counts`: archetype name -> number of regions, e.g. `{"world_city": 2, "normal_region": 10}`.
     - `key`: a JAX PRNG key.
     - `noise`: standard deviation of region-level noise on every z-scored driver.
-    - `ties_per_region`: outgoing cross-local ties per region (0 for none).
+    - `ties_per_region`: incoming cross-local ties per region (0 for none).
     - `spawning_share`: if given, overrides every archetype's MNE spawning share (in [0, 1]).
     - `mne_presence_scale`: multiplies MNE presence (>= 0).
 
@@ -191,6 +198,20 @@ def _random_ties(k_edges, k_aff, connecting, ties_per_region: int) -> Graph:
     return Graph(source.reshape(-1), target.reshape(-1), affinity)
 
 
-def with_drivers(scenario: Scenario, **changes) -> Scenario:
-    """A copy of the scenario with some driver fields replaced (arrays of shape (R,) or (R, K))."""
-    return dataclasses.replace(scenario, drivers=dataclasses.replace(scenario.drivers, **changes))
+def scenario_from_config(params: Params, config: ScenarioConfig) -> tuple[Scenario, Forcing]:
+    """The synthetic regions of a `ScenarioConfig` and their forcing: its levers in every region
+    and year, and its shock window (in the regions of the archetypes it names, or all)."""
+    scenario = synthetic_regions(
+        params, dict(config.counts), key=jax.random.key(config.seed), noise=config.noise,
+        ties_per_region=config.ties_per_region, spawning_share=config.mne.spawning_share,
+        mne_presence_scale=config.mne.presence_scale,
+    )
+    hit = np.ones(scenario.num_regions, bool)
+    if config.shock.archetypes:
+        chosen = [i for i, name in enumerate(scenario.archetype_names) if name in config.shock.archetypes]
+        hit = np.isin(scenario.archetype, chosen)
+    window = np.zeros(config.years)
+    window[config.shock.start - 1 : config.shock.start - 1 + config.shock.duration] = config.shock.intensity
+    levers = Levers(**{name: config.levers.get(name, 0.0) for name in LEVERS})
+    forcing = make_forcing(config.years, scenario.num_regions, levers=levers, shock=jnp.asarray(window[:, None] * hit[None, :]))
+    return scenario, forcing

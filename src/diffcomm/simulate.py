@@ -1,24 +1,35 @@
 """Run the model over years (`lax.scan`), over regions (`vmap` inside `step`) and ensembles.
 
 `simulate` is compiled once per shape with `eqx.filter_jit`; `simulate_ensemble` adds a second
-`vmap` over scenarios or parameter draws so that a whole ensemble is one compiled call.
+`vmap` over scenarios or parameter draws so that a whole ensemble is one compiled call. The
+functions at the end start a simulation from observed data: the state in the data's first
+year, and a restart of knowledge from the counts observed at a forecast origin.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .model import Drivers, Flows, Forcing, Graph, Levers, Observations, Params, RegionState, State, step
+from .inputs import Drivers, Forcing, Graph, Levers
+from .model import init_state, step
+from .observation import Observations, knowledge_from_patents
+from .params import Params
+from .state import Flows, RegionState, State
+
+if TYPE_CHECKING:  # the data set is only read here; data/ builds it
+    from .data import Dataset
 
 
 class Trajectory(eqx.Module):
     """What a simulation records, with leading axes (T, R).
 
     `observations` is always there; `regions` and `flows` only with `record_states=True`
-    (they cost memory: 5 (R, K) arrays a year).
+    (they cost memory: 11 (R, K) arrays and 3 (R,) arrays a year).
     """
 
     observations: Observations
@@ -43,7 +54,6 @@ def make_forcing(
     return Forcing(levers=levers, shock=shock)
 
 
-@eqx.debug.assert_max_traces(max_traces=None)  # counts traces, for the no-retrace test
 def _simulate(
     params: Params,
     initial: State,
@@ -51,7 +61,7 @@ def _simulate(
     graph: Graph,
     forcing: Forcing,
     record_states: bool,
-    checkpoint: bool = False,
+    checkpoint: bool,
 ) -> tuple[State, Trajectory]:
     p = params.natural()
 
@@ -66,6 +76,9 @@ def _simulate(
         one_year = jax.checkpoint(one_year)
     final, (observations, regions, flows) = jax.lax.scan(one_year, initial, (forcing.levers, forcing.shock))
     return final, Trajectory(observations, regions, flows)
+
+
+_simulate_jit = eqx.filter_jit(_simulate)
 
 
 def simulate(
@@ -101,9 +114,6 @@ def simulate(
     return _simulate_jit(params, initial, drivers, graph, forcing, record_states, checkpoint)
 
 
-_simulate_jit = eqx.filter_jit(_simulate)
-
-
 @eqx.filter_jit
 def simulate_ensemble(
     params: Params,
@@ -114,6 +124,7 @@ def simulate_ensemble(
     *,
     in_axes: tuple = (0, None, None, None, 0),
     record_states: bool = False,
+    checkpoint: bool = False,
 ) -> tuple[State, Trajectory]:
     """Simulate an ensemble (scenarios or parameter draws) in one compiled call.
 
@@ -124,7 +135,7 @@ def simulate_ensemble(
     """
 
     def one(params, initial, drivers, graph, forcing):
-        return _simulate(params, initial, drivers, graph, forcing, record_states)
+        return _simulate(params, initial, drivers, graph, forcing, record_states, checkpoint)
 
     return eqx.filter_vmap(one, in_axes=in_axes)(params, initial, drivers, graph, forcing)
 
@@ -132,3 +143,53 @@ def simulate_ensemble(
 def stack(trees: list) -> object:
     """Stack a list of pytrees of equal structure along a new leading axis."""
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+# --------------------------------------------------------------------------------------------
+# Simulations that start from observed data
+# --------------------------------------------------------------------------------------------
+
+
+def initial_state_from_data(params: Params, data: Dataset) -> State:
+    """The state in the data's first year: knowledge from the observed patent count (split
+    evenly over domains), active members and internationalization from the data."""
+    p = params.natural()
+    num_domains = params.num_domains
+    knowledge = knowledge_from_patents(p, data.first_patents)[:, None] / num_domains * jnp.ones((1, num_domains))
+    active = data.initial_active[:, None] / num_domains * jnp.ones((1, num_domains))
+    internationalization = jnp.clip(data.initial_internationalization, 0.01, 0.99)[:, None] * jnp.ones((1, num_domains))
+    return init_state(params, data.graph, active=active, knowledge=knowledge, internationalization=internationalization)
+
+
+def simulate_from_data(params: Params, data: Dataset, num_years: int, *, checkpoint: bool = False) -> tuple[State, Observations]:
+    """Simulate `num_years` years after the data's first year, with no policy and no shock.
+
+    **Returns:** the final state and the observations of every year, leading axes (T, R).
+    """
+    forcing = make_forcing(num_years, data.num_regions)
+    final, traj = simulate(params, initial_state_from_data(params, data), data.drivers, data.graph, forcing,
+                           record_states=False, checkpoint=checkpoint)
+    return final, traj.observations
+
+
+def restart_knowledge(params: Params, state: State, counts: Float[Array, " r"]) -> State:
+    """The state with knowledge set from observed patent counts (the observation model inverted),
+    kept where a count is missing (NaN); its split over domains is the simulated one."""
+    knowledge = state.regions.knowledge
+    level = knowledge_from_patents(params.natural(), counts)
+    observed = jnp.isfinite(counts)
+    share = knowledge / jnp.sum(knowledge, axis=-1, keepdims=True)
+    new = jnp.where(observed[:, None], jnp.where(observed, level, 1.0)[:, None] * share, knowledge)
+    return eqx.tree_at(lambda s: s.regions.knowledge, state, new)
+
+
+def state_at_origin(params: Params, data: Dataset, origin_years: int, origin_counts=None) -> tuple[State, Observations]:
+    """Simulate `origin_years` years from the data's first year; with `origin_counts` (R,),
+    restart knowledge from the counts observed at that origin.
+
+    **Returns:** the state at the origin and the observations of the years up to it (T, R).
+    """
+    state, observations = simulate_from_data(params, data, origin_years)
+    if origin_counts is not None:
+        state = restart_knowledge(params, state, origin_counts)
+    return state, observations

@@ -1,0 +1,114 @@
+"""The work behind each command: typed config in, library calls, the run folder's files out.
+
+`cli.py` turns Hydra's config into the typed configs of `config.py` (and an optax optimizer
+for calibrate) and calls these. Each function builds its inputs, calls the library, and hands
+the results to `report.writers`, which writes every file of the run at once on success.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+from .calibrate import calibrate, load_calibration
+from .config import CalibrateConfig, ForecastConfig, OptimizeConfig, SimulateConfig, parse_years
+from .data import load_dataset
+from .errors import ConfigError
+from .files import RunOutputs
+from .forecast import forecast, forecast_patents, rolling_origin
+from .params import Params
+from .policy import PolicyProblem, calibrated_regions, compare_methods, optimize
+from .report import writers
+from .scenario import scenario_from_config
+from .simulate import simulate
+from .training import claim_run_folder
+
+log = logging.getLogger("diffcomm")
+
+
+def run_simulate(cfg: SimulateConfig, out_dir: Path, *, plain_config: dict) -> dict:
+    """Simulate the configured scenario and write its outputs into `out_dir`."""
+    params = Params.from_natural(cfg.model.num_domains, **cfg.model.params)
+    scenario, forcing = scenario_from_config(params, cfg.scenario)
+    started = time.perf_counter()
+    _, traj = simulate(params, scenario.initial, scenario.drivers, scenario.graph, forcing)
+    jax.block_until_ready(traj)
+    seconds = time.perf_counter() - started
+    log.info("simulated %d regions x %d years in %.2f s (compilation included)", scenario.num_regions, cfg.scenario.years, seconds)
+    with RunOutputs(out_dir) as out:
+        summary = writers.write_simulation(out, scenario, traj, cfg.output, title=cfg.scenario.name, seconds=seconds,
+                                           config=plain_config)
+    log.info("wrote %d rows of trajectories -> %s", summary["rows"], out_dir)
+    return summary
+
+
+def run_calibrate(cfg: CalibrateConfig, out_dir: Path, *, optimizer: optax.GradientTransformation | None,
+                  plain_config: dict) -> dict:
+    """Calibrate, evaluate on a rolling origin and report into `out_dir`; checkpoints there are resumed."""
+    claim_run_folder(out_dir, cfg, ignore=("fit.stop_after", "fit.progress"))
+    started = time.perf_counter()
+    data = load_dataset(cfg.data)
+    log.info("data: %d regions, years %d-%d (%.1f s to load)", data.num_regions, data.years[0], data.years[-1],
+             time.perf_counter() - started)
+    calibration = calibrate(data, cfg, optimizer=optimizer, checkpoint=out_dir / "checkpoint")
+    band = forecast_patents(calibration.params, calibration.laplace, cfg.fit.free, data, len(data.years) - 1,
+                            key=jax.random.key(cfg.fit.seed), draws=cfg.evaluation.draws, level=cfg.evaluation.level)
+    rolling = None
+    if cfg.evaluation.rolling_origin:
+        rolling = rolling_origin(data, cfg, optimizer=optimizer, checkpoint=out_dir / "checkpoint_rolling")
+    with RunOutputs(out_dir) as out:
+        summary = writers.write_calibration(out, cfg, data, calibration, band, rolling,
+                                            seconds=time.perf_counter() - started, plain=plain_config)
+    log.info("calibrated in %.0f s; loss per observation %.4f; deviance explained %.3f -> %s", summary["seconds"],
+             summary["loss_per_observation"], summary["fit"]["deviance_explained_vs_constant"], out_dir)
+    return summary
+
+
+def run_forecast(cfg: ForecastConfig, out_dir: Path, *, plain_config: dict) -> dict:
+    """Forecast patents for the years asked from a calibrated run; writes `forecast.csv`."""
+    first, last = parse_years(cfg.years)
+    calibration = load_calibration(Path(cfg.run))
+    data = load_dataset(calibration.config.data)
+    try:
+        result = forecast(calibration, data, first, last, draws=cfg.draws, level=cfg.level, key=jax.random.key(cfg.seed))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    with RunOutputs(out_dir) as out:
+        summary = writers.write_forecast(out, result, level=cfg.level, run=str(cfg.run), config=plain_config)
+    log.info("forecast %d-%d for %d regions -> %s", first, last, data.num_regions, out_dir / "forecast.csv")
+    return summary
+
+
+def run_optimize(cfg: OptimizeConfig, out_dir: Path, *, plain_config: dict) -> dict:
+    """Optimize the allocation, run the baselines, and report into `out_dir`."""
+    claim_run_folder(out_dir, cfg, ignore=("optimize.stop_after", "optimize.progress"))
+    started = time.perf_counter()
+    if cfg.source == "run":
+        calibration = load_calibration(Path(cfg.run))
+        data = load_dataset(calibration.config.data)
+        params, names = calibration.params, data.names
+        initial, drivers, graph = calibrated_regions(calibration, data)
+    else:
+        params = Params.from_natural(cfg.model.num_domains, **cfg.model.params)
+        scenario, _ = scenario_from_config(params, cfg.scenario)
+        names, initial, drivers, graph = scenario.region_names, scenario.initial, scenario.drivers, scenario.graph
+    try:
+        problem = PolicyProblem.build(cfg.policy, params, initial, drivers, graph)
+    except ValueError as error:
+        raise ConfigError(f"policy: {error}") from None
+    result = optimize(problem, cfg.optimize, checkpoint_path=out_dir / "checkpoint")
+    size = np.asarray(initial.regions.active).sum(-1)
+    methods = compare_methods(problem, result, size, seed=cfg.optimize.seed) if cfg.optimize.baselines else \
+        {"gradient": (result.spend, result.evaluations)}
+    with RunOutputs(out_dir) as out:
+        summary = writers.write_policy(out, problem, tuple(names), result, methods, seconds=time.perf_counter() - started,
+                                       config=plain_config)
+    best_baseline = max((row["objective"] for row in summary["comparison"] if row["method"] != "gradient"), default=float("nan"))
+    log.info("optimized in %.0f s: objective %.6g (best baseline %.6g) -> %s", result.seconds, result.objective,
+             best_baseline, out_dir)
+    return summary

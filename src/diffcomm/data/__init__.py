@@ -1,0 +1,26 @@
+"""Observed data: validated loaders (`tables`), covariates -> drivers (`drivers`), and the
+calibration data set (`dataset`)."""
+
+from ..errors import DataError
+from .dataset import Dataset, build_dataset, load_dataset
+from .drivers import drivers_from_covariates
+from .tables import (
+    COVARIATE_COLUMNS,
+    DATA_DIR,
+    DomainPanel,
+    PatentPanel,
+    load_covariates,
+    load_edges,
+    load_linkage_counts,
+    load_patents,
+    load_specialization,
+    load_state_tech,
+    read_table,
+    resolve,
+)
+
+__all__ = [
+    "COVARIATE_COLUMNS", "DATA_DIR", "DataError", "Dataset", "DomainPanel", "PatentPanel", "build_dataset",
+    "drivers_from_covariates", "load_covariates", "load_dataset", "load_edges", "load_linkage_counts",
+    "load_patents", "load_specialization", "load_state_tech", "read_table", "resolve",
+]

@@ -1,0 +1,116 @@
+"""The observation model (MODEL section 4): what the data should show, given the model's state.
+
+The one home of the observation model: the links from state to expected observations
+(`observe`), their inverse for patents (`knowledge_from_patents`), the likelihoods of observed
+counts, a sampler of counts, and the deviance used to report a fit.
+
+- Patents granted per region-year ~ NegativeBinomial(mean = exp(θ0 + θG log Σ_k G_k), size r).
+- Non-local connections of a region ~ BetaBinomial(total, mean share, concentration), the share
+  `σ(θn0 + θn1 logit(1 − Lc) + θn2 logit mean_k X_k)` averaged over the fitted years.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import gammaln
+from jaxtyping import Array, Float
+
+from .params import NaturalParams
+from .state import RegionState
+
+
+class Observations(eqx.Module):
+    """What the model says data should show, per region (one year; batched: leading axes)."""
+
+    patents: Float[Array, ""]  # expected patents granted (negative binomial mean)
+    coinvention_share: Float[Array, ""]  # share of patents with a foreign co-inventor
+    nonlocal_share: Float[Array, ""]  # share of connections that are non-local
+    exports_intensity: Float[Array, ""]  # mean internationalization over domains
+    development: Float[Array, ""]  # regional development
+
+
+def observe(p: NaturalParams, s: RegionState) -> Observations:
+    """The expected observations of one region's state."""
+    logit_overlap = jax.scipy.special.logit(jnp.mean(s.overlap))
+    # logit(1 - Lc); under sustained renewal with no erosion 1 - Lc decays geometrically and can
+    # underflow to 0 in float32 after a century or so: read that limit as the smallest normal number
+    logit_nonlocal = jax.scipy.special.logit(jnp.maximum(s.disconnection, jnp.finfo(s.disconnection.dtype).tiny))
+    return Observations(
+        patents=jnp.exp(p.patents_intercept + p.patents_knowledge_elasticity * jnp.log(jnp.sum(s.knowledge))),
+        coinvention_share=jax.nn.sigmoid(p.coinvention_intercept + p.coinvention_slope * logit_overlap),
+        nonlocal_share=jax.nn.sigmoid(
+            p.nonlocal_intercept
+            + p.nonlocal_connectedness_slope * logit_nonlocal
+            + p.nonlocal_overlap_slope * logit_overlap
+        ),
+        exports_intensity=jnp.mean(s.internationalization),
+        development=s.development,
+    )
+
+
+def knowledge_from_patents(p: NaturalParams, counts: Array) -> Array:
+    """Total knowledge that the patent link maps to `counts`: its inverse, at counts + 0.5 so
+    that a zero count stays finite."""
+    return jnp.exp((jnp.log(counts + 0.5) - p.patents_intercept) / p.patents_knowledge_elasticity)
+
+
+def negative_binomial_nll(mean: Array, count: Array, dispersion: Array, mask: Array) -> Float[Array, ""]:
+    """-log NB(count | mean, size = dispersion), summed where mask is 1.
+
+    Variance is mean + mean^2 / dispersion; large dispersion approaches the Poisson.
+    """
+    r = dispersion
+    log_p = (
+        gammaln(count + r)
+        - gammaln(r)
+        - gammaln(count + 1.0)
+        + r * (jnp.log(r) - jnp.log(r + mean))
+        + count * (jnp.log(mean) - jnp.log(r + mean))
+    )
+    return -jnp.sum(jnp.where(mask > 0, log_p, 0.0))
+
+
+def beta_binomial_nll(
+    probability: Array, successes: Array, trials: Array, concentration: Array, mask: Array
+) -> Float[Array, ""]:
+    """-log BetaBinomial(successes | trials, mean probability, concentration), summed where mask is 1.
+
+    The success probability varies around `probability` as Beta(c p, c (1 - p)); as the
+    concentration c grows this becomes the binomial. Counts of connections are overdispersed
+    (one firm's portfolio moves many patents at once), so the binomial is far too sure of them.
+    """
+    a = concentration * probability
+    b = concentration * (1.0 - probability)
+    log_p = (
+        gammaln(trials + 1.0)
+        - gammaln(successes + 1.0)
+        - gammaln(trials - successes + 1.0)
+        + gammaln(successes + a)
+        + gammaln(trials - successes + b)
+        - gammaln(trials + a + b)
+        + gammaln(a + b)
+        - gammaln(a)
+        - gammaln(b)
+    )
+    return -jnp.sum(jnp.where(mask > 0, log_p, 0.0))
+
+
+def sample_counts(key: jax.Array, mean: Array, dispersion: Array) -> Array:
+    """Counts drawn from NB(mean, size = dispersion), as a gamma-Poisson mixture."""
+    k_gamma, k_poisson = jax.random.split(key)
+    rate = jax.random.gamma(k_gamma, dispersion, shape=mean.shape) * mean / dispersion
+    return jax.random.poisson(k_poisson, rate).astype(mean.dtype)
+
+
+def negative_binomial_deviance(observed: np.ndarray, mean: np.ndarray, dispersion: float) -> float:
+    """Negative binomial deviance over observed cells (NaN cells skipped), in NumPy for reports."""
+    y, mu, r = observed, mean, dispersion
+    mask = ~np.isnan(y)
+    y, mu = y[mask], mu[mask]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.where(y > 0, y * np.log(y / mu), 0.0)
+    second = (y + r) * np.log((y + r) / (mu + r))
+    return float(2 * np.sum(first - second))

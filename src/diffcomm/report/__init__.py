@@ -1,0 +1,1 @@
+"""What a run writes: tidy tables (`tables`), figures (`figures`) and readable reports (`markdown`)."""

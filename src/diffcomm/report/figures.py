@@ -1,0 +1,170 @@
+"""Figures of every command, drawn with matplotlib's object API (no pyplot, no global backend).
+
+Each function writes one PNG. Panels of regions sit in a grid below a full-width aggregate
+panel; legends sit outside the data; a forecast is drawn from the observation it conditions on,
+so the line starts where the data end instead of jumping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from ..files import atomic_path
+from ..scenario import Scenario
+from ..simulate import Trajectory
+from .tables import trajectory_arrays
+
+PANELS = (
+    ("active", "active members (sum over domains)"),
+    ("knowledge", "knowledge (sum over domains)"),
+    ("overlap", "local-international overlap"),
+    ("internationalization", "internationalization F"),
+    ("development", "regional development Y"),
+    ("local_connectedness", "local connectedness Lc"),
+    ("catchment_share", "catchment share S"),
+    ("patents", "expected patents"),
+)
+
+
+def _save(fig: Figure, path: Path) -> None:
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+
+
+def plot_archetype_trajectories(scenario: Scenario, traj: Trajectory, path: Path, *, title: str = "") -> None:
+    """One panel per main variable; a line per archetype (mean) with its 10-90% band."""
+    arrays = trajectory_arrays(traj)
+    fig = Figure(figsize=(16, 7.5), layout="constrained")
+    axes = fig.subplots(2, 4)
+    for ax, (variable, label) in zip(axes.ravel(), PANELS):
+        values = arrays[variable]
+        if values.ndim == 3:
+            values = values.sum(-1) if variable in ("active", "knowledge") else values.mean(-1)
+        years = np.arange(1, values.shape[0] + 1)
+        for index, name in enumerate(scenario.archetype_names):
+            v = values[:, scenario.archetype == index]
+            (line,) = ax.plot(years, v.mean(-1), label=name.replace("_", " "))
+            ax.fill_between(years, *np.percentile(v, [10, 90], axis=-1), color=line.get_color(), alpha=0.15)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("year")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if variable in ("active", "knowledge", "patents"):
+            ax.set_yscale("log")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncols=len(scenario.archetype_names),
+               title="mean and 10-90% band of each archetype")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_loss_history(history: dict, path: Path, *, title: str = "calibration") -> None:
+    """Loss of every start over the steps, as its excess over the best loss reached (log scale)."""
+    loss = np.asarray(history["loss"], dtype=float)
+    best = np.nanmin(loss)
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    steps = np.arange(1, len(loss) + 1)
+    for r in range(loss.shape[1]):
+        ax.plot(steps, np.maximum(loss[:, r] - best, 1e-12), lw=1, label=f"start {r}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"loss per observation − {best:.6g}")
+    ax.set_yscale("log")
+    ax.set_title(f"{title}: loss above the best reached")
+    ax.legend(fontsize=8, loc="upper right")
+    _save(fig, path)
+
+
+def plot_observed_vs_model(
+    years: np.ndarray,
+    observed: np.ndarray,
+    mean: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    names: tuple[str, ...],
+    path: Path,
+    *,
+    level: float = 0.9,
+    largest: int = 12,
+    origin_year: int | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+    title: str = "",
+) -> None:
+    """All regions together, then the largest regions: observed points, the model and its band.
+
+    Arrays are (T, R) over `years`; NaN in `observed` where there is no observation. With
+    `origin_year` the years up to it are the model's fit (a thin line) and the later ones a
+    forecast conditioned on the count observed at the origin: the forecast line, its band and
+    the `extra` lines (name -> values (T, R), e.g. baselines) start from that count.
+    """
+    order = np.argsort(-np.nansum(observed, axis=0))[:largest]
+    cols = 4
+    rows = int(np.ceil(len(order) / cols))
+    fig = Figure(figsize=(16, 3.1 * (rows + 1.3)), layout="constrained")
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1.3] + [1] * rows)
+    panels = [(fig.add_subplot(grid[0, :]), "all regions", lambda a: _total(a))]
+    panels += [(fig.add_subplot(grid[1 + k // cols, k % cols]), names[i][:40], lambda a, i=i: a[:, i])
+               for k, i in enumerate(order)]
+    ahead = np.ones(len(years), bool) if origin_year is None else years >= origin_year
+    fitted = None if origin_year is None else years <= origin_year
+    for ax, label, pick in panels:
+        start = None if origin_year is None else pick(observed)[years == origin_year]
+
+        def from_origin(values):  # the forecast years, starting at the observation at the origin
+            line = pick(values)[ahead].astype(float)
+            if start is not None and len(start) and np.isfinite(start[0]):
+                line[0] = start[0]
+            return line
+
+        band_label = f"{100 * level:g}% interval" + (" (sum of regions' bounds)" if label == "all regions" else "")
+        ax.fill_between(years[ahead], from_origin(lower), from_origin(upper), alpha=0.2, color="C0", label=band_label)
+        ax.plot(years[ahead], from_origin(mean), color="C0", label="model" if origin_year is None else "model forecast")
+        if fitted is not None:
+            ax.plot(years[fitted], pick(mean)[fitted], color="C0", lw=1, ls=":", label="model fit")
+            ax.axvline(origin_year, color="0.6", lw=0.8)
+        for j, (name, values) in enumerate((extra or {}).items()):
+            ax.plot(years[ahead], from_origin(values), ls="--", color=f"C{j + 1}", label=name)
+        seen = np.isfinite(pick(observed))
+        ax.plot(years[seen], pick(observed)[seen], "o", color="k", ms=3, label="observed")
+        ax.set_title(label, fontsize=11 if label == "all regions" else 9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    panels[0][0].set_ylabel("patents")
+    fig.legend(*panels[0][0].get_legend_handles_labels(), loc="outside upper center", ncols=6)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def _total(values: np.ndarray) -> np.ndarray:
+    """Sum over regions per year; NaN for a year with no value at all (not a zero)."""
+    total = np.nansum(values, axis=1)
+    return np.where(np.isfinite(values).any(axis=1), total, np.nan)
+
+
+def plot_allocation(spend: np.ndarray, regions, levers, path: Path, *, title: str = "spending by region and lever") -> None:
+    """Heat map of spending, regions x levers (summed over years); at most 60 regions by spend."""
+    order = np.argsort(-spend.sum(1))[:60]
+    fig = Figure(figsize=(2 + 1.1 * len(levers), 1.5 + 0.22 * len(order)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(spend[order], aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(levers)), [name.replace("_", " ") for name in levers], rotation=30, ha="right")
+    ax.set_yticks(range(len(order)), [str(regions[i])[:32] for i in order], fontsize=7)
+    fig.colorbar(image, ax=ax, label="spending over the horizon")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_policy_history(history: list[float], baselines: dict[str, float], path: Path) -> None:
+    """The gradient method's objective over steps, with each baseline's best as a line."""
+    fig = Figure(figsize=(8, 4.2), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(np.arange(1, len(history) + 1), history, color="k", label="gradient (projected Adam)")
+    for i, (name, value) in enumerate(baselines.items()):
+        ax.axhline(value, ls="--", color=f"C{i}", label=f"{name.replace('_', ' ')} (best)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("objective (1 = no policy)")
+    fig.legend(loc="outside right upper", fontsize=8)
+    _save(fig, path)

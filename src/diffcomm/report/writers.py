@@ -1,0 +1,135 @@
+"""What each command writes into its run folder, through `files.RunOutputs` (all or nothing,
+`summary.json` last)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ..calibrate import Calibration, save_calibration
+from ..config import CalibrateConfig, OutputConfig
+from ..data import Dataset
+from ..files import RunOutputs
+from ..forecast import Forecast, RollingOrigin
+from ..policy import PolicyProblem, PolicyResult, evaluate, marginal_values, spend_per_year
+from ..scenario import Scenario
+from ..simulate import Trajectory
+from . import figures
+from .markdown import calibration_report, policy_report
+from .tables import archetype_summary, fit_summary, parameter_table, trajectory_arrays, write_trajectories
+
+
+def write_simulation(out: RunOutputs, scenario: Scenario, traj: Trajectory, output: OutputConfig, *, title: str,
+                     seconds: float, config: dict) -> dict:
+    """`trajectories.npz`, the tidy table (`trajectories.csv` or `.parquet`), `summary.csv`,
+    `trajectories.png` and `summary.json`."""
+    arrays = trajectory_arrays(traj)
+    with open(out.path("trajectories.npz"), "wb") as fh:
+        np.savez_compressed(fh, region=np.asarray(scenario.region_names),
+                            archetype=np.asarray(scenario.archetype_names)[scenario.archetype], **arrays)
+    rows = write_trajectories(out.path(f"trajectories.{output.format}"), scenario, traj, form=output.format) if output.csv else 0
+    table = archetype_summary(scenario, traj)
+    table.to_csv(out.path("summary.csv"), index=False)
+    if output.figures:
+        figures.plot_archetype_trajectories(scenario, traj, out.path("trajectories.png"), title=title)
+    summary = dict(regions=scenario.num_regions, years=int(arrays["patents"].shape[0]),
+                   domains=int(arrays["active"].shape[-1]) if "active" in arrays else None, rows=rows, seconds=seconds,
+                   archetypes=table.to_dict(orient="records"), config=config,
+                   files=sorted(p.name for p in out.staging.iterdir()) + ["summary.json"])
+    out.finish(summary)
+    return summary
+
+
+def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, calibration: Calibration,
+                      band: dict[str, np.ndarray], rolling: RollingOrigin | None, *, seconds: float, plain: dict) -> dict:
+    """The estimate (`fitted.eqx`, `laplace.npz`, `calibration.json`), `params.csv`, `history.csv`,
+    `loss.png`, `fit.png`, `rolling_origin.csv/png`, `report.md` and `summary.json`."""
+    save_calibration(calibration, out.staging)
+    table = parameter_table(calibration.laplace)
+    table.to_csv(out.path("params.csv"), index=False)
+    restarts, result = calibration.restarts, calibration.result
+    pd.DataFrame(
+        [(s + 1, r, loss, grad) for s, (losses, grads) in enumerate(zip(restarts.history["loss"], restarts.history["grad_norm"]))
+         for r, (loss, grad) in enumerate(zip(losses, grads))],
+        columns=["step", "restart", "loss", "grad_norm"],
+    ).to_csv(out.path("history.csv"), index=False)
+    figures.plot_loss_history(restarts.history, out.path("loss.png"))
+    observed, years, level = data.observed_patents(), np.asarray(data.years[1:]), config.evaluation.level
+    figures.plot_observed_vs_model(years, observed, band["fitted"], band["lower"], band["upper"], data.names,
+                                   out.path("fit.png"), level=level, largest=config.evaluation.largest_regions,
+                                   title=f"Calibration {data.years[0]}-{data.years[-1]}: observed and fitted patents")
+    summary = dict(
+        regions=data.num_regions, years=[data.years[0], data.years[-1]], observations=int(data.num_observations),
+        fit=fit_summary(observed, band["fitted"], float(calibration.params.natural().patents_dispersion)),
+        loss_per_observation=result.best_loss, restart_losses=restarts.best_losses.tolist(), steps=restarts.steps,
+        converged=restarts.converged, polish_steps=calibration.polished.steps if calibration.polished else 0,
+        laplace_positive_definite=calibration.laplace.positive_definite, level=level, notes=list(data.notes),
+    )
+    if rolling is not None:
+        summary["rolling_origin"] = rolling.summary(data.codes, data.names, data.years[0])
+        rolling.table(data.codes, data.names).to_csv(out.path("rolling_origin.csv"), index=False)
+        figures.plot_observed_vs_model(
+            years, observed, rolling.band["mean"], rolling.band["lower"], rolling.band["upper"], data.names,
+            out.path("rolling_origin.png"), level=level, largest=config.evaluation.largest_regions,
+            origin_year=rolling.train_last_year,
+            extra={name.replace("_", " "): np.vstack([np.full((len(years) - len(pred), pred.shape[1]), np.nan), pred])
+                   for name, pred in rolling.predictions.items() if name != "model"},
+            title=f"Rolling origin: fit through {rolling.train_last_year}, forecast {rolling.test_years[0]}-{rolling.test_years[-1]}",
+        )
+    summary["seconds"], summary["config"] = seconds, plain
+    (out.path("report.md")).write_text(calibration_report(summary, table))
+    out.finish(summary)
+    return summary
+
+
+def write_forecast(out: RunOutputs, forecast: Forecast, *, level: float, run: str, config: dict) -> dict:
+    """`forecast.csv` (`region,year,mean,lower,upper`), `forecast.png` and `summary.json`."""
+    frame = forecast.table()
+    frame.to_csv(out.path("forecast.csv"), index=False)
+    figures.plot_observed_vs_model(
+        forecast.years, forecast.observed, forecast.mean, forecast.lower, forecast.upper, forecast.names,
+        out.path("forecast.png"), level=level, origin_year=forecast.origin_year,
+        title=f"Forecast {forecast.first_year}-{forecast.years[-1]} from the counts of {forecast.origin_year}",
+    )
+    summary = dict(run=run, years=[forecast.first_year, int(forecast.years[-1])], rows=len(frame),
+                   regions=len(forecast.codes), origin_year=forecast.origin_year, config=config)
+    out.finish(summary)
+    return summary
+
+
+def write_policy(out: RunOutputs, problem: PolicyProblem, names: tuple[str, ...], result: PolicyResult,
+                 methods: dict[str, tuple[np.ndarray, int]], *, seconds: float, config: dict) -> dict:
+    """`comparison.csv`, `objective_parts.csv`, `allocation.csv`, `marginal_value.csv`,
+    `allocation.png`, `objective.png`, `report.md` and `summary.json`."""
+    rows, parts = [], {}
+    for method, (spend, evaluations) in methods.items():
+        value, method_parts = evaluate(problem, np.asarray(spend))
+        rows.append((method, float(value), evaluations))
+        parts[method] = {k: float(v) for k, v in method_parts.items()}
+    parts["no_policy"] = {k: float(v) for k, v in evaluate(problem, np.zeros(problem.shape))[1].items()}
+    comparison = pd.DataFrame(rows, columns=["method", "objective", "simulator_evaluations"])
+    comparison.to_csv(out.path("comparison.csv"), index=False)
+    pd.DataFrame(parts).rename_axis("part").to_csv(out.path("objective_parts.csv"))
+
+    spend = result.spend
+    per_year = np.asarray(spend_per_year(problem, jnp.asarray(spend)))
+    t, r, k = np.meshgrid(np.arange(problem.years), np.arange(problem.num_regions), np.arange(len(problem.levers)), indexing="ij")
+    pd.DataFrame({
+        "region": np.asarray(names)[r.ravel()], "lever": np.asarray(problem.levers)[k.ravel()], "year": t.ravel() + 1,
+        "spend": per_year.ravel(), "amount": (per_year / np.asarray(problem.costs)).ravel(),
+    }).to_csv(out.path("allocation.csv"), index=False)
+    marginal = np.asarray(marginal_values(problem, spend))
+    pd.DataFrame(marginal, index=pd.Index(names, name="region"), columns=list(problem.levers)).to_csv(out.path("marginal_value.csv"))
+    figures.plot_allocation(spend.sum(0), names, problem.levers, out.path("allocation.png"))
+    figures.plot_policy_history(result.history, {m: v for m, v, _ in rows if m != "gradient"}, out.path("objective.png"))
+    summary = dict(
+        regions=problem.num_regions, years=problem.years, levers=list(problem.levers), budget=problem.budget,
+        spent=float(spend.sum()), smallest_cell=float(spend.min()), objective_weights=dict(problem.weights),
+        comparison=comparison.to_dict(orient="records"), parts=parts,
+        spend_by_lever=dict(zip(problem.levers, spend.sum((0, 1)).tolist())),
+        gradient_seconds=result.seconds, seconds=seconds, config=config,
+    )
+    (out.path("report.md")).write_text(policy_report(summary))
+    out.finish(summary)
+    return summary

@@ -1,0 +1,66 @@
+"""Typed configs: one default per value, checked where they are made, errors naming the full key."""
+
+import pytest
+
+from diffcomm.config import (
+    SCHEMAS,
+    CalibrateConfig,
+    DataConfig,
+    DriverTerm,
+    EvaluationConfig,
+    FitConfig,
+    ForecastConfig,
+    ModelConfig,
+    PolicyConfig,
+    parse_years,
+)
+from diffcomm.errors import ConfigError
+from diffcomm.inputs import LEVERS
+
+
+@pytest.mark.parametrize("name", [n for n in SCHEMAS if n != "forecast"])
+def test_every_command_config_has_usable_defaults(name):
+    SCHEMAS[name]()  # checks its own values on creation
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: FitConfig(restarts=0), "fit.restarts must be >= 1, got 0"),
+        (lambda: FitConfig(free=["educating_weight", "nope"]), "fit.free must be names of model parameters"),
+        (lambda: FitConfig(tolerance=-1.0), "fit.tolerance must be >= 0"),
+        (lambda: EvaluationConfig(level=1.5), "evaluation.level must be a share in (0, 1)"),
+        (lambda: ModelConfig(params={"buzz_scale": -1.0}), "model.params: parameter 'buzz_scale' must be finite and > 0"),
+        (lambda: ModelConfig(num_domains=0), "model.num_domains must be a positive integer"),
+        (lambda: DataConfig(first_year=-5), "data.first_year must be a calendar year, got -5"),
+        (lambda: DataConfig(first_year=2005, last_year=2003), "data.last_year must be after data.first_year (2005)"),
+        (lambda: DataConfig(regions=["901"]), "data.regions must be 5-digit region codes"),
+        (lambda: DataConfig(drivers={"educating": [{"column": "x", "transfrom": "log"}]}), "data.drivers.educating[0] must be keys"),
+        (lambda: DataConfig(drivers={"educating": [DriverTerm("x", missing="maybe")]}), "data.drivers.educating[0].missing"),
+        (lambda: CalibrateConfig(evaluation=EvaluationConfig(train_last_year=2010)), "evaluation.train_last_year must be strictly"),
+        (lambda: PolicyConfig(discount=0.0), "policy.discount must be in (0, 1]"),
+        (lambda: PolicyConfig(costs={"bribes": 1.0}), "policy.costs.bribes must be a lever name"),
+        (lambda: ForecastConfig(run="/no/such/folder", years="2011-2015"), "run must be an existing calibrated run folder"),
+    ],
+)
+def test_bad_values_are_refused_with_their_key(make, message):
+    with pytest.raises(ConfigError) as error:
+        make()
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_driver_terms_given_as_dicts_become_typed():
+    config = DataConfig(drivers={"educating": [{"column": "share_bachelor_plus", "transform": "log"}]})
+    assert config.drivers["educating"] == [DriverTerm("share_bachelor_plus", "log")]
+
+
+def test_one_list_of_levers_and_one_default_each():
+    assert PolicyConfig().levers == list(LEVERS)
+    assert set(PolicyConfig().costs) == set(LEVERS)
+    assert FitConfig().steps == 1000 and CalibrateConfig().fit.steps == 1000  # the config a fit runs with is the fit's own
+
+
+def test_years():
+    assert parse_years("2011-2015") == (2011, 2015) and parse_years("2012") == (2012, 2012)
+    with pytest.raises(ConfigError, match="years must look like 2011-2015"):
+        parse_years("next year")

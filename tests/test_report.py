@@ -1,0 +1,107 @@
+"""What runs write: streamed trajectory tables, parameter tables, fit summaries, reports, figures,
+and outputs that appear all together or not at all."""
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from diffcomm.calibrate import Laplace
+from diffcomm.files import RunOutputs
+from diffcomm.params import Params
+from diffcomm.report import figures
+from diffcomm.report.markdown import calibration_report
+from diffcomm.report.tables import fit_summary, parameter_table, trajectory_arrays, write_trajectories
+from diffcomm.scenario import synthetic_regions
+from diffcomm.simulate import make_forcing, simulate
+
+
+@pytest.fixture
+def small_run(key):
+    params = Params.from_natural(2)
+    sc = synthetic_regions(params, {"world_city": 2, "normal_region": 3}, key=key, ties_per_region=2)
+    _, traj = simulate(params, sc.initial, sc.drivers, sc.graph, make_forcing(4, sc.num_regions))
+    return sc, traj
+
+
+@pytest.mark.parametrize("form", ["csv", "parquet"])
+def test_the_tidy_table_holds_every_value_once(small_run, tmp_path, form):
+    sc, traj = small_run
+    path = tmp_path / f"t.{form}"
+    rows = write_trajectories(path, sc, traj, form=form)
+    frame = pd.read_csv(path) if form == "csv" else pq.read_table(path).to_pandas()
+    arrays = trajectory_arrays(traj)
+    per_region_year = sum(a.shape[2] if a.ndim == 3 else 1 for a in arrays.values())
+    assert rows == len(frame) == 4 * 5 * per_region_year
+    assert not frame.duplicated(["region", "year", "variable", "domain"]).any()
+    knowledge = frame[(frame.variable == "knowledge") & (frame.domain == 1)].pivot(index="year", columns="region", values="value")
+    np.testing.assert_allclose(knowledge[list(sc.region_names)].to_numpy(), arrays["knowledge"][..., 1], rtol=1e-6)
+    assert set(frame[frame.region == "normal_region_002"].archetype) == {"normal_region"}
+
+
+def test_parameter_table_maps_intervals_through_each_constraint():
+    approx = Laplace(names=["buzz_scale", "educating_weight"], mean=np.array([np.log(np.expm1(0.08)), 1.0]),
+                     covariance=np.diag([4.0, 0.25]), natural=np.array([0.08, 1.0]), natural_se=np.array([0.15, 0.5]),
+                     positive_definite=True)
+    table = parameter_table(approx)
+    assert list(table.columns) == ["parameter", "value", "se", "lower95", "upper95", "meaning"]
+    buzz, weight = table.iloc[0], table.iloc[1]
+    assert 0 < buzz.lower95 < 0.08 < buzz.upper95  # positive, and asymmetric as softplus makes it
+    assert weight.lower95 == pytest.approx(1.0 - 1.959964 * 0.5, rel=1e-6) and weight.upper95 == pytest.approx(1.0 + 1.959964 * 0.5, rel=1e-6)
+    assert "buzz" in buzz.meaning
+
+
+def test_fit_summary_of_a_perfect_and_of_a_constant_fit():
+    observed = np.array([[3.0, 40.0, 7.0], [5.0, 35.0, np.nan]])
+    perfect = fit_summary(observed, np.where(np.isnan(observed), 1.0, observed), dispersion=5.0)
+    assert perfect["deviance"] == pytest.approx(0.0, abs=1e-9) and perfect["deviance_explained_vs_constant"] == pytest.approx(1.0)
+    constant = fit_summary(observed, np.full_like(observed, np.nanmean(observed)), dispersion=5.0)
+    assert constant["deviance_explained_vs_constant"] == pytest.approx(0.0, abs=1e-12)
+    assert constant["deviance_explained_vs_region_mean"] < 0
+
+
+def test_the_report_states_the_level_it_used():
+    summary = dict(regions=3, years=[2000, 2010], observations=30, loss_per_observation=3.2, restart_losses=[3.2, 3.3],
+                   steps=10, converged=True, polish_steps=5, laplace_positive_definite=True, level=0.8, notes=["a note"],
+                   fit=dict(deviance_explained_vs_constant=0.9, deviance_explained_vs_region_mean=0.1,
+                            region_abs_log_error_quantiles={0.1: 0.1, 0.5: 0.2, 0.9: 0.3}),
+                   rolling_origin=dict(train_years=[2000, 2007], test_years=[2008, 2010], interval_coverage=0.81,
+                                       scores={"model": dict(mae=1.0, mean_abs_log_error=0.2, rmse=2.0)},
+                                       share_of_regions_where_model_is_worse_than_best_baseline=0.4, worse_regions=[]))
+    table = pd.DataFrame(dict(parameter=["buzz_scale"], value=[0.08], se=[0.06], lower95=[0.01], upper95=[0.3], meaning=["m"]))
+    text = calibration_report(summary, table)
+    assert "coverage of the 80% interval: 0.810" in text and "90% interval" not in text
+    assert "| buzz_scale | 0.08 | 0.06 | [0.01, 0.3] | m |" in text and "- a note" in text
+
+
+def test_the_aggregate_of_years_without_data_is_missing_not_zero():
+    values = np.array([[1.0, 2.0], [np.nan, np.nan], [np.nan, 4.0]])
+    np.testing.assert_array_equal(figures._total(values), [3.0, np.nan, 4.0])
+
+
+def test_figures_are_drawn(small_run, tmp_path):
+    sc, traj = small_run
+    figures.plot_archetype_trajectories(sc, traj, tmp_path / "a.png", title="t")
+    years = np.arange(2001, 2011)
+    rng = np.random.default_rng(0)
+    observed = np.where(years[:, None] <= 2007, rng.poisson(20, (10, 5)), np.nan).astype(float)
+    mean = np.full((10, 5), 20.0)
+    figures.plot_observed_vs_model(years, observed, mean, mean - 5, mean + 5, tuple("abcde"), tmp_path / "b.png",
+                                   origin_year=2007, extra={"persistence": mean + 1})
+    figures.plot_loss_history({"loss": [[3.0, 3.1], [2.5, 2.9], [2.4, 2.8]]}, tmp_path / "c.png")
+    for name in ("a.png", "b.png", "c.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_outputs_appear_together_or_not_at_all(tmp_path):
+    with RunOutputs(tmp_path) as out:
+        out.path("forecast.csv").write_text("region,year\n")
+        assert not (tmp_path / "forecast.csv").exists()  # staged until the command succeeds
+        out.finish({"rows": 0})
+    assert (tmp_path / "forecast.csv").exists() and (tmp_path / "summary.json").exists()
+    failed = tmp_path / "failed"
+    with pytest.raises(RuntimeError):
+        with RunOutputs(failed) as out:
+            out.path("forecast.csv").write_text("region,year\n")
+            raise RuntimeError("the figure could not be drawn")
+    assert list(failed.iterdir()) == []  # nothing complete-looking is left behind
