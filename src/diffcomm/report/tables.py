@@ -37,24 +37,27 @@ def trajectory_arrays(traj: Trajectory) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _year_table(arrays: dict[str, np.ndarray], t: int, year: int, regions: np.ndarray, archetypes: np.ndarray) -> pa.Table:
-    """The tidy rows of one year: every variable, region (and domain)."""
-    columns: dict[str, list] = {name: [] for name in TRAJECTORY_COLUMNS}
-    for name, values in arrays.items():
+def _year_table(arrays: dict[str, np.ndarray], t: int, year: int, regions: pa.Array, archetypes: pa.Array,
+                archetype_of: np.ndarray) -> pa.Table:
+    """The tidy rows of one year: every variable, region (and domain). Text columns are
+    dictionary-encoded (an index per row into the names), which keeps a year of 1e5 regions cheap."""
+    variables = pa.array(list(arrays))
+    columns: dict[str, list] = {name: [] for name in ("region", "variable", "domain", "value")}
+    for v, (name, values) in enumerate(arrays.items()):
         one = values[t]
         domains = one.shape[1] if one.ndim == 2 else 1
-        index = np.repeat(np.arange(one.shape[0]), domains)
-        columns["region"].append(regions[index])
-        columns["archetype"].append(archetypes[index])
-        columns["variable"].append(np.full(index.size, name))
+        index = np.repeat(np.arange(one.shape[0], dtype=np.int32), domains)
+        columns["region"].append(index)
+        columns["variable"].append(np.full(index.size, v, dtype=np.int32))
         columns["domain"].append(np.tile(np.arange(domains), one.shape[0]) if one.ndim == 2 else np.full(index.size, -1))
         columns["value"].append(one.reshape(-1))
+    region = np.concatenate(columns["region"])
     domain = np.concatenate(columns["domain"])
     return pa.table({
-        "region": pa.array(np.concatenate(columns["region"])),
-        "archetype": pa.array(np.concatenate(columns["archetype"])),
-        "year": pa.array(np.full(domain.size, year, dtype=np.int64)),
-        "variable": pa.array(np.concatenate(columns["variable"])),
+        "region": pa.DictionaryArray.from_arrays(pa.array(region), regions),
+        "archetype": pa.DictionaryArray.from_arrays(pa.array(archetype_of[region].astype(np.int32)), archetypes),
+        "year": pa.array(np.full(region.size, year, dtype=np.int64)),
+        "variable": pa.DictionaryArray.from_arrays(pa.array(np.concatenate(columns["variable"])), variables),
         "domain": pa.array(domain, mask=domain < 0),  # empty for region-level variables
         "value": pa.array(np.concatenate(columns["value"])),
     })
@@ -68,12 +71,11 @@ def write_trajectories(path: Path, scenario: Scenario, traj: Trajectory, *, form
     """
     arrays = trajectory_arrays(traj)
     num_years = next(iter(arrays.values())).shape[0]
-    regions = np.asarray(scenario.region_names)
-    archetypes = np.asarray(scenario.archetype_names)[scenario.archetype]
+    regions, archetypes = pa.array(list(scenario.region_names)), pa.array(list(scenario.archetype_names))
     rows, writer = 0, None
     try:
         for t in range(num_years):
-            table = _year_table(arrays, t, first_year + t, regions, archetypes)
+            table = _year_table(arrays, t, first_year + t, regions, archetypes, np.asarray(scenario.archetype))
             if writer is None:
                 writer = (pq.ParquetWriter(path, table.schema) if form == "parquet" else
                           pa_csv.CSVWriter(path, table.schema, write_options=pa_csv.WriteOptions(quoting_style="needed")))
