@@ -61,19 +61,20 @@ def plot_archetype_trajectories(scenario: Scenario, traj: Trajectory, path: Path
     _save(fig, path)
 
 
-def plot_loss_history(history: dict, path: Path, *, title: str = "calibration") -> None:
-    """Loss of every start over the steps, as its excess over the best loss reached (log scale)."""
+def plot_loss_history(history: dict, path: Path, *, final: float | None = None, title: str = "calibration") -> None:
+    """Loss of every start over the steps, as its excess over `final` (the loss the calibration
+    ended with, after the polish; default: the best reached here) on a log scale."""
     loss = np.asarray(history["loss"], dtype=float)
-    best = np.nanmin(loss)
+    reference = np.nanmin(loss) if final is None else final
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
     steps = np.arange(1, len(loss) + 1)
     for r in range(loss.shape[1]):
-        ax.plot(steps, np.maximum(loss[:, r] - best, 1e-12), lw=1, label=f"start {r}")
+        ax.plot(steps, np.maximum(loss[:, r] - reference, 1e-12), lw=1, label=f"start {r}")
     ax.set_xlabel("step")
-    ax.set_ylabel(f"loss per observation − {best:.6g}")
+    ax.set_ylabel(f"loss per observation − {reference:.6g}")
     ax.set_yscale("log")
-    ax.set_title(f"{title}: loss above the best reached")
+    ax.set_title(f"{title}: each start's loss above the final one")
     ax.legend(fontsize=8, loc="upper right")
     _save(fig, path)
 
@@ -130,9 +131,9 @@ def plot_observed_vs_model(
         seen = np.isfinite(pick(observed))
         ax.plot(years[seen], pick(observed)[seen], "o", color="k", ms=3, label="observed")
         ax.set_title(label, fontsize=11 if label == "all regions" else 9)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12 if label == "all regions" else 5))
     panels[0][0].set_ylabel("patents")
-    fig.legend(*panels[0][0].get_legend_handles_labels(), loc="outside upper center", ncols=6)
+    fig.legend(*panels[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=6)
     if title:
         fig.suptitle(title)
     _save(fig, path)

@@ -54,7 +54,7 @@ def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, c
          for r, (loss, grad) in enumerate(zip(losses, grads))],
         columns=["step", "restart", "loss", "grad_norm"],
     ).to_csv(out.path("history.csv"), index=False)
-    figures.plot_loss_history(restarts.history, out.path("loss.png"))
+    figures.plot_loss_history(restarts.history, out.path("loss.png"), final=result.best_loss)
     observed, years, level = data.observed_patents(), np.asarray(data.years[1:]), config.evaluation.level
     figures.plot_observed_vs_model(years, observed, band["fitted"], band["lower"], band["upper"], data.names,
                                    out.path("fit.png"), level=level, largest=config.evaluation.largest_regions,
