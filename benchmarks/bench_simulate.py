@@ -155,7 +155,8 @@ def main(argv=None) -> int:
         row["fraction_of_bandwidth"] = row["forward_bytes_per_s"] / bandwidth
         rows.append(row)
         print(f"{size:>8} {row['forward_region_years_per_s']:>12.3g} {row['gradient_region_years_per_s']:>12.3g} "
-              f"{row['numpy_region_years_per_s']:>12.3g} {row['gradient_over_forward']:>9.2f} {row['gradient_stored_over_forward']:>9.2f} "
+              f"{row['numpy_region_years_per_s']:>12.3g} {row['gradient_over_forward']:>9.2f} "
+              f"{row['gradient_stored_over_forward']:>9.2f} "
               f"{row['jax_over_numpy_speedup']:>10.2f} {row['bytes_per_region_year']:>6.0f} "
               f"{100 * row['fraction_of_bandwidth']:>5.1f}%", flush=True)
     if len(rows) >= 2:

@@ -101,6 +101,35 @@ def test_the_step_is_compiled_once_for_data_of_the_same_shape(small):
     assert after_first >= 1 and len(traces) == after_first
 
 
+def test_calibrate_and_its_rolling_origin_refit_compile_once(fitted_small, monkeypatch):
+    """The refit on the same data with later years held out traces no program again."""
+    import importlib
+
+    data, config, _ = fitted_small
+    module = importlib.import_module("diffcomm.calibrate")  # the module (diffcomm.calibrate is the function)
+    traces = []
+
+    def counted(function):
+        def traced(*args):
+            traces.append(function.__name__)  # runs only while a program is traced
+            return function(*args)
+        return traced
+
+    monkeypatch.setattr(module, "objective", counted(module.objective))  # new functions: fresh compiled programs
+    monkeypatch.setattr(module, "negative_log_posterior", counted(module.negative_log_posterior))
+    calibrate(data, config)
+    first = len(traces)
+    calibrate(data.through(2004), config)
+    assert first >= 3 and len(traces) == first  # restarts, polish and Hessian all reused
+
+
+def test_calibrate_refuses_a_precision_it_was_not_given(fitted_small):
+    data, config, _ = fitted_small
+    with jax.enable_x64(False):
+        with pytest.raises(ConfigError, match="model.x64 is true but JAX runs in single precision"):
+            calibrate(data, config)
+
+
 def test_laplace_recovers_the_covariance_of_a_quadratic():
     centre = {"educating_weight": 0.7, "overlap_decay": 0.2}
     scales = {"educating_weight": 0.1, "overlap_decay": 0.5}

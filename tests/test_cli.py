@@ -131,6 +131,8 @@ def test_multirun_sweeps_shock_intensity(tmp_path):
         ("calibrate", "data.first_year=-5", "data.first_year must be a calendar year, got -5"),
         ("calibrate", "evaluation.train_last_year=2012", "evaluation.train_last_year must be strictly between"),
         ("calibrate", "data.drivers.educating.0.transform=sqrt", "transform must be identity, log or log1p"),
+        ("calibrate", "+data.drivers.educatng=[]", "data.drivers.educatng must be a driver from"),
+        ("calibrate", "model.num_domains=3", "model.num_domains must be 1 for calibration"),
         ("optimize", "policy.budget=-5", "policy.budget must be a finite number >= 0"),
         ("optimize", "policy.levers=[bribes]", "policy.levers must be names from"),
         ("optimize", "+policy.objective.happiness=1", "policy.objective.happiness must be a part from"),
@@ -235,7 +237,8 @@ def test_calibrate_writes_every_output_with_its_columns(calibrated):
         assert positive.lower95.isna().all() and positive.se.isna().all()  # not made up
     assert set(summary["rolling_origin"]["scores"]) == {"model", "persistence", "log_linear_trend"}
     log = (calibrated / "calibrate.log").read_text()
-    for phase in ("data: 20 regions", "restarts: done", "Laplace approximation", "rolling origin: restarts: done", "calibrated in"):
+    phases = ("data: 20 regions", "restarts: done", "Laplace approximation", "rolling origin: restarts: done", "calibrated in")
+    for phase in phases:
         assert phase in log, phase
 
 
@@ -255,7 +258,8 @@ def test_forecast_out_of_and_inside_the_data(calibrated, tmp_path, years, expect
 
 @pytest.mark.slow
 def test_forecast_refuses_what_it_cannot_do_and_writes_nothing(calibrated, tmp_path, capfd):
-    for years, message in (("2011-2600", "years must end by 2060"), ("1999-2003", "years must start after the data's first year")):
+    for years in ("2011-2600", "1999-2003"):
+        message = "years must lie in 2001-2060"
         out = tmp_path / years
         assert cli.main(["forecast", f"run={calibrated}", f"years={years}", f"hydra.run.dir={out}"]) == 2
         err = capfd.readouterr().err.strip()
@@ -268,6 +272,27 @@ def test_forecast_needs_a_finished_calibration(tmp_path, capfd):
     assert "is not a finished calibration" in capfd.readouterr().err
     assert run("forecast", f"run={tmp_path}", "years=2015-2011") == 2
     assert "comes before" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_calibration_in_single_precision_can_be_forecast_and_optimized(tmp_path):
+    folder = tmp_path / "cal32"
+    assert run("calibrate", *SMALL, "model.x64=false", "evaluation.rolling_origin=false", f"hydra.run.dir={folder}") == 0
+    assert json.loads((folder / "calibration.json").read_text())["precision"] == "float32"
+    assert run("forecast", f"run={folder}", "years=2011-2012", f"hydra.run.dir={tmp_path / 'fc'}") == 0  # in double
+    assert len(pd.read_csv(tmp_path / "fc" / "forecast.csv")) == 40
+
+
+@pytest.mark.slow
+def test_optimize_on_a_calibrated_run(calibrated, tmp_path):
+    out = tmp_path / "opt"
+    assert run("optimize", "source=run", f"run={calibrated}", "policy=patents", "policy.budget=100", "optimize.steps=10",
+               "optimize.progress=false", f"hydra.run.dir={out}") == 0
+    allocation = pd.read_csv(out / "allocation.csv", dtype={"region": str})
+    assert allocation.region.nunique() == 20 and "41860" in set(allocation.region)  # the calibrated metros
+    np.testing.assert_allclose(allocation.spend.sum(), 100.0, rtol=1e-9)
+    comparison = pd.read_csv(out / "comparison.csv").set_index("method").objective
+    assert comparison.gradient >= comparison.uniform
 
 
 @pytest.mark.slow
@@ -303,7 +328,8 @@ def test_interrupted_calibration_resumes_in_its_folder(tmp_path, capfd):
 def test_ctrl_c_stops_within_seconds_with_a_checkpoint_and_no_traceback(tmp_path):
     folder = tmp_path / "cal"
     command = [sys.executable, "-m", "diffcomm.cli", "calibrate", *SMALL[:1], "fit.steps=100000", "fit.patience=100000",
-               "fit.polish_steps=0", "evaluation.rolling_origin=false", "runtime.compilation_cache=null", f"hydra.run.dir={folder}"]
+               "fit.polish_steps=0", "evaluation.rolling_origin=false", "runtime.compilation_cache=null",
+               f"hydra.run.dir={folder}"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 240

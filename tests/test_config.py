@@ -1,7 +1,11 @@
 """Typed configs: one default per value, checked where they are made, errors naming the full key."""
 
-import pytest
+import dataclasses
 
+import pytest
+import yaml
+
+from diffcomm.cli import conf_dir
 from diffcomm.config import (
     SCHEMAS,
     CalibrateConfig,
@@ -11,7 +15,10 @@ from diffcomm.config import (
     FitConfig,
     ForecastConfig,
     ModelConfig,
+    OptimizerConfig,
     PolicyConfig,
+    ScenarioConfig,
+    from_dict,
     parse_years,
 )
 from diffcomm.errors import ConfigError
@@ -35,9 +42,14 @@ def test_every_command_config_has_usable_defaults(name):
         (lambda: DataConfig(first_year=-5), "data.first_year must be a calendar year, got -5"),
         (lambda: DataConfig(first_year=2005, last_year=2003), "data.last_year must be after data.first_year (2005)"),
         (lambda: DataConfig(regions=["901"]), "data.regions must be 5-digit region codes"),
-        (lambda: DataConfig(drivers={"educating": [{"column": "x", "transfrom": "log"}]}), "data.drivers.educating[0] must be keys"),
-        (lambda: DataConfig(drivers={"educating": [DriverTerm("x", missing="maybe")]}), "data.drivers.educating[0].missing"),
-        (lambda: CalibrateConfig(evaluation=EvaluationConfig(train_last_year=2010)), "evaluation.train_last_year must be strictly"),
+        (lambda: DataConfig(drivers={"educating": [{"column": "x", "transfrom": "log"}]}),
+         "data.drivers.educating[0] must be keys"),
+        (lambda: DataConfig(drivers={"educating": [{"column": "x", "missing": "maybe"}]}), "data.drivers.educating[0].missing"),
+        (lambda: DriverTerm("x", missing="maybe"), "driver term.missing must be zero, mean or error"),
+        (lambda: DataConfig(drivers={"educatng": []}), "data.drivers.educatng must be a driver from"),
+        (lambda: CalibrateConfig(model=ModelConfig(num_domains=3, x64=True)), "model.num_domains must be 1 for calibration"),
+        (lambda: CalibrateConfig(evaluation=EvaluationConfig(train_last_year=2010)),
+         "evaluation.train_last_year must be strictly"),
         (lambda: PolicyConfig(discount=0.0), "policy.discount must be in (0, 1]"),
         (lambda: PolicyConfig(costs={"bribes": 1.0}), "policy.costs.bribes must be a lever name"),
         (lambda: ForecastConfig(run="/no/such/folder", years="2011-2015"), "run must be an existing calibrated run folder"),
@@ -54,10 +66,33 @@ def test_driver_terms_given_as_dicts_become_typed():
     assert config.drivers["educating"] == [DriverTerm("share_bachelor_plus", "log")]
 
 
-def test_one_list_of_levers_and_one_default_each():
+def test_one_list_of_levers():
     assert PolicyConfig().levers == list(LEVERS)
     assert set(PolicyConfig().costs) == set(LEVERS)
-    assert FitConfig().steps == 1000 and CalibrateConfig().fit.steps == 1000  # the config a fit runs with is the fit's own
+
+
+def test_the_yaml_files_do_not_repeat_the_defaults_of_their_schema():
+    """A group option states only what it changes: a default lives in its dataclass alone."""
+    schemas = {"model": ModelConfig, "data": DataConfig, "scenario": ScenarioConfig, "policy": PolicyConfig,
+               "optimizer": OptimizerConfig}
+    for group, schema in schemas.items():
+        default = dataclasses.asdict(schema())
+        for path in sorted((conf_dir() / group).glob("*.yaml")):
+            values = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"}
+            for key, value in values.items():
+                if isinstance(value, dict) and isinstance(default.get(key), dict):
+                    repeated = {k for k, v in value.items() if default[key].get(k) == v}
+                    if key == "objective":  # an objective lists every part it weights, zero ones too
+                        repeated = set()
+                    assert not repeated, f"{path.name} repeats the defaults of {group}.{key}: {sorted(repeated)}"
+                else:
+                    assert default.get(key) != value, f"{path.name} repeats the default {group}.{key}={value!r}"
+
+
+def test_a_config_survives_a_round_trip_through_a_plain_dict():
+    config = CalibrateConfig(data=DataConfig(regions=["41860"], drivers={"educating": [DriverTerm("share_bachelor_plus")]}),
+                             fit=FitConfig(steps=7, free=["educating_weight"]))
+    assert from_dict(CalibrateConfig, dataclasses.asdict(config)) == config
 
 
 def test_years():

@@ -1,6 +1,7 @@
 """Loaders of observed data: the shipped data loads; every kind of bad file gets a clear error."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from diffcomm import data as D
@@ -15,8 +16,11 @@ def write(tmp_path, name, text):
     return path
 
 
+SHIPPED = DataConfig()
+
+
 def test_default_patent_panel_loads_completely():
-    panel = D.load_patents()
+    panel = D.load_patents(SHIPPED.patents)
     assert panel.counts.shape == (11, 1002)
     assert list(panel.years) == list(range(2000, 2011))
     assert "00901" in panel.codes  # leading zeros kept
@@ -27,15 +31,16 @@ def test_default_patent_panel_loads_completely():
 
 
 def test_default_covariates_keep_missing_cells_missing():
-    covariates, notes = D.load_covariates(on_duplicate="first")
+    covariates, notes = D.load_covariates(SHIPPED.covariates, ["univ_rd_total", "population"], on_duplicate="first")
+    assert list(covariates.columns) == ["univ_rd_total", "population"]  # only the columns asked for
     assert covariates.univ_rd_total.isna().sum() > 500  # empty cells stay NaN, never 0
     assert any("37980" in n for n in notes)  # the repeated Philadelphia row is reported
     with pytest.raises(D.DataError, match="duplicate key \\(cbsa_code='37980'\\)"):
-        D.load_covariates()  # strict by default
+        D.load_covariates(SHIPPED.covariates, ["population"])  # strict by default
 
 
 def test_state_tech_panel_has_domains():
-    panel = D.load_state_tech()
+    panel = D.load_state_tech("us_state_tech/panel.csv")
     assert len(panel.domains) == 13 and len(panel.states) >= 50
     assert panel.inventors.shape == (len(panel.periods), len(panel.states), 13)
     share = panel.foreign_origin_share[~np.isnan(panel.foreign_origin_share)]
@@ -53,7 +58,8 @@ def test_state_tech_panel_has_domains():
         (PATENT_HEADER + "901,A,2000,3\n", ":2: column 'cbsa_code': expected a 5-digit region code"),
         (PATENT_HEADER + "10100,A,20x0,3\n", ":2: column 'year': expected a number, got '20x0'"),
         (PATENT_HEADER + "10100,A,2000,3\n10100,A,-2001,3\n", ":3: column 'year': expected a calendar year from 1800 to 2100"),
-        (PATENT_HEADER + "10100,A,2000,1e12\n", ":2: column 'patents': 1e\\+12 in one region-year is above the plausible maximum"),
+        (PATENT_HEADER + "10100,A,2000,1e12\n",
+         ":2: column 'patents': 1e\\+12 in one region-year is above the plausible maximum"),
         (PATENT_HEADER, "a header but no rows"),
         ("", "the file is empty"),
     ],
@@ -74,21 +80,22 @@ def test_missing_patent_cells_stay_missing(tmp_path):
 
 
 def test_unknown_region_code_in_edges(tmp_path):
-    path = write(tmp_path, "edges.csv", "period,source_cbsa,target_cbsa,transfers\n2000-2023,10100,10180,3\n2000-2023,10100,99999,1\n")
+    path = write(tmp_path, "edges.csv",
+                 "period,source_cbsa,target_cbsa,transfers\n2000-2023,10100,10180,3\n2000-2023,10100,99999,1\n")
     with pytest.raises(D.DataError, match=":3: column 'target_cbsa': unknown region code '99999'"):
-        D.load_edges(path, known_codes={"10100", "10180"})
+        D.load_edges(path, known_codes={"10100", "10180"}, period=None)
 
 
 def test_non_numeric_covariate(tmp_path):
     path = write(tmp_path, "cov.csv", "cbsa_code,population\n10100,1000\n10180,lots\n")
     with pytest.raises(D.DataError, match=":3: column 'population': expected a number, got 'lots'"):
-        D.load_covariates(path, {"cbsa_code": "code", "population": "number"})
+        D.load_covariates(path, ["population"])
 
 
 def test_missing_covariate_needs_an_explicit_rule():
-    covariates, _ = D.load_covariates(on_duplicate="first")
+    covariates, _ = D.load_covariates(SHIPPED.covariates, ["univ_rd_total", "population"], on_duplicate="first")
     codes = tuple(covariates.index[:200])
-    spec = D.load_specialization()
+    spec = D.load_specialization(SHIPPED.clusters)
     strict = {"educating": [DriverTerm("univ_rd_total", "log1p", per_capita=True)]}
     with pytest.raises(D.DataError, match="has no 'univ_rd_total'; set `missing`"):
         D.drivers_from_covariates(codes, covariates, spec, strict)
@@ -148,7 +155,7 @@ def test_held_out_years_keep_the_shapes():
 
 
 def test_linkage_counts_split_local_and_non_local():
-    counts = D.load_linkage_counts()
+    counts = D.load_linkage_counts(SHIPPED.linkages, period=SHIPPED.linkage_period)
     assert {"local", "non_local"} == set(counts.columns)
     assert len(counts) > 300
     row = counts.loc["41860"]  # San Francisco: its published transfer counts, split
@@ -157,3 +164,23 @@ def test_linkage_counts_split_local_and_non_local():
                         "intercity_in": "count"})
     line = raw[(raw.cbsa_code == "41860") & (raw.period == "2000-2023")].iloc[0]
     assert row.local == line.intracity_transfers and row.non_local == line.intercity_out + line.intercity_in
+
+
+def test_a_covariate_file_needs_only_the_columns_used(tmp_path):
+    shipped = pd.read_csv(D.resolve(SHIPPED.covariates), dtype={"cbsa_code": str})
+    needed = ["cbsa_code", *D.covariate_columns(SHIPPED)]
+    path = tmp_path / "covariates.csv"
+    shipped[needed].to_csv(path, index=False)
+    smaller = D.load_dataset(DataConfig(covariates=str(path)))
+    np.testing.assert_array_equal(np.asarray(smaller.drivers.educating), np.asarray(D.load_dataset(SHIPPED).drivers.educating))
+    shipped[needed[:-1]].to_csv(path, index=False)  # without the last column a driver term names
+    with pytest.raises(D.DataError, match="missing column\\(s\\) 'vc_musd_per_1m_2015_17'"):
+        D.load_dataset(DataConfig(covariates=str(path)))
+
+
+def test_a_data_file_found_from_here_is_stored_with_its_full_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.csv").write_text(PATENT_HEADER + "10420,A,2000,5\n10420,A,2001,6\n")
+    config = DataConfig(patents="mine.csv")
+    assert config.patents == str(tmp_path / "mine.csv")  # reloading from another folder finds the same file
+    assert DataConfig().patents == "us_cbsa/patents.csv"  # shipped names stay relative to the package's data

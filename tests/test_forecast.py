@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from diffcomm.errors import ConfigError
 from diffcomm.forecast import forecast, forecast_patents, log_linear_trend, persistence, rolling_origin, scores
 from diffcomm.simulate import simulate_from_data
 
@@ -37,7 +38,8 @@ def test_scores_by_hand():
 
 def test_predictive_band_holds_the_fitted_path_and_count_noise(fitted_small):
     data, _, fitted = fitted_small
-    band = forecast_patents(fitted.params, fitted.laplace, fitted.config.fit.free, data, 8, key=jax.random.key(0), draws=100)
+    band = forecast_patents(fitted.params, fitted.laplace, fitted.config.fit.free, data, 8, key=jax.random.key(0), draws=100,
+                            level=0.9)
     for name in ("mean", "lower", "upper", "fitted"):
         assert band[name].shape == (8, 30)
     np.testing.assert_allclose(band["fitted"], simulate_from_data(fitted.params, data, 8)[1].patents, rtol=1e-10)
@@ -56,17 +58,16 @@ def test_a_forecast_conditions_on_the_year_before_it(fitted_small):
     assert set(table.year) == {2004, 2005, 2006, 2007, 2008} and len(table) == 5 * 30
     np.testing.assert_array_equal(ahead.observed[:6], data.observed_patents())
     assert np.isnan(ahead.observed[6:]).all()
-    with pytest.raises(ValueError, match="must end by 2056"):
-        forecast(fitted, data, 2007, 2200)
-    with pytest.raises(ValueError, match="must start after the data's first year 2000"):
-        forecast(fitted, data, 2000, 2003)
+    for first, last in ((2007, 2200), (2000, 2003), (2008, 2007)):
+        with pytest.raises(ConfigError, match="years must lie in 2001-2056"):
+            forecast(fitted, data, first, last)
 
 
 def test_without_a_usable_covariance_only_count_noise_remains(fitted_small):
     data, _, fitted = fitted_small
     flat = dataclasses.replace(fitted.laplace, positive_definite=False,
                                covariance=np.full_like(fitted.laplace.covariance, np.nan))
-    band = forecast_patents(fitted.params, flat, fitted.config.fit.free, data, 6, key=jax.random.key(1), draws=50)
+    band = forecast_patents(fitted.params, flat, fitted.config.fit.free, data, 6, key=jax.random.key(1), draws=50, level=0.9)
     np.testing.assert_allclose(band["mean"], band["fitted"], rtol=1e-10)  # every draw is the estimate
 
 

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffcomm.config import OptimizeSettings, PolicyConfig
+from diffcomm.config import OBJECTIVE_PARTS, OptimizeSettings, PolicyConfig
+from diffcomm.errors import ConfigError
 from diffcomm.inputs import LEVERS, Levers
 from diffcomm.model import critical_mass_switch
 from diffcomm.params import Params
@@ -140,9 +141,9 @@ def test_time_varying_allocation_and_caps():
 
 
 def test_problem_rejects_impossible_settings():
-    with pytest.raises(ValueError, match="cannot hold the budget"):
+    with pytest.raises(ConfigError, match="policy.cap 0.01 x 60 cells cannot hold the budget"):
         problem_for(cap=0.01)
-    with pytest.raises(ValueError, match="region_cap 1.0 x 10 regions cannot hold"):
+    with pytest.raises(ConfigError, match="policy.region_cap 1.0 x 10 regions cannot hold"):
         problem_for(region_cap=1.0)
     with pytest.raises(ValueError, match="policy.objective.happiness must be a part"):
         problem_for(objective={"happiness": 1.0})
@@ -158,7 +159,8 @@ def test_the_critical_mass_part_uses_the_models_own_switch():
         problem = problem_for(params=params)
         zero = Levers.zeros((problem.years, problem.num_regions))
         parts = objective_parts(params, problem.initial, problem.drivers, problem.graph, zero, problem.discount)
-        _, traj = simulate(params, problem.initial, problem.drivers, problem.graph, make_forcing(problem.years, problem.num_regions))
+        forcing = make_forcing(problem.years, problem.num_regions)
+        _, traj = simulate(params, problem.initial, problem.drivers, problem.graph, forcing)
         switch = critical_mass_switch(params.natural(), jnp.log(traj.regions.active[-1]))  # (R, K)
         return float(parts["above_critical_mass"]), float(jnp.sum(jnp.mean(switch, axis=-1)))
 
@@ -166,3 +168,10 @@ def test_the_critical_mass_part_uses_the_models_own_switch():
     np.testing.assert_allclose(soft, expected, rtol=1e-10)
     sharp, _ = part_and_expected(Params.from_natural(2, critical_mass=[8.0, 30.0], critical_mass_steepness=8.0))
     assert abs(sharp - soft) > 1e-2  # changing the model's steepness changes the objective
+
+
+def test_the_parts_computed_are_the_parts_a_config_may_weight():
+    problem = problem_for()
+    value, parts = evaluate(problem, uniform_allocation(problem))
+    assert set(parts) == set(OBJECTIVE_PARTS)
+    np.testing.assert_allclose(value, objective(problem, uniform_allocation(problem)), rtol=1e-12)

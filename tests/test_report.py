@@ -47,7 +47,8 @@ def test_parameter_table_maps_intervals_through_each_constraint():
     assert list(table.columns) == ["parameter", "value", "se", "lower95", "upper95", "meaning"]
     buzz, weight = table.iloc[0], table.iloc[1]
     assert 0 < buzz.lower95 < 0.08 < buzz.upper95  # positive, and asymmetric as softplus makes it
-    assert weight.lower95 == pytest.approx(1.0 - 1.959964 * 0.5, rel=1e-6) and weight.upper95 == pytest.approx(1.0 + 1.959964 * 0.5, rel=1e-6)
+    assert weight.lower95 == pytest.approx(1.0 - 1.959964 * 0.5, rel=1e-6)
+    assert weight.upper95 == pytest.approx(1.0 + 1.959964 * 0.5, rel=1e-6)
     assert "buzz" in buzz.meaning
 
 

@@ -191,7 +191,8 @@ def test_ensemble_equals_separate_runs(scenario):
 def test_ensemble_over_initial_states_equals_separate_runs(scenario):
     params, sc = scenario
     R = sc.num_regions
-    starts = [dataclasses.replace(sc.initial, regions=dataclasses.replace(sc.initial.regions, active=sc.initial.regions.active * f))
+    regions = sc.initial.regions
+    starts = [dataclasses.replace(sc.initial, regions=dataclasses.replace(regions, active=regions.active * f))
               for f in (0.5, 1.0, 2.0)]
     forcing = make_forcing(6, R)
     _, traj = simulate_ensemble(params, stack(starts), sc.drivers, sc.graph, forcing, in_axes=(None, 0, None, None, None))

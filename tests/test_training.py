@@ -12,7 +12,17 @@ import pytest
 
 from diffcomm.config import FitConfig
 from diffcomm.errors import ConfigError
-from diffcomm.training import Interrupted, Progress, claim_run_folder, clear_stop, request_stop, run_steps, strongly_typed
+from diffcomm.training import (
+    Interrupted,
+    Progress,
+    claim_run_folder,
+    clear_stop,
+    load_checkpoint,
+    request_stop,
+    run_steps,
+    save_checkpoint,
+    strongly_typed,
+)
 
 
 def count(state):
@@ -25,6 +35,25 @@ def test_stop_after_checkpoints_then_raises():
         run_steps(count, 0, start=0, steps=10, save=lambda i, s: saved.append((i, s)), stop_after=4,
                   progress=Progress("count", 10, enabled=False))
     assert stop.value.step == 4 and saved[-1] == (4, 4)
+
+
+def test_a_stop_is_honoured_once():
+    request_stop()
+    with pytest.raises(Interrupted):
+        run_steps(count, 0, start=0, steps=10, save=lambda i, s: None, progress=Progress("c", 10, enabled=False))
+    final, steps = run_steps(count, 0, start=0, steps=10, save=lambda i, s: None, progress=Progress("c", 10, enabled=False))
+    assert (final, steps) == (10, 10)  # a later loop (the next fit in a notebook) runs
+
+
+def test_a_checkpoint_whose_two_files_disagree_is_refused(tmp_path):
+    path = tmp_path / "checkpoint"
+    save_checkpoint(path, jnp.ones(3), dict(step=5))
+    tree, meta = load_checkpoint(path, jnp.zeros(3))
+    assert meta["step"] == 5 and float(tree.sum()) == 3.0
+    save_checkpoint(path, jnp.ones(3), dict(step=6))
+    (path.with_suffix(".json")).write_text('{"step": 5}')  # as if killed between the two writes
+    with pytest.raises(ConfigError, match="is incomplete \\(state of step 6, record of step 5\\)"):
+        load_checkpoint(path, jnp.zeros(3))
 
 
 def test_a_stop_requested_from_another_thread_is_honoured():
@@ -53,7 +82,8 @@ def test_ctrl_c_inside_a_step_keeps_the_last_whole_state():
         return count(state)
 
     with pytest.raises(Interrupted) as stop:
-        run_steps(interrupted, 0, start=0, steps=10, save=lambda i, s: saved.append((i, s)), progress=Progress("c", 10, enabled=False))
+        run_steps(interrupted, 0, start=0, steps=10, save=lambda i, s: saved.append((i, s)),
+                  progress=Progress("c", 10, enabled=False))
     assert stop.value.step == 5 and saved[-1] == (5, 5)
 
 

@@ -14,6 +14,7 @@ result = dc.forecast(calibration, data, 2011, 2015)
 ```
 """
 
+from .archetypes import ARCHETYPES
 from .calibrate import Calibration, FitResult, Laplace, calibrate, fit, laplace, load_calibration, sample_params
 from .config import (
     CalibrateConfig,
@@ -34,7 +35,7 @@ from .model import init_state, step
 from .observation import Observations
 from .params import NaturalParams, Params
 from .policy import PolicyProblem, PolicyResult, optimize
-from .scenario import ARCHETYPES, Scenario, synthetic_regions
+from .scenario import Scenario, synthetic_regions
 from .simulate import Trajectory, make_forcing, simulate, simulate_ensemble
 from .state import Flows, RegionState, State, WorldState
 

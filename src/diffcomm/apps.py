@@ -18,7 +18,6 @@ import optax
 from .calibrate import calibrate, load_calibration
 from .config import CalibrateConfig, ForecastConfig, OptimizeConfig, SimulateConfig, parse_years
 from .data import load_dataset
-from .errors import ConfigError
 from .files import RunOutputs
 from .forecast import forecast, forecast_patents, rolling_origin
 from .params import Params
@@ -39,7 +38,8 @@ def run_simulate(cfg: SimulateConfig, out_dir: Path, *, plain_config: dict) -> d
     _, traj = simulate(params, scenario.initial, scenario.drivers, scenario.graph, forcing)
     jax.block_until_ready(traj)
     seconds = time.perf_counter() - started
-    log.info("simulated %d regions x %d years in %.2f s (compilation included)", scenario.num_regions, cfg.scenario.years, seconds)
+    log.info("simulated %d regions x %d years in %.2f s (compilation included)", scenario.num_regions, cfg.scenario.years,
+             seconds)
     with RunOutputs(out_dir) as out:
         summary = writers.write_simulation(out, scenario, traj, cfg.output, title=cfg.scenario.name, seconds=seconds,
                                            config=plain_config)
@@ -74,10 +74,7 @@ def run_forecast(cfg: ForecastConfig, out_dir: Path, *, plain_config: dict) -> d
     first, last = parse_years(cfg.years)
     calibration = load_calibration(Path(cfg.run))
     data = load_dataset(calibration.config.data)
-    try:
-        result = forecast(calibration, data, first, last, draws=cfg.draws, level=cfg.level, key=jax.random.key(cfg.seed))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    result = forecast(calibration, data, first, last, draws=cfg.draws, level=cfg.level, key=jax.random.key(cfg.seed))
     with RunOutputs(out_dir) as out:
         summary = writers.write_forecast(out, result, level=cfg.level, run=str(cfg.run), config=plain_config)
     log.info("forecast %d-%d for %d regions -> %s", first, last, data.num_regions, out_dir / "forecast.csv")
@@ -97,10 +94,7 @@ def run_optimize(cfg: OptimizeConfig, out_dir: Path, *, plain_config: dict) -> d
         params = Params.from_natural(cfg.model.num_domains, **cfg.model.params)
         scenario, _ = scenario_from_config(params, cfg.scenario)
         names, initial, drivers, graph = scenario.region_names, scenario.initial, scenario.drivers, scenario.graph
-    try:
-        problem = PolicyProblem.build(cfg.policy, params, initial, drivers, graph)
-    except ValueError as error:
-        raise ConfigError(f"policy: {error}") from None
+    problem = PolicyProblem.build(cfg.policy, params, initial, drivers, graph)
     result = optimize(problem, cfg.optimize, checkpoint_path=out_dir / "checkpoint")
     size = np.asarray(initial.regions.active).sum(-1)
     methods = compare_methods(problem, result, size, seed=cfg.optimize.seed) if cfg.optimize.baselines else \

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import statistics
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple
@@ -25,9 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
-from omegaconf import OmegaConf
 
-from .config import CalibrateConfig, FitConfig
+from .config import CalibrateConfig, FitConfig, from_dict
 from .errors import ConfigError
 from .files import atomic_path, write_json
 from .loss import Prior, negative_log_posterior, objective
@@ -286,7 +286,7 @@ class Calibration:
     params: Params
     laplace: Laplace
     restarts: FitResult | None = None  # the batched starts (None when loaded from a run folder)
-    polished: FitResult | None = None  # the L-BFGS polish, when it improved on the best start
+    polished: FitResult | None = None  # the L-BFGS polish of the best start (None without a polish)
 
     @property
     def result(self) -> FitResult | None:
@@ -304,8 +304,14 @@ def calibrate(
     """Fit the free parameters to `data` by maximum a posteriori; errors from Laplace.
 
     The recipe: `config.fit.restarts` starts as one batch (`optimizer`, default
-    `adam_with_warmup(config.fit.steps)`), an L-BFGS polish of the best (kept only if it improves
-    on it), and the Laplace approximation of the posterior at the result.
+    `adam_with_warmup(config.fit.steps)`), an L-BFGS polish of the best until the loss stops
+    improving, and the Laplace approximation of the posterior at the result.
+
+    `config.data` is recorded with the result as the data's description (`save_calibration`;
+    `diffcomm forecast` reloads the data from it): pass the `DataConfig` that `data` was loaded
+    with. `config.optimizer` is read by the command line, which builds the transformation; here,
+    pass `optimizer`. The precision is the caller's: with `config.model.x64` run inside
+    `jax.enable_x64(True)` (checked).
 
     **Arguments:**
 
@@ -324,6 +330,9 @@ def calibrate(
     ```
     """
     config = config or CalibrateConfig()
+    if config.model.x64 and not jax.config.jax_enable_x64:
+        raise ConfigError("model.x64 is true but JAX runs in single precision: calibrate inside "
+                          "`with jax.enable_x64(True):` (the command line does), or set model.x64=false")
     fit_config = config.fit
     start = Params.from_natural(config.model.num_domains, **config.model.params)
     args = (data, Prior(start, tuple(fit_config.free), fit_config.prior_scale))
@@ -333,9 +342,9 @@ def calibrate(
     if fit_config.polish_steps:
         settings = dataclasses.replace(fit_config, restarts=1, steps=fit_config.polish_steps, spread=0.0,
                                        patience=POLISH_PATIENCE, tolerance=POLISH_TOLERANCE, stop_after=None)
-        candidate = fit(objective, restarts.params, args, POLISH, settings, phase=f"{phase}polish (L-BFGS)",
-                        checkpoint_path=None if checkpoint is None else Path(f"{checkpoint}_polish"))
-        polished = candidate if candidate.best_loss <= restarts.best_loss else None  # never worse than the starts
+        # it starts from the best start and keeps its own best, so it never ends worse than the starts
+        polished = fit(objective, restarts.params, args, POLISH, settings, phase=f"{phase}polish (L-BFGS)",
+                       checkpoint_path=None if checkpoint is None else Path(f"{checkpoint}_polish"))
     best = (polished or restarts).params
     started = time.perf_counter()
     approx = laplace(negative_log_posterior, best, args, fit_config.free)
@@ -354,7 +363,8 @@ FILES = ("calibration.json", "fitted.eqx", "laplace.npz")
 def save_calibration(calibration: Calibration, folder: Path) -> None:
     """Write the configuration, the estimate and the Laplace approximation into `folder`."""
     folder = Path(folder)
-    write_json(folder / "calibration.json", dict(format=1, config=dataclasses.asdict(calibration.config)))
+    precision = str(jax.tree_util.tree_leaves(calibration.params)[0].dtype)
+    write_json(folder / "calibration.json", dict(format=1, precision=precision, config=dataclasses.asdict(calibration.config)))
     with atomic_path(folder / "fitted.eqx") as tmp:
         eqx.tree_serialise_leaves(tmp, calibration.params)
     a = calibration.laplace
@@ -374,13 +384,15 @@ def load_calibration(folder: Path) -> Calibration:
         raise ConfigError(f"run={folder} is not a finished calibration: missing {', '.join(missing)}")
     try:
         stored = json.loads((folder / "calibration.json").read_text())
-        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(CalibrateConfig), stored["config"]))
-        like = Params.from_natural(config.model.num_domains, **config.model.params)
-        params = eqx.tree_deserialise_leaves(folder / "fitted.eqx", like)
+        config = from_dict(CalibrateConfig, stored["config"])
+        with jax.enable_x64(stored["precision"] == "float64"):  # read in the precision it was written in
+            like = Params.from_natural(config.model.num_domains, **config.model.params)
+            params = eqx.tree_deserialise_leaves(folder / "fitted.eqx", like)
         with np.load(folder / "laplace.npz") as npz:
             approx = Laplace(list(npz["names"]), npz["mean"], npz["covariance"], npz["natural"], npz["natural_se"],
                              bool(npz["positive_definite"]))
-    except Exception as error:  # a truncated or edited file: whatever the reader raised
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, zipfile.BadZipFile) as error:  # truncated or edited
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"run={folder} is not a finished calibration: its files cannot be read ({first})") from None
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=float), params)  # then in this run's precision
     return Calibration(config, params, approx)

@@ -217,7 +217,11 @@ def _work_in_thread(work: Callable[[], Any], *, x64: bool) -> Any:
     except KeyboardInterrupt:
         request_stop()
         print("diffcomm: stopping (Ctrl-C) ...", file=sys.stderr)
-        if not finished.wait(GRACE_SECONDS):  # busy in compiled code that cannot be interrupted
+        try:
+            stopped = finished.wait(GRACE_SECONDS)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now
+            stopped = False
+        if not stopped:  # busy in compiled code that cannot be interrupted
             print("diffcomm: interrupted; no outputs were written", file=sys.stderr)
             sys.stderr.flush()
             os._exit(130)

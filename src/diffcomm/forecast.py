@@ -21,7 +21,8 @@ import optax
 import pandas as pd
 
 from .calibrate import Calibration, Laplace, calibrate, sample_params
-from .config import CalibrateConfig
+from .config import CalibrateConfig, ForecastConfig
+from .errors import ConfigError
 from .observation import sample_counts
 from .params import Params
 from .simulate import make_forcing, simulate, simulate_from_data, state_at_origin
@@ -58,8 +59,8 @@ def forecast_patents(
     num_years: int,
     *,
     key: jax.Array,
-    draws: int = 200,
-    level: float = 0.9,
+    draws: int,
+    level: float,
     origin: int | None = None,
     origin_counts: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
@@ -124,19 +125,18 @@ class Forecast:
         })
 
 
-def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year: int, *, draws: int = 200,
-             level: float = 0.9, key: jax.Array | None = None) -> Forecast:
+def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year: int, *, draws: int = ForecastConfig.draws,
+             level: float = ForecastConfig.level, key: jax.Array | None = None) -> Forecast:
     """Forecast patents for `first_year`..`last_year` from a calibration.
 
     The forecast conditions on the last observed year before `first_year`: years inside the
     data give one-step-ahead and longer forecasts from there (fitted values with intervals).
-    Raises `ValueError` for years the data or the horizon (`MAX_HORIZON`) do not allow.
+    Raises `ConfigError` for years the data or the horizon (`MAX_HORIZON`) do not allow.
     """
     start, end = data.years[0], data.years[-1]
-    if first_year <= start:
-        raise ValueError(f"years must start after the data's first year {start}, got {first_year}")
-    if last_year > end + MAX_HORIZON:
-        raise ValueError(f"years must end by {end + MAX_HORIZON} ({MAX_HORIZON} years after the data), got {last_year}")
+    if not start < first_year <= last_year <= end + MAX_HORIZON:
+        raise ConfigError(f"years must lie in {start + 1}-{end + MAX_HORIZON} (after the data's first year, and at most "
+                          f"{MAX_HORIZON} years after its last), first to last; got {first_year}-{last_year}")
     observed = data.observed_patents()
     origin = min(end, first_year - 1) - start  # years after the first
     band = forecast_patents(calibration.params, calibration.laplace, calibration.config.fit.free, data, last_year - start,
@@ -257,6 +257,9 @@ def rolling_origin(
     out of the same data set, so every compiled program is reused), forecast the later years
     from the last training year's counts, and predict them with two baselines."""
     train_last = config.evaluation.train_last_year
+    if not data.years[0] < train_last < data.years[-1]:
+        raise ConfigError(f"evaluation.train_last_year must lie strictly inside the data's years {data.years[0]}-"
+                          f"{data.years[-1]}, got {train_last}")
     fitted = calibrate(data.through(train_last), config, optimizer=optimizer, checkpoint=checkpoint, phase="rolling origin: ")
     observed = data.observed_patents()
     years = np.asarray(data.years[1:])

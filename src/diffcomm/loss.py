@@ -46,7 +46,7 @@ class Prior(eqx.Module):
 
     centre: Params
     free: tuple[str, ...] = eqx.field(static=True)
-    scale: float | None = eqx.field(static=True, default=1.0)
+    scale: float | None = eqx.field(static=True)
 
 
 def gaussian_prior(params: Params, prior: Prior) -> Float[Array, ""]:

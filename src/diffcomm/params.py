@@ -61,7 +61,8 @@ class NaturalParams(eqx.Module):
     overlap_rate: Float[Array, ""] = parameter(UNIT, 0.2, "lambda_X: largest yearly share of non-overlap that joins")
     overlap_bias: Float[Array, ""] = parameter(REAL, -2.0, "b_X: overlap-formation logit at mean drivers")
     middleground_overlap_weight: Float[Array, ""] = parameter(REAL, 0.5, "w_gX: middleground merges local and global buzz")
-    international_pull_weight: Float[Array, ""] = parameter(REAL, 0.3, "w_N: a growing international community draws overlap (log N/N0)")
+    international_pull_weight: Float[Array, ""] = parameter(REAL, 0.3, "w_N: a growing international community draws "
+                                                                       "overlap (log N/N0)")
     overlap_decay: Float[Array, ""] = parameter(UNIT, 0.05, "delta_X: yearly loss of overlap")
     # -- disruption shocks (L,M&S) -----------------------------------------------------------
     shock_on_migration: Float[Array, ""] = parameter(UNIT, 0.8, "tau_m: share of inflow a full shock stops")
@@ -92,13 +93,17 @@ class NaturalParams(eqx.Module):
     orchestration_erosion: Float[Array, ""] = parameter(POSITIVE, 0.15, "omega_o: global orchestration erodes Lc")
     spawning_renewal: Float[Array, ""] = parameter(POSITIVE, 0.1, "omega_s: local spawning renews Lc")
     policy_renewal: Float[Array, ""] = parameter(POSITIVE, 0.02, "omega_p: place-based policy renews Lc")
-    clockspeed: Float[Array, "k"] = parameter(POSITIVE, 1.0, "kappa: industry clockspeed (Lc renewal uses its mean over domains)", per_domain=True)
+    clockspeed: Float[Array, "k"] = parameter(POSITIVE, 1.0, "kappa: industry clockspeed (Lc renewal uses its mean over "
+                                                             "domains)", per_domain=True)
     catchment_rate: Float[Array, ""] = parameter(UNIT, 0.2, "lambda_S: speed at which the catchment share follows Lc")
     catchment_ceiling: Float[Array, ""] = parameter(UNIT, 0.5, "S-bar: catchment share at full connectedness")
     # -- international communities and cross-local ties ------------------------------------
-    international_base: Float[Array, "k"] = parameter(POSITIVE, 100.0, "N0: members abroad outside the modelled regions", per_domain=True)
-    frontier_base: Float[Array, "k"] = parameter(POSITIVE, 40.0, "I0: frontier knowledge made outside the modelled regions", per_domain=True)
-    frontier_contribution: Float[Array, ""] = parameter(UNIT, 0.5, "b_I: weight of overlapping members' knowledge in the frontier")
+    international_base: Float[Array, "k"] = parameter(POSITIVE, 100.0, "N0: members abroad outside the modelled regions",
+                                                      per_domain=True)
+    frontier_base: Float[Array, "k"] = parameter(POSITIVE, 40.0, "I0: frontier knowledge made outside the modelled regions",
+                                                 per_domain=True)
+    frontier_contribution: Float[Array, ""] = parameter(UNIT, 0.5, "b_I: weight of overlapping members' knowledge in the "
+                                                                   "frontier")
     frontier_rate: Float[Array, ""] = parameter(UNIT, 0.1, "delta_I: speed at which the frontier moves")
     tie_formation: Float[Array, ""] = parameter(UNIT, 0.1, "lambda_W: tie formation at full overlap and affinity")
     tie_decay: Float[Array, ""] = parameter(UNIT, 0.1, "delta_W: yearly decay of ties")
@@ -216,7 +221,7 @@ class Params(eqx.Module):
         return jnp.shape(self.unconstrained["critical_mass"])[-1]
 
     @classmethod
-    def from_natural(cls, num_domains: int = 3, **values) -> Params:
+    def from_natural(cls, num_domains: int, **values) -> Params:
         """Build parameters from natural-scale values; unnamed ones take their defaults.
 
         **Arguments:**
@@ -233,7 +238,8 @@ class Params(eqx.Module):
             constraint = f.metadata["constraint"]
             value = jnp.asarray(values.get(name, f.metadata["default"]), dtype=float)
             if name in traced:  # a value built inside jit is checked when the program runs
-                value = eqx.error_if(value, ~_allowed(jnp, constraint, value), f"parameter {name!r} must be {_EXPECTED[constraint]}")
+                message = f"parameter {name!r} must be {_EXPECTED[constraint]}"
+                value = eqx.error_if(value, ~_allowed(jnp, constraint, value), message)
             if f.metadata["per_domain"] and value.ndim == 0:
                 value = jnp.full((num_domains,), value)
             unconstrained[name] = to_unconstrained(constraint, value)

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
+from .errors import ConfigError
 from .inputs import LEVERS, Drivers, Graph, Levers
 from .model import critical_mass_switch
 from .params import Params
@@ -34,9 +35,6 @@ if TYPE_CHECKING:
     from .calibrate import Calibration
     from .config import OptimizeSettings, PolicyConfig
     from .data import Dataset
-
-OBJECTIVE_PARTS = ("development", "patents", "catchment", "above_critical_mass", "inequality")
-"""The parts an objective may weight; `inequality` is a penalty (its weight subtracts)."""
 
 
 class PolicyProblem(eqx.Module):
@@ -66,14 +64,15 @@ class PolicyProblem(eqx.Module):
     def build(cls, config: PolicyConfig, params: Params, initial: State, drivers: Drivers, graph: Graph) -> PolicyProblem:
         """The problem of a (checked) `PolicyConfig` on given regions; simulates no policy once.
 
-        Raises `ValueError` if the caps cannot hold the budget.
+        Raises `ConfigError` if the caps cannot hold the budget.
         """
         num_regions = int(drivers.connecting.shape[0])
         cells = (config.years if config.time_varying else 1) * num_regions * len(config.levers)
         if config.cap is not None and config.cap * cells < config.budget:
-            raise ValueError(f"cap {config.cap} x {cells} cells cannot hold the budget {config.budget}")
+            raise ConfigError(f"policy.cap {config.cap} x {cells} cells cannot hold the budget {config.budget}")
         if config.region_cap is not None and config.region_cap * num_regions < config.budget:
-            raise ValueError(f"region_cap {config.region_cap} x {num_regions} regions cannot hold the budget {config.budget}")
+            raise ConfigError(f"policy.region_cap {config.region_cap} x {num_regions} regions cannot hold the budget "
+                              f"{config.budget}")
         zero = Levers.zeros((config.years, num_regions))
         baseline = objective_parts(params, initial, drivers, graph, zero, config.discount)
         return cls(params, initial, drivers, graph, jnp.asarray([config.costs.get(n, 1.0) for n in config.levers], dtype=float),
@@ -199,10 +198,7 @@ def objective_parts(params: Params, initial: State, drivers: Drivers, graph: Gra
     )
 
 
-def objective(problem: PolicyProblem, spend: jax.Array) -> jax.Array:
-    """The scalar objective of an allocation (to maximize): weighted parts relative to no policy."""
-    parts = objective_parts(problem.params, problem.initial, problem.drivers, problem.graph,
-                            lever_amounts(problem, spend), problem.discount)
+def _weighted(problem: PolicyProblem, parts: dict[str, jax.Array]) -> jax.Array:
     total = 0.0
     for name, weight in problem.weights:
         sign = -1.0 if name == "inequality" else 1.0
@@ -210,12 +206,21 @@ def objective(problem: PolicyProblem, spend: jax.Array) -> jax.Array:
     return total
 
 
+def _parts(problem: PolicyProblem, spend: jax.Array) -> dict[str, jax.Array]:
+    return objective_parts(problem.params, problem.initial, problem.drivers, problem.graph, lever_amounts(problem, spend),
+                           problem.discount)
+
+
+def objective(problem: PolicyProblem, spend: jax.Array) -> jax.Array:
+    """The scalar objective of an allocation (to maximize): weighted parts relative to no policy."""
+    return _weighted(problem, _parts(problem, spend))
+
+
 @eqx.filter_jit
 def evaluate(problem: PolicyProblem, spend: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The objective and its raw parts for one allocation."""
-    parts = objective_parts(problem.params, problem.initial, problem.drivers, problem.graph,
-                            lever_amounts(problem, spend), problem.discount)
-    return objective(problem, spend), parts
+    """The objective and its raw parts for one allocation (one simulation)."""
+    parts = _parts(problem, spend)
+    return _weighted(problem, parts), parts
 
 
 _objectives = eqx.filter_jit(jax.vmap(objective, in_axes=(None, 0)))

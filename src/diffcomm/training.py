@@ -23,6 +23,7 @@ from typing import Any, Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from .errors import ConfigError
@@ -145,6 +146,7 @@ def run_steps(
         while i < steps and not done(state):
             if (stop_after is not None and i - start >= stop_after) or stop_requested():
                 save(i, state)
+                clear_stop()  # the request is honoured: a later loop (a notebook's next fit) runs
                 raise Interrupted(i, checkpoint_path)
             state, figures = step(state)
             i += 1
@@ -159,20 +161,34 @@ def run_steps(
 
 
 def save_checkpoint(path: Path, tree, meta: dict) -> None:
-    """Arrays with equinox serialisation (`.eqx`), the rest as JSON; both written atomically."""
+    """Arrays with equinox serialisation (`.eqx`), the rest as JSON, each written atomically.
+
+    Both files carry the step (`meta["step"]`), so that a pair from two different steps (the
+    process killed between the two writes) is recognised and refused.
+    """
     path = Path(path)
     with atomic_path(path.with_suffix(".eqx")) as tmp:
-        eqx.tree_serialise_leaves(tmp, tree)
+        eqx.tree_serialise_leaves(tmp, (tree, np.int64(meta["step"])))
     write_json(path.with_suffix(".json"), meta)
 
 
 def load_checkpoint(path: Path | None, like):
-    """`(tree, meta)` of the checkpoint at `path`, or None if there is none."""
+    """`(tree, meta)` of the checkpoint at `path`, or None if there is none.
+
+    Raises `ConfigError` if its two files are from different steps or cannot be read.
+    """
     if path is None or not Path(path).with_suffix(".json").exists():
         return None
     path = Path(path)
-    tree = eqx.tree_deserialise_leaves(path.with_suffix(".eqx"), like)
-    return tree, json.loads(path.with_suffix(".json").read_text())
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        tree, step = eqx.tree_deserialise_leaves(path.with_suffix(".eqx"), (like, np.int64(0)))
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ConfigError(f"the checkpoint {path}.* cannot be read ({type(error).__name__}); delete it to start over") from None
+    if int(step) != meta["step"]:
+        raise ConfigError(f"the checkpoint {path}.* is incomplete (state of step {int(step)}, record of step "
+                          f"{meta['step']}); delete it to start over")
+    return tree, meta
 
 
 def claim_run_folder(folder: Path, config, *, ignore: tuple[str, ...] = ()) -> None:

@@ -2,10 +2,9 @@
 calibration data set (`dataset`)."""
 
 from ..errors import DataError
-from .dataset import Dataset, build_dataset, load_dataset
+from .dataset import INITIAL_STATE_COLUMNS, Dataset, build_dataset, covariate_columns, load_dataset
 from .drivers import drivers_from_covariates
 from .tables import (
-    COVARIATE_COLUMNS,
     DATA_DIR,
     DomainPanel,
     PatentPanel,
@@ -20,7 +19,8 @@ from .tables import (
 )
 
 __all__ = [
-    "COVARIATE_COLUMNS", "DATA_DIR", "DataError", "Dataset", "DomainPanel", "PatentPanel", "build_dataset",
+    "DATA_DIR", "INITIAL_STATE_COLUMNS", "DataError", "Dataset", "DomainPanel", "PatentPanel", "build_dataset",
+    "covariate_columns",
     "drivers_from_covariates", "load_covariates", "load_dataset", "load_edges", "load_linkage_counts",
     "load_patents", "load_specialization", "load_state_tech", "read_table", "resolve",
 ]

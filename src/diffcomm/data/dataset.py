@@ -1,8 +1,9 @@
 """The calibration data set: regions, drivers, ties, initial conditions and observations.
 
 A `Dataset` is one `eqx.Module`: its arrays are leaves, so the whole data set passes through
-`jit` as an argument (programs are compiled once, not once per data set), and its labels (region
-codes and names, years, notes on every fill) are static fields.
+`jit` as an argument (a program is compiled once, not with the data baked in), and its labels
+(region codes and names, years, notes on every fill) are static fields: a data set with other
+labels traces again, and finds its compiled program in the persistent cache.
 """
 
 from __future__ import annotations
@@ -67,10 +68,22 @@ class Dataset(eqx.Module):
         return eqx.tree_at(lambda d: (d.patents_mask, d.window), self, (self.patents_mask * window[:, None], window))
 
 
+INITIAL_STATE_COLUMNS = ("population", "share_bachelor_plus", "exports_share_gdp_2017")
+"""Covariates the initial state reads: active members from graduates (population x share with a
+bachelor's), internationalization from the exports share of GDP."""
+
+
+def covariate_columns(config: DataConfig) -> list[str]:
+    """The covariate columns a data set needs: the initial state's and those its driver terms name."""
+    named = [term.column for terms in config.drivers.values() for term in terms]
+    return list(dict.fromkeys([*INITIAL_STATE_COLUMNS, *named]))
+
+
 def load_dataset(config: DataConfig) -> Dataset:
     """The calibration data set that `config` describes (files, years, regions, drivers)."""
     panel = load_patents(config.patents, max_count=config.max_patents)
-    covariates, notes = load_covariates(config.covariates, on_duplicate=config.covariate_duplicates)
+    covariates, notes = load_covariates(config.covariates, covariate_columns(config),
+                                        on_duplicate=config.covariate_duplicates)
     specialization = load_specialization(config.clusters) if config.clusters else pd.Series(dtype=float)
     linkage = load_linkage_counts(config.linkages, period=config.linkage_period) if config.linkages else None
     edges = None
@@ -186,7 +199,8 @@ def _ties(codes: tuple[str, ...], edges: pd.DataFrame | None, min_edge_weight: f
     index = {code: i for i, code in enumerate(codes)}
     inside = edges.source.isin(index) & edges.target.isin(index) & (edges.weight >= min_edge_weight)
     kept = edges[inside]
-    notes.append(f"ties: {int(inside.sum())} edges kept, {int((~inside).sum())} dropped (outside the regions or below {min_edge_weight})")
+    notes.append(f"ties: {int(inside.sum())} edges kept, {int((~inside).sum())} dropped (outside the regions or below "
+                 f"{min_edge_weight})")
     affinity = np.log1p(kept.weight.to_numpy()) / np.log1p(kept.weight.max())
     return Graph(
         jnp.asarray(kept.source.map(index).to_numpy(dtype=int)),

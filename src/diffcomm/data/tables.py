@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import DataConfig
 from ..errors import DataError
 
 DATA_DIR = Path(__file__).parents[1] / "datasets"
@@ -146,13 +147,13 @@ class PatentPanel:
 
 
 def load_patents(
-    path: str | Path = "us_cbsa/patents.csv",
+    path: str | Path,
     *,
     region: str = "cbsa_code",
     year: str = "year",
     count: str = "patents",
     name: str | None = "cbsa_name",
-    max_count: float = 1e6,
+    max_count: float = DataConfig.max_patents,
 ) -> PatentPanel:
     """A long CSV of (region, year, count) as a region x year panel.
 
@@ -176,38 +177,21 @@ def load_patents(
     return PatentPanel(codes, tuple(names.astype(str)), years, table.to_numpy(dtype=float))
 
 
-COVARIATE_COLUMNS = {
-    "cbsa_code": "code",
-    "population": "number",
-    "share_bachelor_plus": "number",
-    "newcomers_total": "number",
-    "median_household_income": "number",
-    "newcomers_baplus_per_1k": "number",
-    "univ_rd_total": "number",
-    "univ_rd_business_funded": "number",
-    "exports_musd_2017": "number",
-    "exports_share_gdp_2017": "number",
-    "vc_musd_per_1m_2015_17": "number",
-    "vc_deals_2015_17": "number",
-    "patent_complexity": "number",
-}
-
-
 def load_covariates(
-    path: str | Path = "us_cbsa/covariates.csv",
-    columns: dict[str, str] | None = None,
+    path: str | Path,
+    columns: list[str],
     *,
     on_duplicate: str = "error",
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Region covariates indexed by region code (first column named in `columns`).
+    """Region covariates indexed by region code (`cbsa_code`): the numeric `columns` asked for
+    (others in the file are not read).
 
     `on_duplicate`: `error` (default), or `first` to keep the first row of a repeated region.
 
     **Returns:** the table and a note for each repeated region so resolved.
     """
-    columns = columns or COVARIATE_COLUMNS
-    frame = read_table(path, columns)
-    key = next(iter(columns))
+    key = "cbsa_code"
+    frame = read_table(path, {key: "code", **{column: "number" for column in columns}})
     notes = []
     if on_duplicate == "first":
         for code in frame[key][frame.duplicated(key)].unique():
@@ -220,7 +204,7 @@ def load_covariates(
     return frame.set_index(key), notes
 
 
-def load_specialization(path: str | Path = "us_cbsa/clusters_2016.csv", *, top: int = 3) -> pd.Series:
+def load_specialization(path: str | Path, *, top: int = 3) -> pd.Series:
     """Per region: mean log location quotient of its `top` strongest traded clusters (employment > 0)."""
     frame = read_table(path, {"cbsa_code": "code", "cluster_code": "count", "employment": "count", "location_quotient": "number"})
     _no_duplicates(path, frame, ["cbsa_code", "cluster_code"])
@@ -229,11 +213,12 @@ def load_specialization(path: str | Path = "us_cbsa/clusters_2016.csv", *, top: 
     return np.log(strongest.groupby("cbsa_code").location_quotient.mean()).rename("specialization")
 
 
-def load_linkage_counts(path: str | Path = "us_msa_transfers/by_msa_period.csv", *, period: str = "2000-2023") -> pd.DataFrame:
+def load_linkage_counts(path: str | Path, *, period: str) -> pd.DataFrame:
     """Local and non-local connections per region in one period: columns `local`, `non_local`."""
     frame = read_table(
         path,
-        {"cbsa_code": "code", "period": "text", "intracity_transfers": "count", "intercity_out": "count", "intercity_in": "count"},
+        {"cbsa_code": "code", "period": "text", "intracity_transfers": "count", "intercity_out": "count",
+         "intercity_in": "count"},
     )
     _no_duplicates(path, frame, ["cbsa_code", "period"])
     chosen = frame[frame.period == period]
@@ -246,10 +231,10 @@ def load_linkage_counts(path: str | Path = "us_msa_transfers/by_msa_period.csv",
 
 
 def load_edges(
-    path: str | Path = "us_msa_transfers/intercity_edges.csv",
+    path: str | Path,
     *,
     known_codes: set[str],
-    period: str | None = "2000-2023",
+    period: str | None,
 ) -> pd.DataFrame:
     """A weighted, directed edge list `source, target, weight` between known regions.
 
@@ -284,7 +269,7 @@ class DomainPanel:
     onshored_patents: np.ndarray
 
 
-def load_state_tech(path: str | Path = "us_state_tech/panel.csv") -> DomainPanel:
+def load_state_tech(path: str | Path) -> DomainPanel:
     """The state x technology-group panel (inventors, foreign-origin share, onshored patents)."""
     frame = read_table(
         path,
@@ -295,7 +280,8 @@ def load_state_tech(path: str | Path = "us_state_tech/panel.csv") -> DomainPanel
     pct = frame.foreign_origin_inventor_pct
     if ((pct < 0) | (pct > 100)).any():
         line = ((pct < 0) | (pct > 100)).idxmax()
-        raise DataError(f"{resolve(path)}:{line}: column 'foreign_origin_inventor_pct': expected a percentage in [0, 100], got {pct[line]}")
+        raise DataError(f"{resolve(path)}:{line}: column 'foreign_origin_inventor_pct': expected a percentage in [0, 100], "
+                        f"got {pct[line]}")
     states, domains = sorted(frame.state.unique()), sorted(frame.tech_group.unique())
     periods = np.sort(frame.period_start.unique())
     index = pd.MultiIndex.from_product([periods, states, domains])

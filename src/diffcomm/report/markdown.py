@@ -21,7 +21,8 @@ def calibration_report(summary: dict, table: pd.DataFrame) -> str:
         "| parameter | value | se | 95% interval | meaning |", "|---|---|---|---|---|",
     ]
     for row in table.itertuples(index=False):
-        lines.append(f"| {row.parameter} | {row.value:.4g} | {row.se:.3g} | [{row.lower95:.3g}, {row.upper95:.3g}] | {row.meaning} |")
+        interval = f"[{row.lower95:.3g}, {row.upper95:.3g}]"
+        lines.append(f"| {row.parameter} | {row.value:.4g} | {row.se:.3g} | {interval} | {row.meaning} |")
     lines += [
         "", "## Fit", "",
         f"- deviance explained vs. one constant mean: {fit['deviance_explained_vs_constant']:.4f}",

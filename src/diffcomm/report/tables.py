@@ -43,7 +43,7 @@ def _year_table(arrays: dict[str, np.ndarray], t: int, year: int, regions: pa.Ar
     dictionary-encoded (an index per row into the names), which keeps a year of 1e5 regions cheap."""
     variables = pa.array(list(arrays))
     columns: dict[str, list] = {name: [] for name in ("region", "variable", "domain", "value")}
-    for v, (name, values) in enumerate(arrays.items()):
+    for v, values in enumerate(arrays.values()):
         one = values[t]
         domains = one.shape[1] if one.ndim == 2 else 1
         index = np.repeat(np.arange(one.shape[0], dtype=np.int32), domains)

@@ -75,7 +75,8 @@ def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, c
             origin_year=rolling.train_last_year,
             extra={name.replace("_", " "): np.vstack([np.full((len(years) - len(pred), pred.shape[1]), np.nan), pred])
                    for name, pred in rolling.predictions.items() if name != "model"},
-            title=f"Rolling origin: fit through {rolling.train_last_year}, forecast {rolling.test_years[0]}-{rolling.test_years[-1]}",
+            title=f"Rolling origin: fit through {rolling.train_last_year}, "
+                  f"forecast {rolling.test_years[0]}-{rolling.test_years[-1]}",
         )
     summary["seconds"], summary["config"] = seconds, plain
     (out.path("report.md")).write_text(calibration_report(summary, table))
@@ -120,7 +121,8 @@ def write_policy(out: RunOutputs, problem: PolicyProblem, names: tuple[str, ...]
         "spend": per_year.ravel(), "amount": (per_year / np.asarray(problem.costs)).ravel(),
     }).to_csv(out.path("allocation.csv"), index=False)
     marginal = np.asarray(marginal_values(problem, spend))
-    pd.DataFrame(marginal, index=pd.Index(names, name="region"), columns=list(problem.levers)).to_csv(out.path("marginal_value.csv"))
+    marginal = pd.DataFrame(marginal, index=pd.Index(names, name="region"), columns=list(problem.levers))
+    marginal.to_csv(out.path("marginal_value.csv"))
     figures.plot_allocation(spend.sum(0), names, problem.levers, out.path("allocation.png"))
     figures.plot_policy_history(result.history, {m: v for m, v, _ in rows if m != "gradient"}, out.path("objective.png"))
     summary = dict(

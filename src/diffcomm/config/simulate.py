@@ -1,0 +1,85 @@
+"""The configs of `diffcomm simulate`: the synthetic scenario and what to write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..archetypes import ARCHETYPES
+from ..inputs import LEVERS
+from .base import ModelConfig, RuntimeConfig, _number, _require, _share, option
+
+
+@dataclass
+class ShockConfig:
+    intensity: float = option(0.0, "xi in [0, 1]: share of tangible flows a disruption stops")
+    start: int = option(20, "first year hit (1 = the first simulated year)")
+    duration: int = option(2, "years hit")
+    archetypes: list[str] = option(help="archetypes hit; empty: every region", factory=list)
+
+    def __post_init__(self):
+        _require(_share(self.intensity), "scenario.shock.intensity", "a share in [0, 1]", self.intensity)
+        _require(self.start >= 1, "scenario.shock.start", "a year >= 1", self.start)
+        _require(self.duration >= 0, "scenario.shock.duration", ">= 0 years", self.duration)
+        for name in self.archetypes:
+            _require(name in ARCHETYPES, "scenario.shock.archetypes", f"names from {sorted(ARCHETYPES)}", name)
+
+
+@dataclass
+class MneConfig:
+    spawning_share: float | None = option(None, "phi in [0, 1] for every region; null: each archetype's own")
+    presence_scale: float = option(1.0, "multiplies every region's MNE presence (>= 0)")
+
+    def __post_init__(self):
+        phi = self.spawning_share
+        _require(phi is None or _share(phi), "scenario.mne.spawning_share", "null or a share in [0, 1]", phi)
+        scale = self.presence_scale
+        _require(_number(scale) and scale >= 0, "scenario.mne.presence_scale", ">= 0", scale)
+
+
+@dataclass
+class ScenarioConfig:
+    name: str = option("archetypes", "a label for the run")
+    counts: dict[str, int] = option(help="regions per archetype", factory=lambda: {name: 20 for name in ARCHETYPES})
+    years: int = option(50, "years simulated")
+    seed: int = option(0, "seed of the synthetic regions")
+    noise: float = option(0.3, "sd of region-level noise on z-scored drivers")
+    ties_per_region: int = option(4, "incoming cross-local ties per region")
+    shock: ShockConfig = option(help="a disruption", factory=ShockConfig)
+    levers: dict[str, float] = option(help="policy levers added to every region's drivers, every year",
+                                      factory=lambda: {name: 0.0 for name in LEVERS})
+    mne: MneConfig = option(help="MNE strategy", factory=MneConfig)
+
+    def __post_init__(self):
+        _require(bool(self.counts), "scenario.counts", "a non-empty map of archetype -> count", self.counts)
+        for name, n in self.counts.items():
+            _require(name in ARCHETYPES, f"scenario.counts.{name}", f"one of {sorted(ARCHETYPES)}", name)
+            _require(isinstance(n, int) and n >= 0, f"scenario.counts.{name}", "a non-negative count", n)
+        _require(sum(self.counts.values()) > 0, "scenario.counts", "at least one region in all", self.counts)
+        _require(self.years >= 1, "scenario.years", "a positive number of years", self.years)
+        _require(self.noise >= 0, "scenario.noise", ">= 0", self.noise)
+        _require(self.ties_per_region >= 0, "scenario.ties_per_region", ">= 0", self.ties_per_region)
+        for name, value in self.levers.items():
+            _require(name in LEVERS, f"scenario.levers.{name}", f"a lever from {list(LEVERS)}", name)
+            _require(_number(value), f"scenario.levers.{name}", "a finite number", value)
+        _require(self.levers.get("spawning", 0.0) >= 0, "scenario.levers.spawning", ">= 0", self.levers.get("spawning"))
+        if self.shock.intensity > 0 and self.shock.duration > 0:  # a shock that would never hit is a mistake
+            _require(self.shock.start <= self.years, "scenario.shock.start",
+                     f"a year within the {self.years} simulated (scenario.years) for a shock to hit", self.shock.start)
+
+
+@dataclass
+class OutputConfig:
+    csv: bool = option(True, "write the tidy table of trajectories")
+    format: str = option("csv", "format of that table: csv, or parquet (columnar, for large runs)")
+    figures: bool = option(True, "trajectories.png")
+
+    def __post_init__(self):
+        _require(self.format in ("csv", "parquet"), "output.format", "csv or parquet", self.format)
+
+
+@dataclass
+class SimulateConfig:
+    model: ModelConfig = option(factory=ModelConfig)
+    scenario: ScenarioConfig = option(factory=ScenarioConfig)
+    output: OutputConfig = option(factory=OutputConfig)
+    runtime: RuntimeConfig = option(factory=RuntimeConfig)
