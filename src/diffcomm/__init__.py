@@ -6,13 +6,19 @@ The library, stage by stage (data flows one way): typed configs (`config`), obse
 `forecast`, `policy`), with `report` writing run folders and `cli` at the door.
 
 ```python
+import jax
 import diffcomm as dc
 
-data = dc.load_dataset(dc.DataConfig(regions=["41860", "41940", "42660", "14460"]))
-calibration = dc.calibrate(data, dc.CalibrateConfig(fit=dc.FitConfig(steps=300)))
-result = dc.forecast(calibration, data, 2011, 2015)
+config = dc.CalibrateConfig(data=dc.DataConfig(regions=["41860", "41940", "42660", "14460"]),
+                            fit=dc.FitConfig(steps=300))
+with jax.enable_x64(True):
+    data = dc.load_dataset(config.data)
+    calibration = dc.calibrate(data, config)
+    result = dc.forecast(calibration, data, 2011, 2015)
 ```
 """
+
+from importlib import metadata
 
 from .archetypes import ARCHETYPES
 from .calibrate import Calibration, FitResult, Laplace, calibrate, fit, laplace, load_calibration, sample_params
@@ -39,7 +45,7 @@ from .scenario import Scenario, synthetic_regions
 from .simulate import Trajectory, make_forcing, simulate, simulate_ensemble
 from .state import Flows, RegionState, State, WorldState
 
-__version__ = "0.2.0"
+__version__ = metadata.version("diffcomm")  # from pyproject.toml, the one place it is set
 
 __all__ = [
     "ARCHETYPES", "LEVERS", "CalibrateConfig", "Calibration", "ConfigError", "DataConfig", "DataError", "Dataset",

@@ -41,8 +41,10 @@ def run_simulate(cfg: SimulateConfig, out_dir: Path, *, plain_config: dict) -> d
     log.info("simulated %d regions x %d years in %.2f s (compilation included)", scenario.num_regions, cfg.scenario.years,
              seconds)
     with RunOutputs(out_dir) as out:
+        shock = cfg.scenario.shock
+        window = (shock.start, min(shock.start + shock.duration - 1, cfg.scenario.years)) if shock.intensity > 0 else None
         summary = writers.write_simulation(out, scenario, traj, cfg.output, title=cfg.scenario.name, seconds=seconds,
-                                           config=plain_config)
+                                           config=plain_config, shock=window)
     log.info("wrote %d rows of trajectories -> %s", summary["rows"], out_dir)
     return summary
 
@@ -102,7 +104,7 @@ def run_optimize(cfg: OptimizeConfig, out_dir: Path, *, plain_config: dict) -> d
     with RunOutputs(out_dir) as out:
         summary = writers.write_policy(out, problem, tuple(names), result, methods, seconds=time.perf_counter() - started,
                                        config=plain_config)
-    best_baseline = max((row["objective"] for row in summary["comparison"] if row["method"] != "gradient"), default=float("nan"))
-    log.info("optimized in %.0f s: objective %.6g (best baseline %.6g) -> %s", result.seconds, result.objective,
-             best_baseline, out_dir)
+    baselines = [row["objective"] for row in summary["comparison"] if row["method"] != "gradient"]
+    compared = f" (best baseline {max(baselines):.6g})" if baselines else ""
+    log.info("optimized in %.0f s: objective %.6g%s -> %s", result.seconds, result.objective, compared, out_dir)
     return summary

@@ -15,9 +15,12 @@ import dataclasses
 import itertools
 import logging
 import os
+import shutil
+import signal
 import sys
 import threading
 import typing
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from . import apps
 from .config import SCHEMAS
@@ -89,6 +92,9 @@ def to_typed(cfg: DictConfig, command: str) -> Any:
     """The typed, checked config of `command` (a dataclass of `config.py`); `ConfigError` if not."""
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SCHEMAS[command]), cfg))
+    except MissingMandatoryValue as error:
+        key = _first_line(error).rsplit(" ", 1)[-1]
+        raise ConfigError(f"{key} is required: `diffcomm {command} --help` says what it takes") from None
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None)
         first = _first_line(error)
@@ -115,9 +121,14 @@ def _composition_message(error: Exception) -> str:
     message = _first_line(error)
     cause = error.__cause__
     if cause is not None and ("not in struct" in str(cause) or "not in '" in str(cause)):
-        message = f"{message.rstrip('.')}: no such key ({_first_line(cause)}); `diffcomm <command> --help` lists the keys"
-        if "model.params." in message:
-            message += "; set a model parameter with +model.params.NAME=VALUE"
+        message = (f"{message.rstrip('.')}: no such key ({_first_line(cause)}); `diffcomm <command> --help` lists the keys, "
+                   "and a new key of a map (model.params, policy.objective) is added with +KEY=VALUE")
+    elif cause is not None and "could not be converted" in str(cause) or "is not a valid" in str(cause or ""):
+        message = f"{message.rstrip('.')}: {_first_line(cause)}"  # the type the key takes
+    elif "Could not find '" in message:  # a group option that does not exist: name the ones that do
+        group = message.split("Could not find '")[1].split("/")[0]
+        options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+        message = f"{message}; {group} must be one of {options}" if options else message
     return message
 
 
@@ -164,9 +175,11 @@ def command_help(command: str) -> str:
     lines.append("options (key=default, then what it means):")
     for key, default, text in _options(SCHEMAS[command], OmegaConf.to_container(compose(command), resolve=False)):
         if not key.startswith("runtime."):
-            lines.append(f"  {key}={default}".ljust(44) + f"  {text}")
+            entry = f"  {key}={default}"
+            lines += [entry.ljust(44) + f"  {text}"] if len(entry) <= 44 else [entry, " " * 46 + text]
+    resumes = "; the same folder resumes its checkpoint" if command in ("calibrate", "optimize") else ""
     lines += ["", "also: -m (a sweep: key=a,b,c), --cfg job (print the composed config),",
-              "      hydra.run.dir=<folder> (where the run writes; the same folder resumes a checkpoint),",
+              f"      hydra.run.dir=<folder> (where the run writes{resumes}),",
               "      runtime.compilation_cache=<folder>|null (compiled programs kept between runs)", "", "examples:"]
     lines += [f"  {example}" for example in EXAMPLES[command]]
     return "\n".join(lines)
@@ -194,7 +207,7 @@ def _use_compilation_cache(setting: str | None) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _work_in_thread(work: Callable[[], Any], *, x64: bool) -> Any:
+def _work_in_thread(work: Callable[[], Any], *, x64: bool, staging: Path | None = None) -> Any:
     """Run `work` in a worker thread with x64 switched on for it only if asked; on Ctrl-C ask it
     to checkpoint and stop, and end the process if it has not within `GRACE_SECONDS`."""
     outcome: dict[str, Any] = {}
@@ -216,15 +229,21 @@ def _work_in_thread(work: Callable[[], Any], *, x64: bool) -> Any:
             pass
     except KeyboardInterrupt:
         request_stop()
-        print("diffcomm: stopping (Ctrl-C) ...", file=sys.stderr)
-        try:
-            stopped = finished.wait(GRACE_SECONDS)
-        except KeyboardInterrupt:  # a second Ctrl-C: stop now
-            stopped = False
-        if not stopped:  # busy in compiled code that cannot be interrupted
+
+        def stop_now(*_):  # a second Ctrl-C, or the grace period over: end at once
             print("diffcomm: interrupted; no outputs were written", file=sys.stderr)
             sys.stderr.flush()
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)  # files a command was writing are not outputs
             os._exit(130)
+
+        previous = signal.signal(signal.SIGINT, stop_now)
+        try:
+            print("diffcomm: stopping (Ctrl-C) ...", file=sys.stderr)
+            if not finished.wait(GRACE_SECONDS):  # busy in compiled code that cannot be interrupted
+                stop_now()
+        finally:
+            signal.signal(signal.SIGINT, previous)
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
@@ -246,13 +265,18 @@ def _task(command: str) -> Callable[[DictConfig], None]:
                 except Exception as error:  # Hydra wraps whatever the target raised
                     raise ConfigError(f"optimizer.transform: {_first_line(error.__cause__ or error)}") from None
             run = getattr(apps, f"run_{command}")
-            _work_in_thread(lambda: run(typed, out_dir, **kwargs), x64=x64)
+            _work_in_thread(lambda: run(typed, out_dir, **kwargs), x64=x64, staging=out_dir / ".staging")
         except (ConfigError, DataError, FloatingPointError) as error:
             raise SystemExit(_fail(command, str(error))) from None
         except Interrupted as stop:
+            if stop.path is None:  # work without checkpoints: nothing to resume
+                print(f"diffcomm {command}: interrupted; no outputs were written", file=sys.stderr)
+                raise SystemExit(130) from None
             print(f"diffcomm {command}: interrupted at step {stop.step}; the checkpoint is in {out_dir}. "
                   f"Run the same command with hydra.run.dir={out_dir} to resume.", file=sys.stderr)
             raise SystemExit(3) from None
+        except MemoryError:
+            raise SystemExit(_fail(command, "ran out of memory; ask for fewer regions or years")) from None
 
     return task
 
@@ -273,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"diffcomm {metadata.version('diffcomm')}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

@@ -70,8 +70,9 @@ def forecast_patents(
     the counts observed at the origin: knowledge restarts from them, as the baselines use the
     last observation too. Years up to the origin are the model's fit.
 
-    **Returns:** `mean`, `lower`, `upper`, each (num_years, R), and `fitted` (the mean at the
-    estimate `params`).
+    **Returns:** `mean`, `lower`, `upper`, each (num_years, R), `fitted` (the mean at the
+    estimate `params`), and `total_lower`, `total_upper` (num_years,): the interval of the sum over
+    regions (not the sum of the regions' bounds).
     """
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
@@ -93,8 +94,10 @@ def forecast_patents(
 def _predictive_band(means, dispersion, key, tail: float) -> dict[str, jax.Array]:
     """Mean over the draws' means, and central quantiles of counts drawn around each draw's mean."""
     counts = jax.vmap(sample_counts)(jax.random.split(key, means.shape[0]), means, dispersion)
+    totals = jnp.sum(counts, axis=-1)
     return dict(mean=jnp.mean(means, axis=0), lower=jnp.quantile(counts, tail, axis=0),
-                upper=jnp.quantile(counts, 1 - tail, axis=0))
+                upper=jnp.quantile(counts, 1 - tail, axis=0), total_lower=jnp.quantile(totals, tail, axis=0),
+                total_upper=jnp.quantile(totals, 1 - tail, axis=0))
 
 
 @dataclass
@@ -111,6 +114,7 @@ class Forecast:
     mean: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
+    total: tuple[np.ndarray, np.ndarray]  # the interval of the sum over regions, (T,) each
 
     def table(self) -> pd.DataFrame:
         """One row per region and asked year: `region, year, mean, lower, upper`."""
@@ -146,7 +150,7 @@ def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year
     shown = np.full((len(years), data.num_regions), np.nan)
     shown[: min(len(years), len(observed))] = observed[: len(years)]
     return Forecast(data.codes, data.names, years, first_year, start + origin, shown, band["mean"], band["lower"],
-                    band["upper"])
+                    band["upper"], (band["total_lower"], band["total_upper"]))
 
 
 # --------------------------------------------------------------------------------------------

@@ -151,7 +151,10 @@ def check_natural(num_domains: int, values: dict) -> None:
     unknown_names(values, "parameter")
     for name, value in values.items():
         meta = PARAMETERS[name].metadata
-        concrete = np.asarray(value, dtype=float)
+        try:
+            concrete = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"parameter {name!r} must be a number, got {value!r}") from None
         if not _allowed(np, meta["constraint"], concrete):
             raise ValueError(f"parameter {name!r} must be {_EXPECTED[meta['constraint']]}, got {value!r}")
         allowed = [(), (num_domains,)] if meta["per_domain"] else [()]

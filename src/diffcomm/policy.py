@@ -296,7 +296,8 @@ def optimize(
         value = float(value)
         s.history.append(value)
         best, best_value = (s.spend, value) if value > s.best_value else (s.best, s.best_value)
-        return _AscentState(new_spend, new_opt_state, best, best_value, s.history), dict(objective=f"{best_value:.6g}")
+        figures = dict(objective=f"{value:.6g}", best=f"{best_value:.6g}")
+        return _AscentState(new_spend, new_opt_state, best, best_value, s.history), figures
 
     def save(at: int, s: _AscentState) -> None:
         if checkpoint_path is not None:

@@ -47,6 +47,14 @@ def clear_stop() -> None:
     _STOP.clear()
 
 
+def check_stop() -> None:
+    """Raise `Interrupted` (with no checkpoint) if a stop was requested: for work that is not a
+    loop of steps, such as writing a large table, to call between its parts."""
+    if stop_requested():
+        clear_stop()
+        raise Interrupted(0, None)
+
+
 def warmup_cosine(peak: float, steps: int, *, warmup_fraction: float = 0.05, final_fraction: float = 0.04) -> optax.Schedule:
     """Learning rate: linear warm-up over a fraction of `steps`, then cosine decay to a fraction of `peak`."""
     warmup = max(1, int(warmup_fraction * steps))
@@ -84,18 +92,22 @@ class Interrupted(Exception):
 class Progress:
     """Progress of one named phase. Its start and end (with key figures) always go to the log;
     with `enabled`, so does its progress: a tqdm bar when stderr is a terminal, otherwise a log
-    line at every tenth of the way (no redraws in a log file)."""
+    line at every tenth of the way or every `LOG_EVERY` seconds, whichever comes first (no
+    redraws in a log file)."""
+
+    LOG_EVERY = 30.0
 
     def __init__(self, phase: str, total: int, *, enabled: bool = True, initial: int = 0, unit: str = "step"):
         self.phase, self.total, self.enabled, self.unit = phase, total, enabled, unit
         self.started = time.perf_counter()
         self.bar = None
-        self.next_log = initial + max(1, total // 10)
+        self.next_log, self.logged = initial + max(1, total // 10), self.started
         if enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc=phase, unit=unit, leave=False)
-        log.info("%s: started (%d %ss at most)", phase, total, unit)
+        resumed = f", resumed from the checkpoint at {initial}" if initial else ""
+        log.info("%s: started (%d %ss at most%s)", phase, total, unit, resumed)
 
     def update(self, done: int, **figures) -> None:
         """`done` units of `total` are done; `figures` are shown beside the count."""
@@ -104,8 +116,8 @@ class Progress:
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
             self.bar.set_postfix(**figures, refresh=False)
-        elif done >= self.next_log:
-            self.next_log = done + max(1, self.total // 10)
+        elif done >= self.next_log or time.perf_counter() - self.logged >= self.LOG_EVERY:
+            self.next_log, self.logged = done + max(1, self.total // 10), time.perf_counter()
             shown = " ".join(f"{k} {v}" for k, v in figures.items())
             log.info("%s: %d/%d %ss, %s, %.0f s", self.phase, done, self.total, self.unit, shown, self.seconds)
 

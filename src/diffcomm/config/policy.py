@@ -19,7 +19,7 @@ is a penalty, its weight subtracts."""
 class PolicyConfig:
     """A budget of levers: which, at what unit cost, how much, judged by which objective."""
 
-    years: int = option(20, "years the budget is spread over")
+    years: int = option(20, "years the budget is spread over, and simulated (scenario.years is not used by optimize)")
     budget: float = option(200.0, "total spending over the horizon (lever units x unit costs)")
     levers: list[str] = option(help="levers that may be funded", factory=lambda: list(LEVERS))
     costs: dict[str, float] = option(help="cost of one unit (one sd of the driver) per region-year; default 1", factory=lambda: {
@@ -78,4 +78,5 @@ class OptimizeConfig:
     def __post_init__(self):
         _require(self.source in ("scenario", "run"), "source", "scenario or run", self.source)
         if self.source == "run":
-            _require(self.run is not None and Path(self.run).is_dir(), "run", "an existing calibrated run folder", self.run)
+            _require(self.run is not None and Path(self.run).is_dir(), "run",
+                     "an existing calibrated run folder (run=<folder>) when source=run", self.run)

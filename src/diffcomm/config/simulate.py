@@ -8,6 +8,8 @@ from ..archetypes import ARCHETYPES
 from ..inputs import LEVERS
 from .base import ModelConfig, RuntimeConfig, _number, _require, _share, option
 
+MAX_REGION_YEARS = 100_000_000  # about 9 GB of recorded states in float32
+
 
 @dataclass
 class ShockConfig:
@@ -62,9 +64,19 @@ class ScenarioConfig:
             _require(name in LEVERS, f"scenario.levers.{name}", f"a lever from {list(LEVERS)}", name)
             _require(_number(value), f"scenario.levers.{name}", "a finite number", value)
         _require(self.levers.get("spawning", 0.0) >= 0, "scenario.levers.spawning", ">= 0", self.levers.get("spawning"))
-        if self.shock.intensity > 0 and self.shock.duration > 0:  # a shock that would never hit is a mistake
-            _require(self.shock.start <= self.years, "scenario.shock.start",
-                     f"a year within the {self.years} simulated (scenario.years) for a shock to hit", self.shock.start)
+        _require(self.years <= 10_000, "scenario.years", "at most 10000", self.years)
+        regions = sum(self.counts.values())
+        _require(regions * self.years <= MAX_REGION_YEARS, "scenario.counts",
+                 f"at most {MAX_REGION_YEARS:.0e} region-years in all (regions x scenario.years), to fit in memory",
+                 f"{regions} regions x {self.years} years")
+        shock = self.shock
+        if shock.intensity > 0:  # a shock asked for must hit someone
+            _require(shock.duration >= 1, "scenario.shock.duration", ">= 1 year for a shock of intensity > 0", shock.duration)
+            _require(shock.start <= self.years, "scenario.shock.start",
+                     f"a year within the {self.years} simulated (scenario.years) for a shock to hit", shock.start)
+            hit = [name for name in shock.archetypes if self.counts.get(name, 0) > 0]
+            _require(not shock.archetypes or bool(hit), "scenario.shock.archetypes",
+                     "archetypes with regions (scenario.counts) for a shock to hit", shock.archetypes)
 
 
 @dataclass

@@ -7,6 +7,7 @@ downstream, never turned into zeros.
 
 from __future__ import annotations
 
+import csv
 import difflib
 import re
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ def read_table(path: str | Path, columns: dict[str, str]) -> pd.DataFrame:
         raise DataError(f"{path}: not a readable CSV file ({str(error).splitlines()[0]})") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty; expected a header with columns {list(columns)}") from None
+    _same_number_of_fields(path)
     frame.columns = [c.strip() for c in frame.columns]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -74,6 +76,17 @@ def read_table(path: str | Path, columns: dict[str, str]) -> pd.DataFrame:
     for name, kind in columns.items():
         out[name] = _convert(path, frame[name].str.strip(), name, kind)
     return out
+
+
+def _same_number_of_fields(path: Path) -> None:
+    """Refuse a row with fewer fields than the header (pandas would read the missing ones as blank)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = csv.reader(handle)
+        width = len(next(rows))
+        for line, row in enumerate(rows, start=2):
+            if row and len(row) < width:
+                raise DataError(f"{path}:{line}: {len(row)} fields where the header has {width}; leave a cell empty "
+                                "with nothing between its commas")
 
 
 def _convert(path: Path, raw: pd.Series, name: str, kind: str) -> pd.Series:

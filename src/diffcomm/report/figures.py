@@ -35,8 +35,10 @@ def _save(fig: Figure, path: Path) -> None:
         fig.savefig(tmp, dpi=110, format="png")
 
 
-def plot_archetype_trajectories(scenario: Scenario, traj: Trajectory, path: Path, *, title: str = "") -> None:
-    """One panel per main variable; a line per archetype (mean) with its 10-90% band."""
+def plot_archetype_trajectories(scenario: Scenario, traj: Trajectory, path: Path, *, title: str = "",
+                                shock: tuple[int, int] | None = None) -> None:
+    """One panel per main variable; a line per archetype (mean) with its 10-90% band; `shock`:
+    its first and last year, shaded."""
     arrays = trajectory_arrays(traj)
     fig = Figure(figsize=(16, 7.5), layout="constrained")
     axes = fig.subplots(2, 4)
@@ -52,10 +54,12 @@ def plot_archetype_trajectories(scenario: Scenario, traj: Trajectory, path: Path
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("year")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if shock is not None:
+            ax.axvspan(shock[0] - 0.5, shock[1] + 0.5, color="0.85", zorder=0, label="shock")
         if variable in ("active", "knowledge", "patents"):
             ax.set_yscale("log")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncols=len(scenario.archetype_names),
-               title="mean and 10-90% band of each archetype")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), title="mean and 10-90% band of each archetype")
     if title:
         fig.suptitle(title)
     _save(fig, path)
@@ -92,6 +96,7 @@ def plot_observed_vs_model(
     largest: int = 12,
     origin_year: int | None = None,
     extra: dict[str, np.ndarray] | None = None,
+    total: tuple[np.ndarray, np.ndarray] | None = None,
     title: str = "",
 ) -> None:
     """All regions together, then the largest regions: observed points, the model and its band.
@@ -99,44 +104,53 @@ def plot_observed_vs_model(
     Arrays are (T, R) over `years`; NaN in `observed` where there is no observation. With
     `origin_year` the years up to it are the model's fit (a thin line) and the later ones a
     forecast conditioned on the count observed at the origin: the forecast line, its band and
-    the `extra` lines (name -> values (T, R), e.g. baselines) start from that count.
+    the `extra` lines (name -> values (T, R), e.g. baselines) start from that count. `total`:
+    the interval of the sum over regions (T,) each, drawn in the first panel (without it, the sum
+    of the regions' bounds, which is wider, and labelled so).
     """
     order = np.argsort(-np.nansum(observed, axis=0))[:largest]
     cols = 4
     rows = int(np.ceil(len(order) / cols))
     fig = Figure(figsize=(16, 3.1 * (rows + 1.3)), layout="constrained")
     grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1.3] + [1] * rows)
-    panels = [(fig.add_subplot(grid[0, :]), "all regions", lambda a: _total(a))]
-    panels += [(fig.add_subplot(grid[1 + k // cols, k % cols]), names[i][:40], lambda a, i=i: a[:, i])
-               for k, i in enumerate(order)]
+    panels = [(fig.add_subplot(grid[0, :]), "all regions", _total)]
+    panels += [(fig.add_subplot(grid[1 + k // cols, k % cols]), names[i][:40], _column(i)) for k, i in enumerate(order)]
     ahead = np.ones(len(years), bool) if origin_year is None else years >= origin_year
     fitted = None if origin_year is None else years <= origin_year
     for ax, label, pick in panels:
         start = None if origin_year is None else pick(observed)[years == origin_year]
 
-        def from_origin(values):  # the forecast years, starting at the observation at the origin
-            line = pick(values)[ahead].astype(float)
+        def from_origin(line):  # the forecast years of a line, starting at the observation at the origin
+            line = line[ahead].astype(float)
             if start is not None and len(start) and np.isfinite(start[0]):
                 line[0] = start[0]
             return line
 
-        band_label = f"{100 * level:g}% interval" + (" (sum of regions' bounds)" if label == "all regions" else "")
-        ax.fill_between(years[ahead], from_origin(lower), from_origin(upper), alpha=0.2, color="C0", label=band_label)
-        ax.plot(years[ahead], from_origin(mean), color="C0", label="model" if origin_year is None else "model forecast")
+        if pick is _total and total is not None:
+            low, high, band = total[0], total[1], f"{100 * level:g}% interval (of the total; below, of each region)"
+        else:
+            low, high = pick(lower), pick(upper)
+            band = f"{100 * level:g}% interval" + (" (sum of the regions' bounds)" if pick is _total else "")
+        ax.fill_between(years[ahead], from_origin(low), from_origin(high), alpha=0.2, color="C0", label=band)
+        ax.plot(years[ahead], from_origin(pick(mean)), color="C0", label="model" if origin_year is None else "model forecast")
         if fitted is not None:
             ax.plot(years[fitted], pick(mean)[fitted], color="C0", lw=1, ls=":", label="model fit")
             ax.axvline(origin_year, color="0.6", lw=0.8)
         for j, (name, values) in enumerate((extra or {}).items()):
-            ax.plot(years[ahead], from_origin(values), ls="--", color=f"C{j + 1}", label=name)
+            ax.plot(years[ahead], from_origin(pick(values)), ls="--", color=f"C{j + 1}", label=name)
         seen = np.isfinite(pick(observed))
         ax.plot(years[seen], pick(observed)[seen], "o", color="k", ms=3, label="observed")
-        ax.set_title(label, fontsize=11 if label == "all regions" else 9)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12 if label == "all regions" else 5))
+        ax.set_title(label, fontsize=11 if pick is _total else 9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12 if pick is _total else 5))
     panels[0][0].set_ylabel("patents")
     fig.legend(*panels[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=6)
     if title:
         fig.suptitle(title)
     _save(fig, path)
+
+
+def _column(i: int):
+    return lambda values: values[:, i]
 
 
 def _total(values: np.ndarray) -> np.ndarray:
@@ -152,7 +166,7 @@ def plot_allocation(spend: np.ndarray, regions, levers, path: Path, *, title: st
     ax = fig.subplots()
     image = ax.imshow(spend[order], aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(levers)), [name.replace("_", " ") for name in levers], rotation=30, ha="right")
-    ax.set_yticks(range(len(order)), [str(regions[i])[:32] for i in order], fontsize=7)
+    ax.set_yticks(range(len(order)), [str(regions[i])[:48] for i in order], fontsize=7)
     fig.colorbar(image, ax=ax, label="spending over the horizon")
     ax.set_title(title)
     _save(fig, path)

@@ -20,6 +20,7 @@ from ..observation import negative_binomial_deviance
 from ..params import Params
 from ..scenario import Scenario
 from ..simulate import Trajectory
+from ..training import check_stop
 
 REGION_VARIABLES = ("development", "local_connectedness", "catchment_share")
 DOMAIN_VARIABLES = ("active", "passive", "overlap", "knowledge", "internationalization")
@@ -75,6 +76,7 @@ def write_trajectories(path: Path, scenario: Scenario, traj: Trajectory, *, form
     rows, writer = 0, None
     try:
         for t in range(num_years):
+            check_stop()  # a year at a time: Ctrl-C is honoured within one
             table = _year_table(arrays, t, first_year + t, regions, archetypes, np.asarray(scenario.archetype))
             if writer is None:
                 writer = (pq.ParquetWriter(path, table.schema) if form == "parquet" else

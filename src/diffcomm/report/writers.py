@@ -15,24 +15,27 @@ from ..forecast import Forecast, RollingOrigin
 from ..policy import PolicyProblem, PolicyResult, evaluate, marginal_values, spend_per_year
 from ..scenario import Scenario
 from ..simulate import Trajectory
+from ..training import check_stop
 from . import figures
 from .markdown import calibration_report, policy_report
 from .tables import archetype_summary, fit_summary, parameter_table, trajectory_arrays, write_trajectories
 
 
 def write_simulation(out: RunOutputs, scenario: Scenario, traj: Trajectory, output: OutputConfig, *, title: str,
-                     seconds: float, config: dict) -> dict:
+                     seconds: float, config: dict, shock: tuple[int, int] | None = None) -> dict:
     """`trajectories.npz`, the tidy table (`trajectories.csv` or `.parquet`), `summary.csv`,
     `trajectories.png` and `summary.json`."""
     arrays = trajectory_arrays(traj)
+    check_stop()
     with open(out.path("trajectories.npz"), "wb") as fh:
         np.savez_compressed(fh, region=np.asarray(scenario.region_names),
                             archetype=np.asarray(scenario.archetype_names)[scenario.archetype], **arrays)
     rows = write_trajectories(out.path(f"trajectories.{output.format}"), scenario, traj, form=output.format) if output.csv else 0
     table = archetype_summary(scenario, traj)
     table.to_csv(out.path("summary.csv"), index=False)
+    check_stop()
     if output.figures:
-        figures.plot_archetype_trajectories(scenario, traj, out.path("trajectories.png"), title=title)
+        figures.plot_archetype_trajectories(scenario, traj, out.path("trajectories.png"), title=title, shock=shock)
     summary = dict(regions=scenario.num_regions, years=int(arrays["patents"].shape[0]),
                    domains=int(arrays["active"].shape[-1]) if "active" in arrays else None, rows=rows, seconds=seconds,
                    archetypes=table.to_dict(orient="records"), config=config,
@@ -58,7 +61,9 @@ def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, c
     observed, years, level = data.observed_patents(), np.asarray(data.years[1:]), config.evaluation.level
     figures.plot_observed_vs_model(years, observed, band["fitted"], band["lower"], band["upper"], data.names,
                                    out.path("fit.png"), level=level, largest=config.evaluation.largest_regions,
-                                   title=f"Calibration {data.years[0]}-{data.years[-1]}: observed and fitted patents")
+                                   total=(band["total_lower"], band["total_upper"]),
+                                   title=f"Observed and fitted patents, {data.years[1]}-{data.years[-1]} "
+                                         f"(the counts of {data.years[0]} set the initial state)")
     summary = dict(
         regions=data.num_regions, years=[data.years[0], data.years[-1]], observations=int(data.num_observations),
         fit=fit_summary(observed, band["fitted"], float(calibration.params.natural().patents_dispersion)),
@@ -72,7 +77,7 @@ def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, c
         figures.plot_observed_vs_model(
             years, observed, rolling.band["mean"], rolling.band["lower"], rolling.band["upper"], data.names,
             out.path("rolling_origin.png"), level=level, largest=config.evaluation.largest_regions,
-            origin_year=rolling.train_last_year,
+            origin_year=rolling.train_last_year, total=(rolling.band["total_lower"], rolling.band["total_upper"]),
             extra={name.replace("_", " "): np.vstack([np.full((len(years) - len(pred), pred.shape[1]), np.nan), pred])
                    for name, pred in rolling.predictions.items() if name != "model"},
             title=f"Rolling origin: fit through {rolling.train_last_year}, "
@@ -90,7 +95,7 @@ def write_forecast(out: RunOutputs, forecast: Forecast, *, level: float, run: st
     frame.to_csv(out.path("forecast.csv"), index=False)
     figures.plot_observed_vs_model(
         forecast.years, forecast.observed, forecast.mean, forecast.lower, forecast.upper, forecast.names,
-        out.path("forecast.png"), level=level, origin_year=forecast.origin_year,
+        out.path("forecast.png"), level=level, origin_year=forecast.origin_year, total=forecast.total,
         title=f"Forecast {forecast.first_year}-{forecast.years[-1]} from the counts of {forecast.origin_year}",
     )
     summary = dict(run=run, years=[forecast.first_year, int(forecast.years[-1])], rows=len(frame),
