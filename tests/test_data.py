@@ -61,6 +61,7 @@ def test_state_tech_panel_has_domains():
         (PATENT_HEADER + "10100,A,2000,1e12\n",
          ":2: column 'patents': 1e\\+12 in one region-year is above the plausible maximum"),
         (PATENT_HEADER, "a header but no rows"),
+        (PATENT_HEADER + "10100,A,2000,5\n10100,A,2001\n", ":3: 3 fields where the header has 4"),
         ("", "the file is empty"),
     ],
 )
