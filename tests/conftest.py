@@ -80,8 +80,9 @@ def synthetic():
 
 @pytest.fixture(scope="session")
 def fitted_small():
-    """One small calibration shared by the tests that read one (30 regions, 2000-2006, two free
-    parameters): `(data, config, calibration)`, in double precision."""
+    """One small calibration shared by the tests that read one (30 regions, 2000-2006, four free
+    parameters, the attraction effect and national year effects): `(data, config, calibration)`,
+    in double precision."""
     from diffcomm.calibrate import calibrate
     from diffcomm.config import CalibrateConfig, EvaluationConfig, FitConfig
     from diffcomm.params import Params
@@ -89,8 +90,9 @@ def fitted_small():
     with jax.enable_x64(True):
         data = synthetic_dataset(jax.random.key(5), Params.from_natural(1, educating_weight=0.8), num_regions=30, num_years=6)
         config = CalibrateConfig(
-            fit=FitConfig(free=["educating_weight", "inflow_bias"], restarts=2, steps=60, polish_steps=200, progress=False),
-            evaluation=EvaluationConfig(train_last_year=2003, draws=30))
+            fit=FitConfig(free=["educating_weight", "inflow_bias", "attraction_scale", "national_shock_scale"],
+                          region_effects=["attraction"], restarts=2, steps=60, polish_steps=200, progress=False),
+            evaluation=EvaluationConfig(origins=[2003], draws=30))
         return data, config, calibrate(data, config)
 
 

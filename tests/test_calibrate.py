@@ -9,9 +9,11 @@ import numpy as np
 import optax
 import pytest
 
-from diffcomm.calibrate import Calibration, calibrate, fit, laplace, load_calibration, save_calibration
+from diffcomm.calibrate import Calibration, calibrate, fit, load_calibration, save_calibration
 from diffcomm.config import FitConfig
+from diffcomm.effects import Estimate
 from diffcomm.errors import ConfigError
+from diffcomm.laplace import Laplace, estimate_mask, laplace
 from diffcomm.loss import Prior, negative_log_likelihood, objective
 from diffcomm.params import Params
 from diffcomm.training import Interrupted
@@ -28,8 +30,17 @@ def adam(steps):
 ADAM_40 = adam(40)  # one object: the fits below share one compiled step
 
 
-def per_observation(params, data):
-    return negative_log_likelihood(params, data) / data.num_observations
+def per_observation(estimate, data):
+    return negative_log_likelihood(estimate, data) / data.num_observations
+
+
+def settings(free, **kwargs):
+    """Fit settings for the parameters `free` alone: no latent effects."""
+    return FitConfig(free=free, region_effects=[], national_effects=False, progress=False, **kwargs)
+
+
+def start_of(params, data):
+    return Estimate.start(params, data.num_regions, data.patents.shape[0])
 
 
 @pytest.mark.slow
@@ -38,14 +49,14 @@ def test_driver_weights_are_recovered_from_data_simulated_with_them(synthetic):
     data = synthetic(jax.random.key(1), truth)
     free = list(TRUE_WEIGHTS)
     start = Params.from_natural(1, patents_dispersion=20.0)  # every weight starts at 0.5, then perturbed
-    result = fit(per_observation, start, (data,), adam(400),
-                 FitConfig(free=free, restarts=4, steps=400, spread=0.5, patience=60, tolerance=1e-5, progress=False))
+    config = settings(free, restarts=4, steps=400, spread=0.5, patience=60, tolerance=1e-5)
+    result = fit(per_observation, start_of(start, data), (data,), adam(400), config)
     # every start ends in the same optimum
     assert np.ptp(result.best_losses) < 1e-4, result.best_losses
-    approx = laplace(negative_log_likelihood, result.params, (data,), free)
+    approx = laplace(result.estimate, data, Prior(start, tuple(free), None), estimate_mask(result.estimate, free, (), False))
     assert approx.positive_definite
-    fitted = result.params.natural()
-    for name, se in zip(approx.names, approx.natural_se):
+    fitted = result.estimate.params.natural()
+    for name, se in zip(approx.parameter_names, approx.natural_se):
         error = abs(float(getattr(fitted, name)) - TRUE_WEIGHTS[name])
         assert error < 0.15, (name, error)  # stated tolerance
         assert error < 3 * se, (name, error, se)  # and consistent with its standard error
@@ -54,21 +65,22 @@ def test_driver_weights_are_recovered_from_data_simulated_with_them(synthetic):
 @pytest.fixture
 def small(synthetic):
     truth = Params.from_natural(1, **TRUE_WEIGHTS)
-    return synthetic(jax.random.key(4), truth, num_regions=40, num_years=8), Params.from_natural(1), list(TRUE_WEIGHTS)
+    data = synthetic(jax.random.key(4), truth, num_regions=40, num_years=8)
+    return data, start_of(Params.from_natural(1), data), list(TRUE_WEIGHTS)
 
 
 def test_resume_after_interruption_gives_the_same_parameters(small, tmp_path):
     data, start, free = small
-    settings = FitConfig(free=free, restarts=3, steps=40, patience=1000, checkpoint_every=5, progress=False)
-    whole = fit(per_observation, start, (data,), ADAM_40, settings)
+    config = settings(free, restarts=3, steps=40, patience=1000, checkpoint_every=5)
+    whole = fit(per_observation, start, (data,), ADAM_40, config)
     ckpt = tmp_path / "checkpoint"
     with pytest.raises(Interrupted) as stop:
-        fit(per_observation, start, (data,), ADAM_40, dataclasses.replace(settings, stop_after=17), checkpoint_path=ckpt)
+        fit(per_observation, start, (data,), ADAM_40, dataclasses.replace(config, stop_after=17), checkpoint_path=ckpt)
     assert stop.value.step == 17
     assert json.loads(ckpt.with_suffix(".json").read_text())["step"] == 17
-    resumed = fit(per_observation, start, (data,), ADAM_40, settings, checkpoint_path=ckpt)
+    resumed = fit(per_observation, start, (data,), ADAM_40, config, checkpoint_path=ckpt)
     assert resumed.steps == whole.steps == 40
-    for a, b in zip(jax.tree_util.tree_leaves(whole.params), jax.tree_util.tree_leaves(resumed.params)):
+    for a, b in zip(jax.tree_util.tree_leaves(whole.estimate), jax.tree_util.tree_leaves(resumed.estimate)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(whole.best_losses, resumed.best_losses)
     assert len(resumed.history["loss"]) == 40
@@ -76,8 +88,7 @@ def test_resume_after_interruption_gives_the_same_parameters(small, tmp_path):
 
 def test_a_fixed_seed_gives_the_same_numbers_twice_and_another_seed_other_starts(small):
     data, start, free = small
-    runs = [fit(per_observation, start, (data,), ADAM_40, FitConfig(free=free, restarts=3, steps=15, seed=s, progress=False))
-            for s in (0, 0, 1)]
+    runs = [fit(per_observation, start, (data,), ADAM_40, settings(free, restarts=3, steps=15, seed=s)) for s in (0, 0, 1)]
     np.testing.assert_array_equal(runs[0].history["loss"], runs[1].history["loss"])
     assert not np.array_equal(runs[0].history["loss"][0], runs[2].history["loss"][0])
 
@@ -87,22 +98,22 @@ def test_the_step_is_compiled_once_for_data_of_the_same_shape(small):
     data, start, free = small
     traces = []
 
-    def counted(params, data, prior):
+    def counted(estimate, data, prior):
         traces.append(1)  # runs only while the step is traced
-        return objective(params, data, prior)
+        return objective(estimate, data, prior)
 
-    prior = Prior(start, tuple(free), 1.0)
-    settings = FitConfig(free=free, restarts=2, steps=3, progress=False)
+    prior = Prior(start.params, tuple(free), 1.0)
+    config = settings(free, restarts=2, steps=3)
     optimizer = optax.adam(0.01)
-    fit(counted, start, (data, prior), optimizer, settings)
+    fit(counted, start, (data, prior), optimizer, config)
     after_first = len(traces)
-    fit(counted, start, (data.through(2004), prior), optimizer, settings)  # later years held out, same shapes
-    fit(counted, start, (dataclasses.replace(data, patents=data.patents + 1.0), prior), optimizer, settings)
+    fit(counted, start, (data.through(2004), prior), optimizer, config)  # later years held out, same shapes
+    fit(counted, start, (dataclasses.replace(data, patents=data.patents + 1.0), prior), optimizer, config)
     assert after_first >= 1 and len(traces) == after_first
 
 
 def test_calibrate_and_its_rolling_origin_refit_compile_once(fitted_small, monkeypatch):
-    """The refit on the same data with later years held out traces no program again."""
+    """The refit on the same data with later years held out traces no program again, warm-started or not."""
     import importlib
 
     data, config, _ = fitted_small
@@ -116,11 +127,11 @@ def test_calibrate_and_its_rolling_origin_refit_compile_once(fitted_small, monke
         return traced
 
     monkeypatch.setattr(module, "objective", counted(module.objective))  # new functions: fresh compiled programs
-    monkeypatch.setattr(module, "negative_log_posterior", counted(module.negative_log_posterior))
-    calibrate(data, config)
+    first_fit = calibrate(data, config)
     first = len(traces)
     calibrate(data.through(2004), config)
-    assert first >= 3 and len(traces) == first  # restarts, polish and Hessian all reused
+    calibrate(data.through(2004), config, start=first_fit.estimate)
+    assert first >= 2 and len(traces) == first  # restarts and polish reused
 
 
 def test_calibrate_refuses_a_precision_it_was_not_given(fitted_small):
@@ -130,50 +141,34 @@ def test_calibrate_refuses_a_precision_it_was_not_given(fitted_small):
             calibrate(data, config)
 
 
-def test_laplace_recovers_the_covariance_of_a_quadratic():
-    centre = {"educating_weight": 0.7, "overlap_decay": 0.2}
-    scales = {"educating_weight": 0.1, "overlap_decay": 0.5}
-    target = Params.from_natural(1, **centre)
+def laplace_of(names, natural, sd):
+    """A Laplace approximation with independent unconstrained sds `sd` around `natural` values."""
+    params = Params.from_natural(1, **dict(zip(names, natural)))
+    mean = np.array([float(params.unconstrained[n]) for n in names])
+    return Laplace(list(names), mean, np.diag(np.square(sd)), np.asarray(natural), np.full(len(names), np.nan), True, [],
+                   np.zeros((0, 0)), np.zeros((0, 0, 0)), np.zeros((len(names), 0, 0)))
 
-    def loss(p, target):
-        return sum(0.5 * ((p.unconstrained[k] - target.unconstrained[k]) / scales[k]) ** 2 for k in centre)
 
-    approx = laplace(loss, target, (target,), list(centre))
-    assert approx.positive_definite
-    np.testing.assert_allclose(np.sqrt(np.diag(approx.covariance)), [scales[n] for n in approx.names], rtol=1e-6)
-    # delta method: d sigmoid / d unconstrained = x (1 - x) at x = 0.2
-    se = dict(zip(approx.names, approx.natural_se))
-    np.testing.assert_allclose(se["overlap_decay"], 0.5 * 0.2 * 0.8, rtol=1e-6)
-    np.testing.assert_allclose(se["educating_weight"], 0.1, rtol=1e-6)
-    # intervals come from the unconstrained scale: a share's interval stays inside (0, 1)
+def test_intervals_come_from_the_unconstrained_scale_and_respect_each_range():
+    approx = laplace_of(["educating_weight", "overlap_decay", "buzz_scale"], [0.7, 0.2, 0.08], [0.1, 0.5, 2.0])
     lower, upper = approx.interval(0.95)
-    bounds = dict(zip(approx.names, zip(lower, upper)))
     z = 1.959963984540054
-    np.testing.assert_allclose(bounds["overlap_decay"], jax.nn.sigmoid(jnp.log(0.2 / 0.8) + np.array([-z, z]) * 0.5), rtol=1e-9)
-    np.testing.assert_allclose(bounds["educating_weight"], 0.7 + np.array([-z, z]) * 0.1, rtol=1e-9)
-    assert 0 < bounds["overlap_decay"][0] < bounds["overlap_decay"][1] < 1
-
-
-def test_a_positive_parameter_keeps_a_positive_interval_however_uncertain():
-    target = Params.from_natural(1, buzz_scale=0.08)
-
-    def loss(p, target):  # sd 2 on the unconstrained scale: the delta method would cross zero
-        return 0.5 * ((p.unconstrained["buzz_scale"] - target.unconstrained["buzz_scale"]) / 2.0) ** 2
-
-    approx = laplace(loss, target, (target,), ["buzz_scale"])
-    lower, upper = approx.interval(0.95)
-    assert approx.natural[0] - 1.96 * approx.natural_se[0] < 0 < lower[0] < approx.natural[0] < upper[0]
+    np.testing.assert_allclose([lower[0], upper[0]], 0.7 + np.array([-z, z]) * 0.1, rtol=1e-9)
+    np.testing.assert_allclose([lower[1], upper[1]], jax.nn.sigmoid(jnp.log(0.2 / 0.8) + np.array([-z, z]) * 0.5), rtol=1e-9)
+    assert 0 < lower[1] < 0.2 < upper[1] < 1  # a share stays a share
+    assert 0 < lower[2] < 0.08 < upper[2]  # a positive parameter stays positive, however uncertain
 
 
 def test_calibrate_recipe_and_its_files(fitted_small, tmp_path):
     data, config, calibration = fitted_small
     assert calibration.polished is None or calibration.polished.best_loss <= calibration.restarts.best_loss
-    assert calibration.laplace.names == ["inflow_bias", "educating_weight"]  # declaration order
+    assert calibration.laplace.parameter_names == ["inflow_bias", "educating_weight", "attraction_scale",
+                                                   "national_shock_scale"]  # declaration order
     save_calibration(calibration, tmp_path)
     (tmp_path / "summary.json").write_text("{}")
     loaded = load_calibration(tmp_path)
     assert isinstance(loaded, Calibration) and loaded.config == config
-    for a, b in zip(jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(calibration.params)):
+    for a, b in zip(jax.tree_util.tree_leaves(loaded.estimate), jax.tree_util.tree_leaves(calibration.estimate)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(loaded.laplace.covariance, calibration.laplace.covariance)
 

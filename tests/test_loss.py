@@ -8,10 +8,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffcomm.loss import Prior, gaussian_prior, negative_log_likelihood, negative_log_posterior, objective
+from diffcomm.effects import Effects, Estimate
+from diffcomm.loss import (
+    Prior,
+    expected_patents,
+    gaussian_prior,
+    latent_curvature,
+    negative_log_likelihood,
+    negative_log_posterior,
+    negative_log_prior,
+    objective,
+)
 from diffcomm.observation import negative_binomial_nll
 from diffcomm.params import Params
-from diffcomm.simulate import simulate_from_data
+
+
+def at(params, data, effects=None):
+    """An estimate of `params` with `effects` (default: none, every region and year at the mean)."""
+    return Estimate(params, effects or Effects.zeros(data.num_regions, data.patents.shape[0]))
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -21,15 +35,16 @@ def test_masked_cells_change_neither_value_nor_gradient(synthetic):
     data = synthetic(jax.random.key(0), truth, num_regions=20, num_years=6)
     clean = dataclasses.replace(data, patents_mask=data.patents_mask.at[2, :5].set(0.0))
     garbage = dataclasses.replace(clean, patents=clean.patents.at[2, :5].set(1e6))
+    estimate = at(truth, data)
     for f in (negative_log_likelihood, jax.grad(negative_log_likelihood)):
-        a, b = f(truth, clean), f(truth, garbage)
+        a, b = f(estimate, clean), f(estimate, garbage)
         for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
             np.testing.assert_allclose(x, y)
     # and the masked loss is the whole loss less exactly the masked cells' terms
-    mean = simulate_from_data(truth, data, 6)[1].patents
+    mean = expected_patents(estimate, data)[0]
     dispersion = truth.natural().patents_dispersion
     left_out = negative_binomial_nll(mean[2, :5], data.patents[2, :5], dispersion, jnp.ones(5))
-    np.testing.assert_allclose(negative_log_likelihood(truth, clean), negative_log_likelihood(truth, data) - left_out,
+    np.testing.assert_allclose(negative_log_likelihood(estimate, clean), negative_log_likelihood(estimate, data) - left_out,
                                rtol=1e-12)
 
 
@@ -40,7 +55,8 @@ def test_holding_out_later_years_is_fitting_the_earlier_ones(synthetic):
     held_out = data.through(2005)
     shorter = dataclasses.replace(data, patents=data.patents[:5], patents_mask=data.patents_mask[:5], window=data.window[:5],
                                   years=data.years[:6])
-    np.testing.assert_allclose(negative_log_likelihood(truth, held_out), negative_log_likelihood(truth, shorter), rtol=1e-12)
+    np.testing.assert_allclose(negative_log_likelihood(at(truth, data), held_out),
+                               negative_log_likelihood(at(truth, shorter), shorter), rtol=1e-12)
     assert float(held_out.num_observations) == float(shorter.num_observations)
     assert held_out.patents.shape == data.patents.shape  # the same shapes: the same compiled programs
 
@@ -53,15 +69,31 @@ def test_prior_and_normalisation(synthetic):
     np.testing.assert_allclose(gaussian_prior(moved, prior), 0.5 * (2.0 / 0.5) ** 2)
     assert float(gaussian_prior(moved, Prior(start, ("buzz_scale",), 0.5))) == 0.0  # only free parameters count
     assert float(gaussian_prior(moved, Prior(start, ("educating_weight",), None))) == 0.0  # no prior
-    total = negative_log_posterior(moved, data, prior)
-    np.testing.assert_allclose(total, negative_log_likelihood(moved, data) + 8.0, rtol=1e-12)
-    np.testing.assert_allclose(objective(moved, data, prior), total / (4 * 10), rtol=1e-12)
+    total = negative_log_posterior(at(moved, data), data, prior)
+    np.testing.assert_allclose(total, negative_log_likelihood(at(moved, data), data) + 8.0, rtol=1e-12)
+    np.testing.assert_allclose(objective(at(moved, data), data, prior), total / (4 * 10), rtol=1e-12)
+    # standardized latent effects are N(0, 1) a priori
+    effects = Effects(jnp.full(10, 2.0), jnp.zeros(10), jnp.full(3, 1.0))
+    np.testing.assert_allclose(negative_log_prior(at(moved, data, effects), prior), 8.0 + 0.5 * (10 * 4.0 + 3 * 1.0))
+
+
+def test_the_latent_curvature_grows_with_the_scales_and_vanishes_without_them(synthetic):
+    data = synthetic(jax.random.key(5), Params.from_natural(1), num_regions=12, num_years=5)
+    effects = Effects(jnp.linspace(-1, 1, 12), jnp.zeros(12), jnp.zeros(5))
+
+    def curvature(scale):
+        estimate = at(Params.from_natural(1, attraction_scale=scale), data, effects)
+        patents = expected_patents(estimate, data)[0]
+        return float(latent_curvature(estimate, data, ("attraction",), False, patents))
+
+    values = [curvature(s) for s in (1e-6, 0.3, 1.0)]
+    assert values[0] < 1e-8 < values[1] < values[2]
 
 
 def test_likelihood_gradient_matches_finite_differences(synthetic):
     truth = Params.from_natural(1)
     data = synthetic(jax.random.key(2), truth, num_regions=25, num_years=6, with_linkages=True)
-    loss = jax.jit(negative_log_likelihood)
+    loss = jax.jit(lambda params, data: negative_log_likelihood(at(params, data), data))
     grads = jax.grad(loss)(truth, data)
     h = 1e-6
     names = ["connecting_weight", "educating_weight", "inflow_bias", "buzz_scale", "patents_intercept", "patents_dispersion",

@@ -1,10 +1,10 @@
-"""Calibration: fit the free parameters with optax, polish with L-BFGS, Laplace errors.
+"""Calibration: fit the free parameters and latent effects with optax, polish with L-BFGS, Laplace errors.
 
-`fit` minimises a loss over the parameters named free (`eqx.partition` with a filter spec) from
-several starts at once: the starts are one `vmap`-ped batch, so one compiled step moves all of
-them. The step is compiled once per loss, optimizer and data shape: the data and the prior are
-arguments of the jitted step, not constants baked into it, so the polish of the rolling origin
-reuses the program of the first polish. A fit checkpoints its whole state; `fit` called again
+`fit` minimises a loss over the free part of an `Estimate` (the parameters named free and the
+latent effects; `eqx.partition` with a filter spec) from several starts at once: the starts are
+one `vmap`-ped batch, so one compiled step moves all of them. The step is compiled once per
+loss, optimizer and data shape: the data and the prior are arguments of the jitted step, not
+constants baked into it, so the fits at the rolling origins reuse the programs of the first. A fit checkpoints its whole state; `fit` called again
 with the same checkpoint path resumes and reaches the same numbers as an uninterrupted run.
 `calibrate` is the whole recipe: restarts, polish, Laplace approximation.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import time
 import zipfile
 from dataclasses import dataclass
@@ -28,10 +27,12 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from .config import CalibrateConfig, FitConfig, from_dict
+from .effects import Estimate
 from .errors import ConfigError
 from .files import atomic_path, write_json
-from .loss import Prior, negative_log_posterior, objective
-from .params import PARAMETERS, POSITIVE, UNIT, Params, free_mask
+from .laplace import Laplace, estimate_mask, laplace
+from .loss import Prior, objective
+from .params import PARAMETERS, Params
 from .training import Progress, adam_with_warmup, load_checkpoint, log, run_steps, save_checkpoint, strongly_typed
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ POLISH_TOLERANCE = 0.0
 
 @dataclass
 class FitResult:
-    params: Params  # the best start's parameters
+    estimate: Estimate  # the best start's parameters and effects
     history: dict[str, list]  # per step: loss and gradient norm of every start
     best_losses: np.ndarray  # (restarts,)
     best_restart: int
@@ -58,30 +59,32 @@ class FitResult:
 
 
 class _FitState(NamedTuple):
-    batch: Params  # the free parameters of every start (leading axis: restarts)
+    batch: Estimate  # the free part of every start (leading axis: restarts)
     opt_state: optax.OptState
-    best_free: Params  # each start's best parameters so far
+    best_free: Estimate  # each start's best so far
     best_loss: jax.Array  # (restarts,)
     since_improvement: int
     history: dict[str, list]
 
 
-def _starts(free: Params, *, key: jax.Array, restarts: int, spread: float) -> Params:
-    """`restarts` copies of the free parameters; all but the first perturbed (in declaration order)."""
-    names = [name for name in PARAMETERS if free.unconstrained[name] is not None]
+def _starts(free: Estimate, *, key: jax.Array, restarts: int, spread: float) -> Estimate:
+    """`restarts` copies of the free part; the parameters of all but the first perturbed (in
+    declaration order); the latent effects start where they are in every copy."""
+    names = [name for name in PARAMETERS if free.params.unconstrained[name] is not None]
     keys = dict(zip(names, jax.random.split(key, len(names))))
 
     def perturbed(name, value):
         eps = spread * jax.random.normal(keys[name], (restarts, *jnp.shape(value)), dtype=jnp.result_type(value))
         return value[None] + eps.at[0].set(0.0)
 
-    return eqx.tree_at(lambda p: [p.unconstrained[n] for n in names], free,
-                       [perturbed(n, free.unconstrained[n]) for n in names])
+    batch = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (restarts, *jnp.shape(x))), free)
+    return eqx.tree_at(lambda e: [e.params.unconstrained[n] for n in names], batch,
+                       [perturbed(n, free.params.unconstrained[n]) for n in names])
 
 
 @eqx.filter_jit
 def _fit_step(loss: Callable, optimizer: optax.GradientTransformationExtraArgs, tolerance: float, arrays: tuple,
-              fixed: Params, args: tuple):
+              fixed: Estimate, args: tuple):
     """One optimizer step of every start, and the bookkeeping of each start's best.
 
     `arrays`: the batch, optimizer state, best parameters and best losses of `_FitState`.
@@ -119,7 +122,7 @@ def _fit_step(loss: Callable, optimizer: optax.GradientTransformationExtraArgs, 
 
 def fit(
     loss: Callable[..., jax.Array],
-    params: Params,
+    start: Estimate,
     args: tuple,
     optimizer: optax.GradientTransformation,
     config: FitConfig,
@@ -127,16 +130,16 @@ def fit(
     phase: str = "fit",
     checkpoint_path: Path | None = None,
 ) -> FitResult:
-    """Minimise `loss(params, *args)` over the free parameters from `config.restarts` starts.
+    """Minimise `loss(estimate, *args)` over the free part of an estimate from `config.restarts` starts.
 
     **Arguments:**
 
-    - `loss`: a pure scalar function of `Params` and `args`, e.g. `loss.objective`. Keep it the
-      same function object between calls: it keys the compiled step.
-    - `params`: the start; fixed parameters keep these values.
+    - `loss`: a pure scalar function of an `Estimate` and `args`, e.g. `loss.objective`. Keep it
+      the same function object between calls: it keys the compiled step.
+    - `start`: the start; what is not free keeps these values.
     - `args`: the pytrees the loss reads (e.g. `(dataset, prior)`), passed to the compiled step.
     - `optimizer`: an optax transformation (e.g. `adam_with_warmup(1000)` or `optax.lbfgs()`).
-    - `config`: `free`, `restarts`, `steps`, `spread`, `patience`, `tolerance`, `seed`,
+    - `config`: `free`, `region_effects`, `national_effects`, `restarts`, `steps`, `spread`, `patience`, `tolerance`, `seed`,
       `checkpoint_every`, `stop_after`, `progress`.
     - `phase`: the name shown in progress and logs.
     - `checkpoint_path`: where to keep the fit's state; an existing checkpoint is resumed.
@@ -145,7 +148,7 @@ def fit(
     `stop_after`, Ctrl-C or `training.request_stop()`.
     """
     optimizer = optax.with_extra_args_support(optimizer)
-    free, fixed = eqx.partition(params, free_mask(params, config.free))
+    free, fixed = eqx.partition(start, estimate_mask(start, config.free, config.region_effects, config.national_effects))
     batch = _starts(free, key=jax.random.key(config.seed), restarts=config.restarts, spread=config.spread)
     state = _FitState(batch, strongly_typed(jax.vmap(optimizer.init)(batch)), batch, jnp.full(config.restarts, jnp.inf), 0,
                       {"loss": [], "grad_norm": []})
@@ -188,92 +191,6 @@ def fit(
 
 
 # --------------------------------------------------------------------------------------------
-# Laplace approximation
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Laplace:
-    """Gaussian approximation at the optimum, on the unconstrained scale of the free parameters."""
-
-    names: list[str]  # one per free scalar, e.g. "critical_mass[0]"
-    mean: np.ndarray  # unconstrained values
-    covariance: np.ndarray  # unconstrained scale
-    natural: np.ndarray  # natural-scale values
-    natural_se: np.ndarray  # delta-method standard errors on the natural scale (NaN if not identified)
-    positive_definite: bool
-
-    def interval(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-        """Central intervals on the natural scale: the unconstrained interval mapped through each
-        parameter's constraint, so a positive parameter's interval stays positive."""
-        z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
-        sd = np.sqrt(np.clip(np.diag(self.covariance), 0, None)) if self.positive_definite else np.full(len(self.mean), np.nan)
-        constraints = np.asarray([PARAMETERS[name.split("[")[0]].metadata["constraint"] for name in self.names])
-
-        def natural(x):  # the constraints of params.to_natural, in float64 whatever JAX's precision
-            return np.where(constraints == POSITIVE, np.logaddexp(0.0, x), np.where(constraints == UNIT, 1 / (1 + np.exp(-x)), x))
-
-        with np.errstate(invalid="ignore"):  # NaN where the covariance is not usable
-            return natural(self.mean - z * sd), natural(self.mean + z * sd)
-
-
-def _free_names(free: Params) -> list[str]:
-    return [name for name in PARAMETERS if free.unconstrained[name] is not None]
-
-
-@eqx.filter_jit
-def _curvature(loss: Callable, free: Params, fixed: Params, args):
-    """The Hessian of `loss` over the flattened free parameters, and the natural values with their Jacobian."""
-    flat, unravel = ravel_pytree(free)
-    names = _free_names(free)
-
-    def total(x):
-        return loss(eqx.combine(unravel(x), fixed), *args)
-
-    def natural_values(x):
-        p = eqx.combine(unravel(x), fixed).natural()
-        return jnp.concatenate([jnp.ravel(getattr(p, n)) for n in names])
-
-    return flat, jax.hessian(total)(flat), natural_values(flat), jax.jacfwd(natural_values)(flat)
-
-
-def laplace(loss: Callable[..., jax.Array], params: Params, args: tuple, free: list[str]) -> Laplace:
-    """Laplace approximation of the density exp(-loss(params, *args)) over the free parameters.
-
-    `loss` is the total negative log posterior (not per observation). Where the Hessian is not
-    positive definite the covariance and the standard errors are NaN.
-    """
-    free_part, fixed = eqx.partition(params, free_mask(params, free))
-    flat, hessian, natural, jacobian = (np.asarray(x) for x in _curvature(loss, free_part, fixed, args))
-    hessian = 0.5 * (hessian + hessian.T)
-    positive = bool(np.all(np.linalg.eigvalsh(hessian) > 0))
-    covariance = np.linalg.pinv(hessian) if positive else np.full_like(hessian, np.nan)
-    natural_cov = jacobian @ covariance @ jacobian.T
-    names = []
-    for name in _free_names(free_part):
-        size = int(np.size(free_part.unconstrained[name]))
-        names += [name] if np.ndim(free_part.unconstrained[name]) == 0 else [f"{name}[{i}]" for i in range(size)]
-    se = np.sqrt(np.clip(np.diag(natural_cov), 0, None)) if positive else np.full(len(flat), np.nan)
-    return Laplace(names, flat, covariance, natural, se, positive)
-
-
-def sample_params(params: Params, free: list[str], approx: Laplace, *, key: jax.Array, num: int) -> Params:
-    """`num` parameter draws from the Laplace approximation, stacked (leading axis `num`).
-
-    Where the Hessian was not positive definite the draws all equal the estimate.
-    """
-    free_part, fixed = eqx.partition(params, free_mask(params, free))
-    _, unravel = ravel_pytree(free_part)
-    mean = jnp.asarray(approx.mean)
-    if approx.positive_definite:
-        draws = jax.random.multivariate_normal(key, mean, jnp.asarray(approx.covariance), shape=(num,), method="eigh")
-    else:  # no usable covariance: every draw is the estimate (only count noise remains)
-        draws = jnp.broadcast_to(mean, (num, mean.size))
-    stacked = jax.vmap(unravel)(draws)
-    return eqx.combine(stacked, jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), fixed))
-
-
-# --------------------------------------------------------------------------------------------
 # The recipe
 # --------------------------------------------------------------------------------------------
 
@@ -283,14 +200,24 @@ class Calibration:
     """A calibrated model: its configuration, the estimate and its Laplace approximation."""
 
     config: CalibrateConfig
-    params: Params
+    estimate: Estimate
     laplace: Laplace
-    restarts: FitResult | None = None  # the batched starts (None when loaded from a run folder)
+    restarts: FitResult | None = None  # the batched starts (None when loaded, or when warm-started)
     polished: FitResult | None = None  # the L-BFGS polish of the best start (None without a polish)
+
+    @property
+    def params(self) -> Params:
+        return self.estimate.params
 
     @property
     def result(self) -> FitResult | None:
         return self.polished or self.restarts
+
+    @property
+    def mask(self) -> Estimate:
+        """What was fitted: the filter spec of `laplace.estimate_mask`."""
+        fit_config = self.config.fit
+        return estimate_mask(self.estimate, fit_config.free, fit_config.region_effects, fit_config.national_effects)
 
 
 def calibrate(
@@ -300,12 +227,15 @@ def calibrate(
     optimizer: optax.GradientTransformation | None = None,
     checkpoint: Path | None = None,
     phase: str = "",
+    start: Estimate | None = None,
 ) -> Calibration:
-    """Fit the free parameters to `data` by maximum a posteriori; errors from Laplace.
+    """Fit the free parameters and latent effects to `data` by maximum a posteriori; errors from Laplace.
 
     The recipe: `config.fit.restarts` starts as one batch (`optimizer`, default
     `adam_with_warmup(config.fit.steps)`), an L-BFGS polish of the best until the loss stops
-    improving, and the Laplace approximation of the posterior at the result.
+    improving, and the Laplace approximation of the posterior at the result. With `start` (an
+    estimate of the same shapes, e.g. from a fit on fewer years) the restarts are skipped and
+    the polish starts there.
 
     `config.data` is recorded with the result as the data's description (`save_calibration`;
     `diffcomm forecast` reloads the data from it): pass the `DataConfig` that `data` was loaded
@@ -322,6 +252,7 @@ def calibrate(
     - `checkpoint`: where to keep checkpoints (`<checkpoint>.eqx/.json`, and `<checkpoint>_polish.*`
       for the polish); existing ones are resumed. None: no checkpoints.
     - `phase`: a prefix for the names of the phases in progress and logs.
+    - `start`: a warm start (see above).
 
     ```python
     data = load_dataset(DataConfig(regions=["41860", "41940", "42660"]))
@@ -334,23 +265,29 @@ def calibrate(
         raise ConfigError("model.x64 is true but JAX runs in single precision: calibrate inside "
                           "`with jax.enable_x64(True):` (the command line does), or set model.x64=false")
     fit_config = config.fit
-    start = Params.from_natural(config.model.num_domains, **config.model.params)
-    args = (data, Prior(start, tuple(fit_config.free), fit_config.prior_scale))
-    restarts = fit(objective, start, args, optimizer or adam_with_warmup(fit_config.steps), fit_config,
-                   phase=f"{phase}restarts", checkpoint_path=checkpoint)
+    centre = Params.from_natural(config.model.num_domains, **config.model.params)
+    args = (data, Prior(centre, tuple(fit_config.free), fit_config.prior_scale, tuple(fit_config.region_effects),
+                        fit_config.national_effects))
+    restarts = None
+    if start is None:
+        restarts = fit(objective, Estimate.start(centre, data.num_regions, len(data.years) - 1), args,
+                       optimizer or adam_with_warmup(fit_config.steps), fit_config, phase=f"{phase}restarts",
+                       checkpoint_path=checkpoint)
+        start = restarts.estimate
     polished = None
     if fit_config.polish_steps:
         settings = dataclasses.replace(fit_config, restarts=1, steps=fit_config.polish_steps, spread=0.0,
                                        patience=POLISH_PATIENCE, tolerance=POLISH_TOLERANCE, stop_after=None)
         # it starts from the best start and keeps its own best, so it never ends worse than the starts
-        polished = fit(objective, restarts.params, args, POLISH, settings, phase=f"{phase}polish (L-BFGS)",
+        polished = fit(objective, start, args, POLISH, settings, phase=f"{phase}polish (L-BFGS)",
                        checkpoint_path=None if checkpoint is None else Path(f"{checkpoint}_polish"))
-    best = (polished or restarts).params
+    best = polished.estimate if polished else start
     started = time.perf_counter()
-    approx = laplace(negative_log_posterior, best, args, fit_config.free)
+    calibration = Calibration(config, best, None, restarts, polished)
+    calibration.laplace = laplace(best, *args, calibration.mask)
     log.info("%sLaplace approximation: done in %.1f s; positive definite: %s", phase, time.perf_counter() - started,
-             approx.positive_definite)
-    return Calibration(config, best, approx, restarts, polished)
+             calibration.laplace.positive_definite)
+    return calibration
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,19 +295,23 @@ def calibrate(
 # --------------------------------------------------------------------------------------------
 
 FILES = ("calibration.json", "fitted.eqx", "laplace.npz")
+_LAPLACE_ARRAYS = ("mean", "covariance", "natural", "natural_se", "region_mean", "region_precision", "cross")
 
 
 def save_calibration(calibration: Calibration, folder: Path) -> None:
     """Write the configuration, the estimate and the Laplace approximation into `folder`."""
     folder = Path(folder)
-    precision = str(jax.tree_util.tree_leaves(calibration.params)[0].dtype)
-    write_json(folder / "calibration.json", dict(format=1, precision=precision, config=dataclasses.asdict(calibration.config)))
+    estimate = calibration.estimate
+    precision = str(jax.tree_util.tree_leaves(estimate)[0].dtype)
+    shape = dict(regions=int(estimate.effects.attraction.shape[0]), years=int(estimate.effects.year.shape[0]))
+    write_json(folder / "calibration.json", dict(format=2, precision=precision, shape=shape,
+                                                 config=dataclasses.asdict(calibration.config)))
     with atomic_path(folder / "fitted.eqx") as tmp:
-        eqx.tree_serialise_leaves(tmp, calibration.params)
+        eqx.tree_serialise_leaves(tmp, estimate)
     a = calibration.laplace
     with atomic_path(folder / "laplace.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, names=np.asarray(a.names), mean=a.mean, covariance=a.covariance, natural=a.natural,
-                 natural_se=a.natural_se, positive_definite=a.positive_definite)
+        np.savez(fh, names=np.asarray(a.names), region_effects=np.asarray(a.region_effects, dtype=str),
+                 positive_definite=a.positive_definite, **{name: getattr(a, name) for name in _LAPLACE_ARRAYS})
 
 
 def load_calibration(folder: Path) -> Calibration:
@@ -384,15 +325,21 @@ def load_calibration(folder: Path) -> Calibration:
         raise ConfigError(f"run={folder} is not a finished calibration: missing {', '.join(missing)}")
     try:
         stored = json.loads((folder / "calibration.json").read_text())
+        if stored.get("format") != 2:
+            raise ConfigError(f"run={folder} was written by an earlier diffcomm (calibration format "
+                              f"{stored.get('format')}, this one reads 2): calibrate again")
         config = from_dict(CalibrateConfig, stored["config"])
         with jax.enable_x64(stored["precision"] == "float64"):  # read in the precision it was written in
-            like = Params.from_natural(config.model.num_domains, **config.model.params)
-            params = eqx.tree_deserialise_leaves(folder / "fitted.eqx", like)
+            like = Estimate.start(Params.from_natural(config.model.num_domains, **config.model.params),
+                                  stored["shape"]["regions"], stored["shape"]["years"])
+            estimate = eqx.tree_deserialise_leaves(folder / "fitted.eqx", like)
         with np.load(folder / "laplace.npz") as npz:
-            approx = Laplace(list(npz["names"]), npz["mean"], npz["covariance"], npz["natural"], npz["natural_se"],
-                             bool(npz["positive_definite"]))
+            approx = Laplace(list(npz["names"]), positive_definite=bool(npz["positive_definite"]),
+                             region_effects=list(npz["region_effects"]), **{name: npz[name] for name in _LAPLACE_ARRAYS})
+    except ConfigError:
+        raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, zipfile.BadZipFile) as error:  # truncated or edited
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"run={folder} is not a finished calibration: its files cannot be read ({first})") from None
-    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=float), params)  # then in this run's precision
-    return Calibration(config, params, approx)
+    estimate = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=float), estimate)  # then in this run's precision
+    return Calibration(config, estimate, approx)

@@ -27,6 +27,8 @@ class Drivers(eqx.Module):
     migrating: Float[Array, ""]  # z-score: skilled in-migration
     specializing: Float[Array, "k"]  # z-score per domain: clustering / specialization
     amenities: Float[Array, ""]  # z-score: quality of life
+    attraction: Float[Array, ""]  # log-offset of the inflow of new members that the other drivers miss (0: none)
+    buzz_quality: Float[Array, ""]  # log-offset of the productivity of local buzz that the other drivers miss (0: none)
     openness: Float[Array, ""]  # >= 0, about [0, 1]: openness to an influx of people and ideas
     anchors: Float[Array, ""]  # z-score: leaders and anchor firms
     middleground: Float[Array, ""]  # z-score: middleground places, events, organisations
@@ -54,11 +56,16 @@ class Drivers(eqx.Module):
 
 
 NEUTRAL_DRIVERS: dict[str, float] = dict(
-    connecting=0.0, educating=0.0, migrating=0.0, amenities=0.0, openness=0.5, anchors=0.0,
+    connecting=0.0, educating=0.0, migrating=0.0, amenities=0.0, attraction=0.0, buzz_quality=0.0, openness=0.5, anchors=0.0,
     middleground=0.0, place_policy=0.0, mne_presence=1.0, spawning_share=0.5,
 )
 """Every driver but `specializing` (neutral at 0) at its neutral value: z-scores at the mean,
-openness 0.5, MNE presence 1, spawning share 0.5. Drivers the data do not observe sit here."""
+no extra attraction or buzz quality, openness 0.5, MNE presence 1, spawning share 0.5. Drivers the data do not
+observe sit here (a calibration adds its latent region effects to `attraction` and `buzz_quality`)."""
+
+
+LATENT_DRIVERS: tuple[str, ...] = ("attraction", "buzz_quality")
+"""Drivers that a calibration may estimate per region as latent effects (`effects.py`)."""
 
 
 class Levers(eqx.Module):

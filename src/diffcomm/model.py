@@ -92,7 +92,8 @@ def effective_amenities(p: NaturalParams, s: RegionState, d: Drivers) -> Array:
 
 
 def inflow_of_new_members(p: NaturalParams, s: RegionState, d: Drivers, shock: Array) -> Array:
-    """New passive members a year from the four driving forces (K,); a shock stops migration."""
+    """New passive members a year from the four driving forces (K,); a shock stops migration.
+    `d.attraction` is the region's pull that the observed drivers miss (0 unless calibrated)."""
     log_inflow = (
         p.inflow_bias
         + p.educating_weight * d.educating
@@ -101,6 +102,7 @@ def inflow_of_new_members(p: NaturalParams, s: RegionState, d: Drivers, shock: A
         + p.specializing_weight * d.specializing
         + p.amenity_weight * effective_amenities(p, s, d)
         + p.development_inflow_weight * jnp.log(s.development)
+        + d.attraction
     )
     return jnp.exp(log_inflow) * (1.0 - p.shock_on_migration * shock)
 
@@ -169,14 +171,16 @@ def log_lock_in(p: NaturalParams, s: RegionState, d: Drivers) -> Array:
 
 
 def local_buzz(p: NaturalParams, s: RegionState, d: Drivers, log_active: Array | None = None) -> Array:
-    """Knowledge from local buzz, beta_b A^alpha exp(w_sb s) (o + X)^nu (K,).
+    """Knowledge from local buzz, beta_b A^alpha exp(w_sb s + b) (o + X)^nu (K,).
 
-    Concave in active members, rising with specialization, damped by lock-in. Computed as one
+    Concave in active members, rising with specialization, damped by lock-in; `b` is the region's
+    buzz quality (`Drivers.buzz_quality`, 0 unless a calibration estimates it). Computed as one
     exponential of a sum of logs (one transcendental instead of four).
     """
     log_active = jnp.log(s.active) if log_active is None else log_active
     return p.buzz_scale * jnp.exp(
-        p.buzz_elasticity * log_active + p.buzz_specialization_weight * d.specializing + log_lock_in(p, s, d)
+        p.buzz_elasticity * log_active + p.buzz_specialization_weight * d.specializing + d.buzz_quality
+        + log_lock_in(p, s, d)
     )
 
 

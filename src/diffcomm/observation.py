@@ -4,7 +4,11 @@ The one home of the observation model: the links from state to expected observat
 (`observe`), their inverse for patents (`knowledge_from_patents`), the likelihoods of observed
 counts, a sampler of counts, and the deviance used to report a fit.
 
-- Patents granted per region-year ~ NegativeBinomial(mean = exp(θ0 + θG log Σ_k G_k), size r).
+- Patents granted per region-year ~ NegativeBinomial(mean = exp(θ0 + η_t + θG (log Σ_k G_k − m_t)), size r),
+  where η_t is the national effect of the year (`effects.national_effects`; 0 in the first year)
+  and m_t the log growth of the modelled regions' total knowledge since the first year: the
+  national effects carry the national level of grants, the model each region's share of it
+  (`national_factor`). `observe` gives the model's own patents, exp(θ0 + θG log Σ_k G_k).
 - Non-local connections of a region ~ BetaBinomial(total, mean share, concentration), the share
   `σ(θn0 + θn1 logit(1 − Lc) + θn2 logit mean_k X_k)` averaged over the fitted years.
 """
@@ -51,10 +55,26 @@ def observe(p: NaturalParams, s: RegionState) -> Observations:
     )
 
 
-def knowledge_from_patents(p: NaturalParams, counts: Array) -> Array:
-    """Total knowledge that the patent link maps to `counts`: its inverse, at counts + 0.5 so
-    that a zero count stays finite."""
-    return jnp.exp((jnp.log(counts + 0.5) - p.patents_intercept) / p.patents_knowledge_elasticity)
+def knowledge_from_patents(p: NaturalParams, counts: Array, national: Array | float = 0.0) -> Array:
+    """Total knowledge that the patent link maps to `counts` in a year with national effect
+    `national` on log patents: its inverse, at counts + 0.5 so that a zero count stays finite."""
+    return jnp.exp((jnp.log(counts + 0.5) - p.patents_intercept - national) / p.patents_knowledge_elasticity)
+
+
+def knowledge_growth(p: NaturalParams, patents: Float[Array, "t r"], first_knowledge: Float[Array, " r"]) -> Float[Array, " t"]:
+    """m_t: log of the regions' total knowledge relative to the first year's (`first_knowledge`,
+    summed over domains), read from the model's own patents (`observe`)."""
+    knowledge = (patents * jnp.exp(-p.patents_intercept)) ** (1.0 / p.patents_knowledge_elasticity)
+    return jnp.log(jnp.sum(knowledge, axis=-1)) - jnp.log(jnp.sum(first_knowledge))
+
+
+def national_factor(p: NaturalParams, patents: Float[Array, "t r"], first_knowledge: Float[Array, " r"],
+                    eta: Float[Array, " t"]) -> Float[Array, " t"]:
+    """eta_t - theta_G m_t: what multiplies (in logs) the model's own patents in the year's
+    expected count, so that the national level of grants is the national effects' and each
+    region's share is the model's (with theta_G = 1 the expected national total is
+    exp(theta_0 + eta_t) x the first year's total knowledge, whatever the model's growth)."""
+    return eta - p.patents_knowledge_elasticity * knowledge_growth(p, patents, first_knowledge)
 
 
 def negative_binomial_nll(mean: Array, count: Array, dispersion: Array, mask: Array) -> Float[Array, ""]:

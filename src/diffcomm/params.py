@@ -43,6 +43,8 @@ class NaturalParams(eqx.Module):
     amenity_weight: Float[Array, ""] = parameter(REAL, 0.3, "w_q: amenities raise inflow and cut attrition")
     development_inflow_weight: Float[Array, ""] = parameter(REAL, 0.3, "w_Y: regional development feeds inflow")
     development_amenity_weight: Float[Array, ""] = parameter(REAL, 0.3, "development feeds amenities")
+    attraction_scale: Float[Array, ""] = parameter(POSITIVE, 0.5, "sigma_u: sd over regions of the latent attraction "
+                                                                  "(log inflow)")
     # -- activation P -> A: middleground, place-based policy, anchors (B&C section 5) ------
     activation_max: Float[Array, ""] = parameter(UNIT, 0.3, "a-bar: largest yearly activation rate")
     activation_bias: Float[Array, ""] = parameter(REAL, -1.5, "b_a: activation logit at mean conditions")
@@ -71,6 +73,8 @@ class NaturalParams(eqx.Module):
     # -- localized learning (M&M) ------------------------------------------------------------
     best_distance: Float[Array, ""] = parameter(POSITIVE, 1.0, "d*: cognitive distance of largest absorption")
     buzz_scale: Float[Array, ""] = parameter(POSITIVE, 0.3, "beta_b: productivity of local buzz")
+    buzz_quality_scale: Float[Array, ""] = parameter(POSITIVE, 1.0, "sigma_b: sd over regions of the latent buzz quality "
+                                                                    "(log buzz)")
     buzz_elasticity: Float[Array, ""] = parameter(UNIT, 0.5, "alpha: buzz is concave in active members")
     buzz_specialization_weight: Float[Array, ""] = parameter(REAL, 0.3, "w_sb: buzz rises with specialization")
     lock_in_exponent: Float[Array, ""] = parameter(POSITIVE, 0.5, "nu: low openness and overlap damp learning")
@@ -111,6 +115,11 @@ class NaturalParams(eqx.Module):
     patents_intercept: Float[Array, ""] = parameter(REAL, 0.0, "theta_0: log patents at unit knowledge")
     patents_knowledge_elasticity: Float[Array, ""] = parameter(REAL, 1.0, "theta_G: elasticity of patents to knowledge")
     patents_dispersion: Float[Array, ""] = parameter(POSITIVE, 5.0, "negative binomial size (larger: closer to Poisson)")
+    national_drift: Float[Array, ""] = parameter(REAL, 0.0, "mu_eta: national trend of log patents per year")
+    national_shock_scale: Float[Array, ""] = parameter(POSITIVE, 0.05, "sigma_eta: sd of the yearly national shock to "
+                                                                       "log patents")
+    national_persistence: Float[Array, ""] = parameter(UNIT, 0.5, "phi_eta: persistence of national shocks (near 1: "
+                                                                  "a random walk)")
     coinvention_intercept: Float[Array, ""] = parameter(REAL, -2.0, "theta_i0: logit share of patents with a foreign co-inventor")
     coinvention_slope: Float[Array, ""] = parameter(REAL, 0.5, "theta_i1: response of that share to logit overlap")
     nonlocal_intercept: Float[Array, ""] = parameter(REAL, 0.0, "theta_n0: logit non-local connection share")

@@ -104,6 +104,8 @@ def synthetic_regions(
         **{f: column(f) + eps[i] for i, f in enumerate(scalar_fields)},
         specializing=specializing,
         openness=column("openness"),
+        attraction=jnp.zeros(num_regions),
+        buzz_quality=jnp.zeros(num_regions),
         mne_presence=column("mne_presence") * mne_presence_scale,
         spawning_share=phi,
     )

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .effects import Effects, with_region_effects
 from .inputs import Drivers, Forcing, Graph, Levers
 from .model import init_state, step
 from .observation import Observations, knowledge_from_patents
@@ -150,46 +151,64 @@ def stack(trees: list) -> object:
 # --------------------------------------------------------------------------------------------
 
 
+def first_knowledge(params: Params, data: Dataset) -> Float[Array, " r"]:
+    """Each region's total knowledge in the data's first year: what its count maps to
+    (`knowledge_from_patents`)."""
+    return knowledge_from_patents(params.natural(), data.first_patents)
+
+
 def initial_state_from_data(params: Params, data: Dataset) -> State:
     """The state in the data's first year: knowledge from the observed patent count (split
     evenly over domains), active members and internationalization from the data."""
-    p = params.natural()
     num_domains = params.num_domains
-    knowledge = knowledge_from_patents(p, data.first_patents)[:, None] / num_domains * jnp.ones((1, num_domains))
+    knowledge = first_knowledge(params, data)[:, None] / num_domains * jnp.ones((1, num_domains))
     active = data.initial_active[:, None] / num_domains * jnp.ones((1, num_domains))
     internationalization = jnp.clip(data.initial_internationalization, 0.01, 0.99)[:, None] * jnp.ones((1, num_domains))
     return init_state(params, data.graph, active=active, knowledge=knowledge, internationalization=internationalization)
 
 
-def simulate_from_data(params: Params, data: Dataset, num_years: int, *, checkpoint: bool = False) -> tuple[State, Observations]:
+def region_drivers(params: Params, data: Dataset, effects: Effects | None = None) -> Drivers:
+    """The data's drivers, with the latent region effects added where `effects` are given."""
+    return data.drivers if effects is None else with_region_effects(params.natural(), data.drivers, effects)
+
+
+def simulate_from_data(params: Params, data: Dataset, num_years: int, *, effects: Effects | None = None,
+                       checkpoint: bool = False) -> tuple[State, Observations]:
     """Simulate `num_years` years after the data's first year, with no policy and no shock.
+
+    `effects`: latent region effects added to the drivers (`effects.py`); their national part is
+    not applied here: expected patents are at the first year's national level (multiply by
+    `exp(national_effects(...))` for the years' own).
 
     **Returns:** the final state and the observations of every year, leading axes (T, R).
     """
     forcing = make_forcing(num_years, data.num_regions)
-    final, traj = simulate(params, initial_state_from_data(params, data), data.drivers, data.graph, forcing,
-                           record_states=False, checkpoint=checkpoint)
+    final, traj = simulate(params, initial_state_from_data(params, data), region_drivers(params, data, effects), data.graph,
+                           forcing, record_states=False, checkpoint=checkpoint)
     return final, traj.observations
 
 
-def restart_knowledge(params: Params, state: State, counts: Float[Array, " r"]) -> State:
-    """The state with knowledge set from observed patent counts (the observation model inverted),
-    kept where a count is missing (NaN); its split over domains is the simulated one."""
+def restart_knowledge(params: Params, state: State, counts: Float[Array, " r"],
+                      national: Float[Array, ""] | float = 0.0) -> State:
+    """The state with knowledge set from observed patent counts (the observation model inverted,
+    at the national effect `national` of the counts' year), kept where a count is missing (NaN);
+    its split over domains is the simulated one."""
     knowledge = state.regions.knowledge
-    level = knowledge_from_patents(params.natural(), counts)
+    level = knowledge_from_patents(params.natural(), counts, national)
     observed = jnp.isfinite(counts)
     share = knowledge / jnp.sum(knowledge, axis=-1, keepdims=True)
     new = jnp.where(observed[:, None], jnp.where(observed, level, 1.0)[:, None] * share, knowledge)
     return eqx.tree_at(lambda s: s.regions.knowledge, state, new)
 
 
-def state_at_origin(params: Params, data: Dataset, origin_years: int, origin_counts=None) -> tuple[State, Observations]:
+def state_at_origin(params: Params, data: Dataset, origin_years: int, origin_counts=None, *, effects: Effects | None = None,
+                    national: Float[Array, ""] | float = 0.0) -> tuple[State, Observations]:
     """Simulate `origin_years` years from the data's first year; with `origin_counts` (R,),
-    restart knowledge from the counts observed at that origin.
+    restart knowledge from the counts observed at that origin (whose national effect is `national`).
 
     **Returns:** the state at the origin and the observations of the years up to it (T, R).
     """
-    state, observations = simulate_from_data(params, data, origin_years)
+    state, observations = simulate_from_data(params, data, origin_years, effects=effects)
     if origin_counts is not None:
-        state = restart_knowledge(params, state, origin_counts)
+        state = restart_knowledge(params, state, origin_counts, national)
     return state, observations

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..effects import REGION_EFFECTS
 from ..errors import ConfigError
 from ..inputs import NEUTRAL_DRIVERS
 from ..params import PARAMETERS
@@ -119,9 +120,13 @@ class FitConfig:
     free: list[str] = option(help="the parameters fitted; the others keep model.params or their defaults", factory=lambda: [
         "inflow_bias", "connecting_weight", "educating_weight", "migrating_weight", "specializing_weight",
         "amenity_weight", "buzz_scale", "ubiquitification", "patents_intercept", "patents_dispersion",
-        "nonlocal_intercept", "nonlocal_connectedness_slope", "nonlocal_overlap_slope", "nonlocal_concentration"])
+        "nonlocal_intercept", "nonlocal_connectedness_slope", "nonlocal_overlap_slope", "nonlocal_concentration",
+        "attraction_scale", "buzz_quality_scale", "national_drift", "national_shock_scale", "national_persistence"])
+    region_effects: list[str] = option(help="latent region effects fitted with the parameters (attraction, buzz_quality); "
+                                            "empty: none", factory=lambda: list(REGION_EFFECTS))
+    national_effects: bool = option(True, "fit national year effects on log patents")
     restarts: int = option(4, "starts fitted together as one vmapped batch")
-    steps: int = option(1000, "largest number of optimizer steps")
+    steps: int = option(400, "largest number of optimizer steps")
     spread: float = option(0.3, "sd of the perturbation of the starts (unconstrained scale)")
     patience: int = option(100, "stop after this many steps without a relative improvement > tolerance")
     tolerance: float = option(1e-6, "relative improvement that counts (>= 0)")
@@ -136,6 +141,8 @@ class FitConfig:
         _require(len(self.free) > 0, "fit.free", "at least one parameter", self.free)
         for name in self.free:
             _require(name in PARAMETERS, "fit.free", "names of model parameters (see docs/model.md)", name)
+        for name in self.region_effects:
+            _require(name in REGION_EFFECTS, "fit.region_effects", f"names from {list(REGION_EFFECTS)}", name)
         for key in ("restarts", "steps", "patience", "checkpoint_every"):
             _require(getattr(self, key) >= 1, f"fit.{key}", ">= 1", getattr(self, key))
         _require(self.spread >= 0, "fit.spread", ">= 0", self.spread)
@@ -147,8 +154,10 @@ class FitConfig:
 
 @dataclass
 class EvaluationConfig:
-    rolling_origin: bool = option(True, "fit through train_last_year, forecast the rest, score against baselines")
-    train_last_year: int = option(2007, "last year of the rolling-origin fit")
+    rolling_origin: bool = option(False, "also calibrate at each origin, forecast the next years and score the model "
+                                         "against four baselines (evaluation.csv)")
+    origins: list[int] = option(help="last fitted year of each rolling-origin fit", factory=lambda: [2005, 2006, 2007])
+    horizon: int = option(3, "years forecast from each origin")
     draws: int = option(200, "parameter draws for predictive intervals")
     level: float = option(0.9, "central predictive interval")
     largest_regions: int = option(12, "regions drawn one by one in the figures")
@@ -156,6 +165,8 @@ class EvaluationConfig:
     def __post_init__(self):
         _require(0 < self.level < 1, "evaluation.level", "a share in (0, 1)", self.level)
         _require(self.draws >= 10, "evaluation.draws", ">= 10", self.draws)
+        _require(self.horizon >= 1, "evaluation.horizon", ">= 1", self.horizon)
+        _require(len(self.origins) >= 1, "evaluation.origins", "at least one year", self.origins)
         _require(self.largest_regions >= 1, "evaluation.largest_regions", ">= 1", self.largest_regions)
 
 
@@ -172,10 +183,10 @@ class CalibrateConfig:
         d, e = self.data, self.evaluation
         _require(self.model.num_domains == 1, "model.num_domains", "1 for calibration (the data count all of a region's "
                  "patents together, so more domains would be copies of one)", self.model.num_domains)
-        if e.rolling_origin:
-            _require(d.first_year < e.train_last_year < d.last_year, "evaluation.train_last_year",
-                     f"strictly between data.first_year ({d.first_year}) and data.last_year ({d.last_year})",
-                     e.train_last_year)
+        for origin in e.origins:  # checked whether or not the evaluation runs: an impossible origin is a mistake either way
+            _require(d.first_year + 2 <= origin <= d.last_year - e.horizon, "evaluation.origins",
+                     f"years from data.first_year + 2 ({d.first_year + 2}) to data.last_year - evaluation.horizon "
+                     f"({d.last_year - e.horizon})", origin)
 
 
 def parse_years(text: str, key: str = "years") -> tuple[int, int]:

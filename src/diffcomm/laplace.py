@@ -1,0 +1,225 @@
+"""The Laplace approximation of a calibration's posterior, with its region block kept sparse.
+
+The free quantities of an `Estimate` fall in two groups: the *global* ones (the free parameters
+and the national year innovations, a few dozen) and the *region* ones (each region's latent
+effects, R x E). The precision is the Fisher information of the likelihood (Gauss-Newton,
+J^T W J over the fitted outputs, positive semi-definite by construction) plus the prior's
+Hessian. The Jacobian is read by forward-mode products: one per global direction, and for the
+region block one per effect (a graph colouring): regions touch each other only through the
+cross-local ties and the international community, where one region's effect moves another's
+outputs by a term of order 1/R, so the region block is read as block diagonal (E x E per
+region). The global marginal covariance is the inverse of the Schur complement, and a region's
+effects given the globals are Gaussian with that region's block as precision. Cost: G + E
+products instead of G + R E (tests compare it with the dense information).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from .effects import REGION_EFFECTS, Effects, Estimate
+from .loss import NOISE_PARAMETERS, Prior, fisher_weights, fitted_outputs, negative_log_posterior, negative_log_prior
+from .params import PARAMETERS, POSITIVE, UNIT, free_mask
+
+if TYPE_CHECKING:
+    from .data import Dataset
+
+
+def estimate_mask(estimate: Estimate, free: list[str] | tuple[str, ...], region_effects=REGION_EFFECTS,
+                  national_effects: bool = True) -> Estimate:
+    """A filter spec for `eqx.partition`: the named parameters, the named region effects, and the
+    national year innovations if `national_effects`."""
+    effects = Effects(*(name in region_effects for name in REGION_EFFECTS), year=national_effects)
+    return Estimate(free_mask(estimate.params, free), effects)
+
+
+@dataclass
+class Laplace:
+    """Gaussian approximation at the optimum, on the unconstrained scale.
+
+    Global block (G): `names`, `mean`, `covariance` (marginal), and for the free parameters their
+    natural values with delta-method standard errors. Region block: per region its standardized
+    effects' mean (R, E), the block of the Hessian that is their conditional precision given the
+    globals (R, E, E), and the cross block `cross` (G, R, E) that ties them to the globals.
+    """
+
+    names: list[str]  # one per global scalar, e.g. "critical_mass[0]" or "national_innovation[3]"
+    mean: np.ndarray  # (G,) unconstrained
+    covariance: np.ndarray  # (G, G) marginal, unconstrained scale
+    natural: np.ndarray  # natural-scale values of the free parameters (the first len(natural) names)
+    natural_se: np.ndarray  # their delta-method standard errors (NaN if not identified)
+    positive_definite: bool
+    region_effects: list[str]  # E names from REGION_EFFECTS
+    region_mean: np.ndarray  # (R, E)
+    region_precision: np.ndarray  # (R, E, E)
+    cross: np.ndarray  # (G, R, E)
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return self.names[: len(self.natural)]
+
+    def interval(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Central intervals of the free parameters on the natural scale: the unconstrained interval
+        mapped through each parameter's constraint, so a positive parameter's interval stays positive."""
+        z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
+        count = len(self.natural)
+        mean = self.mean[:count]
+        sd = np.sqrt(np.clip(np.diag(self.covariance)[:count], 0, None)) if self.positive_definite else np.full(count, np.nan)
+        constraints = np.asarray([PARAMETERS[name.split("[")[0]].metadata["constraint"] for name in self.parameter_names])
+
+        def natural(x):  # the constraints of params.to_natural, in float64 whatever JAX's precision
+            return np.where(constraints == POSITIVE, np.logaddexp(0.0, x), np.where(constraints == UNIT, 1 / (1 + np.exp(-x)), x))
+
+        with np.errstate(invalid="ignore"):  # NaN where the covariance is not usable
+            return natural(mean - z * sd), natural(mean + z * sd)
+
+    def region_sd(self) -> np.ndarray:
+        """Marginal posterior sd of each region's standardized effects (R, E)."""
+        if not self.positive_definite or not self.region_effects:
+            return np.full(self.region_mean.shape, np.nan)
+        inverse = np.linalg.inv(self.region_precision)  # (R, E, E)
+        shift = np.einsum("ref,grf->rge", inverse, self.cross)  # D^-1 H_zg, (R, G, E)
+        marginal = inverse + np.einsum("rge,gh,rhf->ref", shift, self.covariance, shift)
+        return np.sqrt(np.clip(np.diagonal(marginal, axis1=1, axis2=2), 0, None))
+
+
+def _layout(free: Estimate) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Indices of the global entries (G,) and of the region entries (R, E) in `ravel_pytree(free)`,
+    and the names of the global entries and of the region effects."""
+    sizes, global_names, region_names = [], [], []
+    for name in PARAMETERS:
+        value = free.params.unconstrained[name]
+        if value is not None:
+            size = int(np.size(value))
+            sizes.append(("global", size))
+            global_names += [name] if np.ndim(value) == 0 else [f"{name}[{i}]" for i in range(size)]
+    for name in REGION_EFFECTS:
+        value = getattr(free.effects, name)
+        if value is not None:
+            sizes.append(("region", int(np.size(value))))
+            region_names.append(name)
+    if free.effects.year is not None:
+        size = int(np.size(free.effects.year))
+        sizes.append(("global", size))
+        global_names += [f"national_innovation[{t + 1}]" for t in range(size)]
+    offsets = np.cumsum([0] + [size for _, size in sizes])
+    ranges = [(kind, np.arange(offsets[i], offsets[i + 1])) for i, (kind, _) in enumerate(sizes)]
+    global_index = np.concatenate([r for kind, r in ranges if kind == "global"] or [np.zeros(0, int)])
+    blocks = [r for kind, r in ranges if kind == "region"]
+    region_index = np.stack(blocks, axis=1) if blocks else np.zeros((0, 0), int)
+    return global_index, region_index, global_names, region_names
+
+
+@eqx.filter_jit
+def _information(free: Estimate, fixed: Estimate, data: Dataset, prior: Prior, global_index: jax.Array,
+                 region_index: jax.Array, noise_index: jax.Array):
+    """The blocks of the Fisher information (`_fisher_blocks`) from Jacobian-vector products of
+    the fitted outputs along every global direction and one per region effect, plus the prior's
+    Hessian and the observation noise parameters' own curvature; and the natural values of the
+    free parameters with their Jacobian in the global directions."""
+    flat, unravel = ravel_pytree(free)
+    size, num_global = flat.shape[0], global_index.shape[0]
+
+    def at(x):
+        return eqx.combine(unravel(x), fixed)
+
+    tangents = [jnp.zeros((num_global, size)).at[jnp.arange(num_global), global_index].set(1.0)]
+    for e in range(region_index.shape[1]):
+        tangents.append(jnp.zeros((1, size)).at[0, region_index[:, e]].set(1.0))
+    tangents = jnp.concatenate(tangents).astype(flat.dtype)
+    outputs = jax.vmap(lambda v: jax.jvp(lambda x: fitted_outputs(at(x), data), (flat,), (v,))[1])(tangents)
+    weights = fisher_weights(at(flat), data)
+    prior_gradient = jax.grad(lambda x: negative_log_prior(at(x), prior))
+    prior_hessian = jax.vmap(lambda v: jax.jvp(prior_gradient, (flat,), (v,))[1])(tangents)
+    posterior_gradient = jax.grad(lambda x: negative_log_posterior(at(x), data, prior))
+    count = noise_index.shape[0]
+    noise_tangents = jnp.zeros((count, size), flat.dtype).at[jnp.arange(count), noise_index].set(1.0)
+    noise = jax.vmap(lambda v: jax.jvp(posterior_gradient, (flat,), (v,))[1])(noise_tangents)[jnp.arange(noise_index.shape[0]),
+                                                                                                noise_index]
+
+    def natural_values(g):
+        p = at(flat.at[global_index].set(g)).params.natural()
+        return jnp.concatenate([jnp.ravel(getattr(p, n)) for n in PARAMETERS if free.params.unconstrained[n] is not None])
+
+    g = flat[global_index]
+    return flat, outputs, weights, prior_hessian, noise, natural_values(g), jax.jacfwd(natural_values)(g)
+
+
+def _fisher_blocks(outputs, weights, num_global: int):
+    """J^T W J split into the global block (G, G), the cross block (G, R, E) and the region blocks
+    (R, E, E), from the output Jacobians of the global directions and of the coloured region ones."""
+    (patents, share), (w_patents, w_share) = outputs, weights
+    gp, ep = patents[:num_global], patents[num_global:]
+    gs, es = share[:num_global], share[num_global:]
+    h_gg = np.einsum("gtr,htr,tr->gh", gp, gp, w_patents) + np.einsum("gr,hr,r->gh", gs, gs, w_share)
+    cross = np.einsum("gtr,etr,tr->gre", gp, ep, w_patents) + np.einsum("gr,er,r->gre", gs, es, w_share)
+    region = np.einsum("etr,ftr,tr->ref", ep, ep, w_patents) + np.einsum("er,fr,r->ref", es, es, w_share)
+    return h_gg, cross, region
+
+
+def laplace(estimate: Estimate, data: Dataset, prior: Prior, mask: Estimate) -> Laplace:
+    """Laplace approximation of the posterior over the entries `mask` marks free (`estimate_mask`),
+    at `estimate`, with the Fisher information (Gauss-Newton) in place of the Hessian of the
+    likelihood: J^T W J over the fitted outputs (`loss.fitted_outputs`, `loss.fisher_weights`),
+    positive semi-definite wherever the optimizer stopped, plus the prior's exact Hessian and the
+    exact curvature of the observation noise parameters (orthogonal to the rest in the Fisher
+    information). The latent curvature term of the objective is left out: it corrects the
+    location of the scales, and its own curvature is of lower order.
+
+    Where the result is still not positive definite (a direction the data and the prior leave
+    flat) the covariance and the standard errors are NaN.
+    """
+    free, fixed = eqx.partition(estimate, mask)
+    gi, ri, names, region_names = _layout(free)
+    noise = [i for i, name in enumerate(names) if name in NOISE_PARAMETERS]
+    flat, outputs, weights, prior_hessian, noise_curvature, natural, jacobian = jax.tree_util.tree_map(
+        lambda x: np.asarray(x, dtype=float),
+        _information(free, fixed, data, prior, jnp.asarray(gi), jnp.asarray(ri), jnp.asarray(gi[noise], dtype=int)))
+    num_global, (num_regions, num_effects) = len(gi), ri.shape
+    h_gg, cross, precision = _fisher_blocks(outputs, weights, num_global)
+    h_gg = h_gg + prior_hessian[:num_global][:, gi]
+    h_gg[noise, noise] = noise_curvature
+    h_gg = 0.5 * (h_gg + h_gg.T)
+    if num_effects:
+        precision = precision + np.stack([prior_hessian[num_global + e][ri] for e in range(num_effects)], axis=-1)
+    blocks_ok = bool(np.all(np.linalg.eigvalsh(precision) > 0)) if num_effects else True
+    schur = h_gg - (np.einsum("grf,rfe,hre->gh", cross, np.linalg.inv(precision), cross) if num_effects and blocks_ok else 0)
+    positive = blocks_ok and bool(np.all(np.linalg.eigvalsh(schur) > 0))
+    covariance = np.linalg.inv(schur) if positive else np.full_like(schur, np.nan)
+    natural_cov = jacobian @ covariance @ jacobian.T
+    se = np.sqrt(np.clip(np.diag(natural_cov), 0, None)) if positive else np.full(len(natural), np.nan)
+    return Laplace(names, flat[gi], covariance, natural, se, positive, region_names,
+                   flat[ri] if num_effects else np.zeros((num_regions, 0)), precision, cross)
+
+
+def sample(estimate: Estimate, mask: Estimate, approx: Laplace, *, key: jax.Array, num: int) -> Estimate:
+    """`num` draws of the estimate from the Laplace approximation, stacked (leading axis `num`):
+    the globals from their marginal, each region's effects from its conditional given them.
+
+    Where the Hessian was not positive definite every draw equals the estimate.
+    """
+    free, fixed = eqx.partition(estimate, mask)
+    global_index, region_index, _, _ = _layout(free)
+    flat, unravel = ravel_pytree(free)
+    draws = np.broadcast_to(np.asarray(flat), (num, flat.size)).copy()
+    if approx.positive_definite:
+        k_global, k_region = jax.random.split(key)
+        deviation = np.asarray(jax.random.multivariate_normal(k_global, jnp.zeros(len(approx.mean)),
+                                                              jnp.asarray(approx.covariance), shape=(num,), method="eigh"))
+        draws[:, global_index] = approx.mean + deviation
+        if approx.region_effects:
+            inverse = np.linalg.inv(approx.region_precision)  # (R, E, E)
+            shift = -np.einsum("ref,grf,sg->sre", inverse, approx.cross, deviation)  # E[z | g] - z_hat
+            noise = np.asarray(jax.random.normal(k_region, (num, *approx.region_mean.shape)))
+            draws[:, region_index] = approx.region_mean + shift + np.einsum("ref,srf->sre", np.linalg.cholesky(inverse),
+                                                                                    noise)
+    stacked = jax.vmap(unravel)(jnp.asarray(draws, dtype=flat.dtype))
+    return eqx.combine(stacked, jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), fixed))
