@@ -33,8 +33,8 @@ import numpy as np
 from common import best_time, write_result
 
 import diffcomm as dc
+from diffcomm.laplace import estimate_mask
 from diffcomm.loss import Prior, objective
-from diffcomm.params import free_mask
 
 PHASE = re.compile(r"\] (?P<phase>[\w :()-]+?): done in (?P<seconds>[\d.]+) s")
 
@@ -59,11 +59,13 @@ def gradient_against_finite_differences() -> dict:
         data = dc.load_dataset(config.data)
         load_seconds = time.perf_counter() - start
         params = dc.Params.from_natural(1)
-        prior = Prior(params, tuple(config.fit.free), config.fit.prior_scale)
+        fit = config.fit
+        prior = Prior(params, tuple(fit.free), fit.prior_scale, tuple(fit.region_effects), fit.national_effects)
         import equinox as eqx
         from jax.flatten_util import ravel_pytree
 
-        free, fixed = eqx.partition(params, free_mask(params, config.fit.free))
+        start = dc.Estimate.start(params, data.num_regions, len(data.years) - 1)
+        free, fixed = eqx.partition(start, estimate_mask(start, fit.free, fit.region_effects, fit.national_effects))
         flat, unravel = ravel_pytree(free)
         loss = jax.jit(lambda x: objective(eqx.combine(unravel(x), fixed), data, prior))
         grad = jax.jit(jax.grad(lambda x: objective(eqx.combine(unravel(x), fixed), data, prior)))

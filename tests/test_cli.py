@@ -136,7 +136,8 @@ def test_multirun_sweeps_shock_intensity(tmp_path):
         ("calibrate", "fit.tolerance=-1", "fit.tolerance must be >= 0"),
         ("calibrate", "evaluation.largest_regions=0", "evaluation.largest_regions must be >= 1"),
         ("calibrate", "data.first_year=-5", "data.first_year must be a calendar year, got -5"),
-        ("calibrate", "evaluation.train_last_year=2012", "evaluation.train_last_year must be strictly between"),
+        ("calibrate", "evaluation.origins=[2009]", "evaluation.origins must be years from data.first_year + 2"),
+        ("calibrate", "fit.region_effects=[charisma]", "fit.region_effects must be names from"),
         ("calibrate", "data.drivers.educating.0.transform=sqrt", "transform must be identity, log or log1p"),
         ("calibrate", "+data.drivers.educatng=[]", "data.drivers.educatng must be a driver from"),
         ("calibrate", "model.num_domains=3", "model.num_domains must be 1 for calibration"),
@@ -223,15 +224,17 @@ def calibrated(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("calibrated") / "run"
     GlobalHydra.instance().clear()
-    assert cli.main(["calibrate", *SMALL, f"hydra.run.dir={folder}"]) == 0
+    assert cli.main(["calibrate", *SMALL, "evaluation.rolling_origin=true", "evaluation.origins=[2007]",
+                     f"hydra.run.dir={folder}"]) == 0
     GlobalHydra.instance().clear()
     return folder
 
 
 @pytest.mark.slow
 def test_calibrate_writes_every_output_with_its_columns(calibrated):
-    for name in ("params.csv", "history.csv", "loss.png", "fit.png", "rolling_origin.csv", "rolling_origin.png",
-                 "report.md", "summary.json", "fitted.eqx", "laplace.npz", "calibration.json", "calibrate.log"):
+    for name in ("params.csv", "effects.csv", "history.csv", "loss.png", "fit.png", "evaluation.csv", "evaluation.png",
+                 "rolling_origin.png", "report.md", "summary.json", "fitted.eqx", "laplace.npz", "calibration.json",
+                 "calibrate.log"):
         assert (calibrated / name).exists(), name
     params = pd.read_csv(calibrated / "params.csv")
     assert list(params.columns[:3]) == ["parameter", "value", "se"]
@@ -242,9 +245,14 @@ def test_calibrate_writes_every_output_with_its_columns(calibrated):
         assert (positive.lower95 > 0).all() and (positive.lower95 < positive.value).all()
     else:
         assert positive.lower95.isna().all() and positive.se.isna().all()  # not made up
-    assert set(summary["rolling_origin"]["scores"]) == {"model", "persistence", "log_linear_trend"}
+    evaluation = pd.read_csv(calibrated / "evaluation.csv")
+    assert set(evaluation.method) >= {"model", "persistence", "national drift", "log-linear trend", "NB panel regression"}
+    assert set(evaluation.origin) == {2007} and len(summary["evaluation"]["table"]) == len(evaluation)
+    effects = pd.read_csv(calibrated / "effects.csv", dtype={"region": str})
+    assert len(effects) == 20 and {"attraction", "attraction_z_sd", "buzz_quality"} <= set(effects.columns)
     log = (calibrated / "calibrate.log").read_text()
-    phases = ("data: 20 regions", "restarts: done", "Laplace approximation", "rolling origin: restarts: done", "calibrated in")
+    phases = ("data: 20 regions", "origin 2007: restarts: done", "origin 2007: model MALE", "polish (L-BFGS): done",
+              "Laplace approximation", "calibrated in")
     for phase in phases:
         assert phase in log, phase
 

@@ -1,5 +1,5 @@
-"""Forecasts: baselines and scores against hand-computed values, predictive bands, the horizon,
-and a rolling origin that sees nothing after its origin."""
+"""Forecasts: predictive bands, conditioning on the counts up to the origin, the horizon, and the
+calibrated regions a policy starts from."""
 
 import dataclasses
 
@@ -7,49 +7,36 @@ import jax
 import numpy as np
 import pytest
 
+from diffcomm.effects import national_effects
 from diffcomm.errors import ConfigError
-from diffcomm.forecast import forecast, forecast_patents, log_linear_trend, persistence, rolling_origin, scores
+from diffcomm.forecast import calibrated_regions, expected_path, forecast, forecast_patents
 from diffcomm.simulate import simulate_from_data
 
 pytestmark = pytest.mark.usefixtures("x64")
 
 
-def test_persistence_repeats_the_last_observed_value():
-    history = np.array([[1.0, 5.0], [2.0, np.nan], [np.nan, np.nan]])
-    np.testing.assert_array_equal(persistence(history, 2), [[2.0, 5.0], [2.0, 5.0]])
-
-
-def test_log_linear_trend_extends_an_exponential_path_exactly():
-    t = np.arange(6.0)
-    history = np.expm1(np.stack([0.5 + 0.2 * t, 2.0 - 0.1 * t], axis=1))
-    history[2, 0] = np.nan  # a gap does not bend the line
-    np.testing.assert_allclose(log_linear_trend(history, 3), np.expm1(np.stack([0.5 + 0.2 * np.arange(6, 9),
-                                                                                2.0 - 0.1 * np.arange(6, 9)], axis=1)))
-
-
-def test_scores_by_hand():
-    observed = np.array([[0.0, 10.0], [np.nan, 4.0]])
-    predicted = np.array([[1.0, 8.0], [100.0, 4.0]])
-    got = scores(predicted, observed)
-    assert got["mae"] == pytest.approx((1 + 2 + 0) / 3)
-    assert got["rmse"] == pytest.approx(np.sqrt((1 + 4 + 0) / 3))
-    assert got["mean_abs_log_error"] == pytest.approx((np.log(2) + np.log(11 / 9) + 0) / 3)
-
-
 def test_predictive_band_holds_the_fitted_path_and_count_noise(fitted_small):
     data, _, fitted = fitted_small
-    band = forecast_patents(fitted.params, fitted.laplace, fitted.config.fit.free, data, 8, key=jax.random.key(0), draws=100,
+    band = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, 8, key=jax.random.key(0), draws=100,
                             level=0.9)
     for name in ("mean", "lower", "upper", "fitted"):
         assert band[name].shape == (8, 30)
-    np.testing.assert_allclose(band["fitted"], simulate_from_data(fitted.params, data, 8)[1].patents, rtol=1e-10)
+    assert set(band["quantiles"]) == {0.05, 0.25, 0.75, 0.95}
+    # the central path is the model's own patents times the national effect, which is the first year's level
+    p = fitted.params.natural()
+    own = simulate_from_data(fitted.params, data, 8, effects=fitted.estimate.effects)[1].patents
+    share = np.asarray(own) / np.asarray(own).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(band["fitted"] / band["fitted"].sum(axis=1, keepdims=True), share, rtol=1e-9)
+    eta = np.asarray(national_effects(p, np.r_[np.asarray(fitted.estimate.effects.year), 0.0, 0.0]))
+    first_year = np.sum(np.asarray(data.first_patents) + 0.5)  # what the first year's knowledge maps back to
+    np.testing.assert_allclose(band["fitted"].sum(axis=1), first_year * np.exp(eta), rtol=1e-9)
     assert (band["lower"] <= band["mean"]).mean() > 0.95 and (band["mean"] <= band["upper"]).mean() > 0.95
     observed = data.observed_patents()
     inside = (observed >= band["lower"][:6]) & (observed <= band["upper"][:6])
     assert 0.75 < inside.mean() <= 1.0  # a 90% band on the data the model was fitted to
 
 
-def test_a_forecast_conditions_on_the_year_before_it(fitted_small):
+def test_a_forecast_conditions_on_the_counts_up_to_the_year_before_it(fitted_small):
     data, _, fitted = fitted_small
     ahead = forecast(fitted, data, 2004, 2008, draws=50)
     assert ahead.origin_year == 2003 and list(ahead.years) == list(range(2001, 2009))
@@ -58,29 +45,41 @@ def test_a_forecast_conditions_on_the_year_before_it(fitted_small):
     assert set(table.year) == {2004, 2005, 2006, 2007, 2008} and len(table) == 5 * 30
     np.testing.assert_array_equal(ahead.observed[:6], data.observed_patents())
     assert np.isnan(ahead.observed[6:]).all()
+    # counts after the origin do not move it; counts before it do
+    later = dataclasses.replace(data, patents=data.patents.at[3:].multiply(10.0))
+    np.testing.assert_array_equal(forecast(fitted, later, 2004, 2008, draws=50).mean[3:], ahead.mean[3:])
+    earlier = dataclasses.replace(data, patents=data.patents.at[2].multiply(3.0))
+    moved = forecast(fitted, earlier, 2004, 2008, draws=50).mean[3:]
+    assert np.all(moved.sum(axis=1) > ahead.mean[3:].sum(axis=1))
     for first, last in ((2007, 2200), (2000, 2003), (2008, 2007)):
         with pytest.raises(ConfigError, match="years must lie in 2001-2056"):
             forecast(fitted, data, first, last)
+
+
+def test_the_filtered_level_restarts_the_path_at_the_origin(fitted_small):
+    data, _, fitted = fitted_small
+    history = data.observed_patents()[:4]
+    band = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, 6, key=jax.random.key(2), draws=20,
+                            level=0.9, history=history)
+    level = band["level"]
+    path = np.asarray(expected_path(fitted.estimate, data, 4, 4, None))
+    counts = level.counts(path[-1])
+    restarted = np.asarray(expected_path(fitted.estimate, data, 6, 4, jax.numpy.asarray(counts)))
+    np.testing.assert_allclose(band["fitted"], restarted, rtol=1e-9)
+    np.testing.assert_allclose(band["fitted"][:4], path, rtol=1e-9)  # before the origin: the fit
 
 
 def test_without_a_usable_covariance_only_count_noise_remains(fitted_small):
     data, _, fitted = fitted_small
     flat = dataclasses.replace(fitted.laplace, positive_definite=False,
                                covariance=np.full_like(fitted.laplace.covariance, np.nan))
-    band = forecast_patents(fitted.params, flat, fitted.config.fit.free, data, 6, key=jax.random.key(1), draws=50, level=0.9)
+    band = forecast_patents(fitted.estimate, flat, fitted.mask, data, 6, key=jax.random.key(1), draws=50, level=0.9)
     np.testing.assert_allclose(band["mean"], band["fitted"], rtol=1e-10)  # every draw is the estimate
 
 
-def test_the_rolling_origin_sees_nothing_after_its_origin(fitted_small):
-    data, config, _ = fitted_small
-    before = rolling_origin(data, config)
-    changed = dataclasses.replace(data, patents=data.patents.at[3:].multiply(10.0))  # 2004-2006 differ wildly
-    after = rolling_origin(changed, config)
-    for name in ("model", "persistence", "log_linear_trend"):
-        np.testing.assert_array_equal(before.predictions[name], after.predictions[name], err_msg=name)
-    assert list(before.test_years) == [2004, 2005, 2006]
-    assert not np.allclose(before.truth, after.truth)  # only the truth it is scored against moved
-    summary = before.summary(data.codes, data.names, 2000)
-    assert summary["train_years"] == [2000, 2003] and 0 <= summary["interval_coverage"] <= 1
-    assert set(before.table(data.codes, data.names).columns) == {"region", "name", "year", "observed", "model", "lower",
-                                                                "upper", "persistence", "log_linear_trend"}
+def test_calibrated_regions_carry_the_latent_effects(fitted_small):
+    data, _, fitted = fitted_small
+    state, drivers, graph = calibrated_regions(fitted, data)
+    p = fitted.params.natural()
+    np.testing.assert_allclose(drivers.attraction, p.attraction_scale * fitted.estimate.effects.attraction, rtol=1e-12)
+    assert state.regions.knowledge.shape == (30, 1) and bool(np.all(np.isfinite(state.regions.knowledge)))

@@ -42,7 +42,8 @@ def test_the_tidy_table_holds_every_value_once(small_run, tmp_path, form):
 def test_parameter_table_maps_intervals_through_each_constraint():
     approx = Laplace(names=["buzz_scale", "educating_weight"], mean=np.array([np.log(np.expm1(0.08)), 1.0]),
                      covariance=np.diag([4.0, 0.25]), natural=np.array([0.08, 1.0]), natural_se=np.array([0.15, 0.5]),
-                     positive_definite=True)
+                     positive_definite=True, region_effects=[], region_mean=np.zeros((3, 0)),
+                     region_precision=np.zeros((3, 0, 0)), cross=np.zeros((2, 3, 0)))
     table = parameter_table(approx)
     assert list(table.columns) == ["parameter", "value", "se", "lower95", "upper95", "meaning"]
     buzz, weight = table.iloc[0], table.iloc[1]
@@ -61,17 +62,22 @@ def test_fit_summary_of_a_perfect_and_of_a_constant_fit():
     assert constant["deviance_explained_vs_region_mean"] < 0
 
 
-def test_the_report_states_the_level_it_used():
+def test_the_report_gives_the_rolling_origin_table_and_the_verdict():
     summary = dict(regions=3, years=[2000, 2010], observations=30, loss_per_observation=3.2, restart_losses=[3.2, 3.3],
                    steps=10, converged=True, polish_steps=5, laplace_positive_definite=True, level=0.8, notes=["a note"],
                    fit=dict(deviance_explained_vs_constant=0.9, deviance_explained_vs_region_mean=0.1,
                             region_abs_log_error_quantiles={0.1: 0.1, 0.5: 0.2, 0.9: 0.3}),
-                   rolling_origin=dict(train_years=[2000, 2007], test_years=[2008, 2010], interval_coverage=0.81,
-                                       scores={"model": dict(mae=1.0, mean_abs_log_error=0.2, rmse=2.0)},
-                                       share_of_regions_where_model_is_worse_than_best_baseline=0.4, worse_regions=[]))
+                   evaluation=dict(table=[
+                       dict(origin=2007, method="model", male=0.4, mae=20.0, rmse=90.0, interval_50=1.2, interval_90=1.8,
+                            coverage_50=0.6, coverage_90=0.93),
+                       dict(origin=2007, method="level held", male=0.35, mae=12.0, rmse=60.0, interval_50=float("nan"),
+                            interval_90=float("nan"), coverage_50=float("nan"), coverage_90=float("nan"))],
+                       wins=[dict(origin=2007, male=False, interval_90=True, coverage_90_in_85_95=True)]))
     table = pd.DataFrame(dict(parameter=["buzz_scale"], value=[0.08], se=[0.06], lower95=[0.01], upper95=[0.3], meaning=["m"]))
     text = calibration_report(summary, table)
-    assert "coverage of the 80% interval: 0.810" in text and "90% interval" not in text
+    assert "| 2007 | model | 0.4000 | 20.00 | 90.0 | 1.200 | 1.800 | 0.600 | 0.930 |" in text
+    assert "| 2007 | level held | 0.3500 | 12.00 | 60.0 | – | – | – | – |" in text
+    assert "- 2007: MALE no; 90% interval score yes; 90% coverage within 85-95%: yes" in text
     assert "| buzz_scale | 0.08 | 0.06 | [0.01, 0.3] | m |" in text and "- a note" in text
 
 

@@ -2,8 +2,9 @@
 
 The library, stage by stage (data flows one way): typed configs (`config`), observed data
 (`data`), the model (`params`, `inputs`, `state`, `model`, `observation`), simulation
-(`simulate`, `scenario`), the calibration objective (`loss`), and what uses it (`calibrate`,
-`forecast`, `policy`), with `report` writing run folders and `cli` at the door.
+(`simulate`, `scenario`), latent region and national effects (`effects`), the calibration
+objective (`loss`), and what uses it (`laplace`, `calibrate`, `filtering`, `forecast`,
+`baselines`, `evaluation`, `policy`), with `report` writing run folders and `cli` at the door.
 
 ```python
 import jax
@@ -21,7 +22,7 @@ with jax.enable_x64(True):
 from importlib import metadata
 
 from .archetypes import ARCHETYPES
-from .calibrate import Calibration, FitResult, Laplace, calibrate, fit, laplace, load_calibration, sample_params
+from .calibrate import Calibration, FitResult, calibrate, fit, load_calibration
 from .config import (
     CalibrateConfig,
     DataConfig,
@@ -34,9 +35,12 @@ from .config import (
     ScenarioConfig,
 )
 from .data import Dataset, load_dataset
+from .effects import Effects, Estimate
 from .errors import ConfigError, DataError
-from .forecast import Forecast, forecast, rolling_origin
+from .evaluation import Evaluation, evaluate
+from .forecast import Forecast, forecast
 from .inputs import LEVERS, Drivers, Forcing, Graph, Levers
+from .laplace import Laplace, laplace
 from .model import init_state, step
 from .observation import Observations
 from .params import NaturalParams, Params
@@ -49,9 +53,10 @@ __version__ = metadata.version("diffcomm")  # from pyproject.toml, the one place
 
 __all__ = [
     "ARCHETYPES", "LEVERS", "CalibrateConfig", "Calibration", "ConfigError", "DataConfig", "DataError", "Dataset",
-    "DriverTerm", "Drivers", "EvaluationConfig", "FitConfig", "FitResult", "Flows", "Forcing", "Forecast", "Graph",
+    "DriverTerm", "Drivers", "Effects", "Estimate", "Evaluation", "EvaluationConfig", "FitConfig", "FitResult", "Flows",
+    "Forcing", "Forecast", "Graph",
     "Laplace", "Levers", "ModelConfig", "NaturalParams", "Observations", "OptimizeSettings", "Params", "PolicyConfig",
     "PolicyProblem", "PolicyResult", "RegionState", "Scenario", "ScenarioConfig", "State", "Trajectory", "WorldState",
-    "calibrate", "fit", "forecast", "init_state", "laplace", "load_calibration", "load_dataset", "make_forcing",
-    "optimize", "rolling_origin", "sample_params", "simulate", "simulate_ensemble", "step", "synthetic_regions",
+    "calibrate", "evaluate", "fit", "forecast", "init_state", "laplace", "load_calibration", "load_dataset", "make_forcing",
+    "optimize", "simulate", "simulate_ensemble", "step", "synthetic_regions",
 ]

@@ -18,10 +18,11 @@ import optax
 from .calibrate import calibrate, load_calibration
 from .config import CalibrateConfig, ForecastConfig, OptimizeConfig, SimulateConfig, parse_years
 from .data import load_dataset
+from .evaluation import evaluate
 from .files import RunOutputs
-from .forecast import forecast, forecast_patents, rolling_origin
+from .forecast import calibrated_regions, forecast, forecast_patents
 from .params import Params
-from .policy import PolicyProblem, calibrated_regions, compare_methods, optimize
+from .policy import PolicyProblem, compare_methods, optimize
 from .report import writers
 from .scenario import scenario_from_config
 from .simulate import simulate
@@ -51,20 +52,23 @@ def run_simulate(cfg: SimulateConfig, out_dir: Path, *, plain_config: dict) -> d
 
 def run_calibrate(cfg: CalibrateConfig, out_dir: Path, *, optimizer: optax.GradientTransformation | None,
                   plain_config: dict) -> dict:
-    """Calibrate, evaluate on a rolling origin and report into `out_dir`; checkpoints there are resumed."""
+    """Calibrate and report into `out_dir`; with `evaluation.rolling_origin`, first calibrate at each
+    origin and score the forecasts against the baselines. Checkpoints there are resumed."""
     claim_run_folder(out_dir, cfg, ignore=("fit.stop_after", "fit.progress"))
     started = time.perf_counter()
     data = load_dataset(cfg.data)
     log.info("data: %d regions, years %d-%d (%.1f s to load)", data.num_regions, data.years[0], data.years[-1],
              time.perf_counter() - started)
-    calibration = calibrate(data, cfg, optimizer=optimizer, checkpoint=out_dir / "checkpoint")
-    band = forecast_patents(calibration.params, calibration.laplace, cfg.fit.free, data, len(data.years) - 1,
-                            key=jax.random.key(cfg.fit.seed), draws=cfg.evaluation.draws, level=cfg.evaluation.level)
-    rolling = None
+    evaluation = None
     if cfg.evaluation.rolling_origin:
-        rolling = rolling_origin(data, cfg, optimizer=optimizer, checkpoint=out_dir / "checkpoint_rolling")
+        e = cfg.evaluation
+        evaluation = evaluate(data, cfg, origins=e.origins, horizon=e.horizon, draws=e.draws, optimizer=optimizer,
+                              checkpoint=out_dir / "checkpoint_origin")
+    calibration = calibrate(data, cfg, optimizer=optimizer, checkpoint=out_dir / "checkpoint")
+    band = forecast_patents(calibration.estimate, calibration.laplace, calibration.mask, data, len(data.years) - 1,
+                            key=jax.random.key(cfg.fit.seed), draws=cfg.evaluation.draws, level=cfg.evaluation.level)
     with RunOutputs(out_dir) as out:
-        summary = writers.write_calibration(out, cfg, data, calibration, band, rolling,
+        summary = writers.write_calibration(out, cfg, data, calibration, band, evaluation,
                                             seconds=time.perf_counter() - started, plain=plain_config)
     log.info("calibrated in %.0f s; loss per observation %.4f; deviance explained %.3f -> %s", summary["seconds"],
              summary["loss_per_observation"], summary["fit"]["deviance_explained_vs_constant"], out_dir)

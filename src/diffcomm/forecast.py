@@ -1,103 +1,196 @@
-"""Forecasts with uncertainty, honest baselines, scores, and the rolling-origin test.
+"""Forecasts of patents with uncertainty from a calibration.
 
-A forecast simulates from the data's first year through the last forecast year for parameter
-draws from the Laplace approximation (one `vmap`-ped ensemble), then draws counts from the
-negative binomial: the interval holds both parameter and count uncertainty. Forecasts condition
-on the counts observed at their origin (knowledge restarts from them), as the baselines do.
+A forecast simulates from the data's first year through the last forecast year for draws of the
+estimate from the Laplace approximation (parameters, region effects and national year effects;
+one `vmap`-ped ensemble), continues the national effect past the fitted years with fresh shocks,
+and draws counts from the negative binomial: the interval holds parameter, latent-effect,
+national and count uncertainty. Forecasts condition on the counts observed at their origin:
+knowledge restarts from them, read at that year's national effect (`simulate.restart_knowledge`).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pandas as pd
 
-from .calibrate import Calibration, Laplace, calibrate, sample_params
-from .config import CalibrateConfig, ForecastConfig
+from .calibrate import Calibration
+from .config import ForecastConfig
+from .effects import Estimate, national_effects
 from .errors import ConfigError
-from .observation import sample_counts
-from .params import Params
-from .simulate import make_forcing, simulate, simulate_from_data, state_at_origin
+from .filtering import Level, filter_level
+from .inputs import Drivers, Graph
+from .laplace import Laplace, sample
+from .observation import knowledge_growth, national_factor, sample_counts
+from .simulate import (
+    first_knowledge,
+    make_forcing,
+    region_drivers,
+    restart_knowledge,
+    simulate,
+    simulate_from_data,
+    state_at_origin,
+)
+from .state import State
 
 if TYPE_CHECKING:
     from .data import Dataset
 
 MAX_HORIZON = 50  # years after the data that a forecast may reach
+INTERVALS = (0.5, 0.9)  # central intervals every forecast also reports (for interval scores and coverage)
+
+
+def _innovations(estimate: Estimate, num_years: int, key: jax.Array | None, spread=1.0) -> jax.Array:
+    """The national innovations of `num_years` years: the fitted ones, then fresh N(0, spread^2)
+    draws (zeros with `key=None`: the central path)."""
+    fitted = estimate.effects.year[:num_years]
+    extra = num_years - fitted.shape[0]
+    if extra <= 0:
+        return fitted
+    later = jnp.zeros(extra, fitted.dtype) if key is None else spread * jax.random.normal(key, (extra,), fitted.dtype)
+    return jnp.concatenate([fitted, later])
+
+
+def expected_path(estimate: Estimate, data: Dataset, num_years: int, origin_years: int, origin_counts, key=None,
+                  spread=1.0) -> jax.Array:
+    """Expected patents (num_years, R) of one estimate: simulate to the origin, restart knowledge
+    from the counts observed there (if any), simulate on; national effects applied, with fresh
+    shocks after the fitted years drawn with `key` (none with `key=None`) at `spread`.
+
+    After a restart the model's knowledge growth (`observation.knowledge_growth`) continues from
+    its value at the origin, so the national factor at the origin reproduces the counts restarted from.
+    """
+    params = estimate.params
+    p = params.natural()
+    eta = national_effects(p, _innovations(estimate, num_years, key, spread))
+    if origin_counts is None or origin_years == num_years:
+        own = simulate_from_data(params, data, num_years, effects=estimate.effects)[1].patents
+        return own * jnp.exp(national_factor(p, own, first_knowledge(params, data), eta))[:, None]
+    state, before = simulate_from_data(params, data, origin_years, effects=estimate.effects)
+    growth = knowledge_growth(p, before.patents, first_knowledge(params, data))
+    factor_before = eta[:origin_years] - p.patents_knowledge_elasticity * growth
+    state = restart_knowledge(params, state, origin_counts, factor_before[-1])
+    rest = make_forcing(num_years - origin_years, data.num_regions)
+    _, later = simulate(params, state, region_drivers(params, data, estimate.effects), data.graph, rest, record_states=False)
+    later_knowledge = (later.observations.patents * jnp.exp(-p.patents_intercept)) ** (1.0 / p.patents_knowledge_elasticity)
+    growth_later = growth[-1] + jnp.log(jnp.sum(later_knowledge, axis=-1)) - jnp.log(jnp.sum(state.regions.knowledge))
+    factor_later = eta[origin_years:] - p.patents_knowledge_elasticity * growth_later
+    return jnp.concatenate([before.patents * jnp.exp(factor_before)[:, None],
+                            later.observations.patents * jnp.exp(factor_later)[:, None]])
 
 
 @eqx.filter_jit
-def _ensemble_means(draws: Params, data: Dataset, num_years: int, origin_years: int, origin_counts):
-    """Expected patents of each draw, (S, num_years, R), and its dispersion (S,): simulate to the
-    origin, restart knowledge from the counts observed there (if any), simulate on."""
+def _ensemble_means(ensemble: Estimate, data: Dataset, num_years: int, origin_years: int, origin_counts, key: jax.Array):
+    """Expected patents of every member (S, num_years, R), the first one (the estimate) with no
+    future national shock, and each member's dispersion (S,). `origin_counts`: (S, R) or None."""
+    keys = jax.random.split(key, jax.tree_util.tree_leaves(ensemble)[0].shape[0])
 
-    def one(params):
-        if origin_counts is None or origin_years == num_years:
-            patents = simulate_from_data(params, data, num_years)[1].patents
-        else:
-            state, observations = state_at_origin(params, data, origin_years, origin_counts)
-            rest = make_forcing(num_years - origin_years, data.num_regions)
-            _, later = simulate(params, state, data.drivers, data.graph, rest, record_states=False)
-            patents = jnp.concatenate([observations.patents, later.observations.patents])
-        return patents, params.natural().patents_dispersion
+    def one(estimate, k, spread, counts):
+        return expected_path(estimate, data, num_years, origin_years, counts, k, spread), \
+            estimate.params.natural().patents_dispersion
 
-    return jax.vmap(one)(draws)
+    spread = (jnp.arange(keys.shape[0]) > 0).astype(float)  # the central member has no future shock
+    return jax.vmap(one, in_axes=(0, 0, 0, None if origin_counts is None else 0))(ensemble, keys, spread, origin_counts)
+
+
+def origin_level(estimate: Estimate, data: Dataset, history: np.ndarray) -> Level:
+    """The regions' filtered levels at the origin (`filtering.py`) around the estimate's path,
+    from the counts `history` (O, R) of the years up to the origin (NaN where not observed)."""
+    expected = np.asarray(expected_path(estimate, data, history.shape[0], history.shape[0], None))
+    return filter_level(history, expected)
 
 
 def forecast_patents(
-    params: Params,
+    estimate: Estimate,
     approx: Laplace,
-    free: list[str],
+    mask: Estimate,
     data: Dataset,
     num_years: int,
     *,
     key: jax.Array,
     draws: int,
     level: float,
-    origin: int | None = None,
-    origin_counts: np.ndarray | None = None,
+    history: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Predictive mean and central interval of patents for `num_years` years after the first.
+    """Predictive mean and central intervals of patents for `num_years` years after the first.
 
-    With `origin` (years after the first) and `origin_counts` (R,), the forecast conditions on
-    the counts observed at the origin: knowledge restarts from them, as the baselines use the
-    last observation too. Years up to the origin are the model's fit.
+    With `history`, the counts (O, R) observed in the O years after the first up to an origin,
+    the forecast conditions on them: knowledge restarts at the origin from each region's level
+    filtered from its counts (`origin_level`), and the deviation from the path goes on as a
+    random walk. Years up to the origin are the model's fit.
 
-    **Returns:** `mean`, `lower`, `upper`, each (num_years, R), `fitted` (the mean at the
-    estimate `params`), and `total_lower`, `total_upper` (num_years,): the interval of the sum over
-    regions (not the sum of the regions' bounds).
+    **Arguments:** the estimate, its Laplace approximation and the mask of what was fitted
+    (`Calibration.mask`); the data; `draws` from the approximation; `level` of the main interval.
+
+    **Returns:** `mean`, `lower`, `upper`, each (num_years, R); `fitted` (the mean at the
+    estimate with no future shock); `total_lower`, `total_upper` (num_years,): the interval of
+    the sum over regions (not the sum of the regions' bounds); `quantiles` {probability:
+    (num_years, R)} for the central intervals of `INTERVALS`; and with a history `level` (`Level`).
     """
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
-    k_params, k_counts = jax.random.split(key)
-    sampled = sample_params(params, free, approx, key=k_params, num=draws)
-    ensemble = jax.tree_util.tree_map(lambda one, many: jnp.concatenate([one[None], many]), params, sampled)
-    if origin is None or origin_counts is None:
-        origin, observed = num_years, None
+    k_params, k_national, k_counts, k_level = jax.random.split(key, 4)
+    sampled = sample(estimate, mask, approx, key=k_params, num=draws)
+    ensemble = jax.tree_util.tree_map(lambda one, many: jnp.concatenate([one[None], many]), estimate, sampled)
+    extra = {}
+    if history is None or history.shape[0] in (0, num_years):
+        origin, counts, walk = num_years, None, None
     else:
-        observed = jnp.asarray(origin_counts, dtype=float)
-    means, dispersion = _ensemble_means(ensemble, data, num_years, origin, observed)
+        origin = history.shape[0]
+        filtered = origin_level(estimate, data, history)
+        expected = np.asarray(expected_path(estimate, data, origin, origin, None))[-1]
+        k_start, k_walk = jax.random.split(k_level)
+        start = np.array(jax.random.normal(k_start, (draws + 1, data.num_regions)))
+        start[0] = 0.0
+        counts = jnp.asarray(filtered.counts(expected, start))  # the first (central) member at the filtered level
+        steps = np.array(jax.random.normal(k_walk, (draws + 1, num_years - origin, data.num_regions)))
+        steps[0] = 0.0
+        walk = np.exp(filtered.tau * np.cumsum(steps, axis=1))
+        extra["level"] = filtered
+    means, dispersion = _ensemble_means(ensemble, data, num_years, origin, counts, k_national)
+    if walk is not None:
+        means = means.at[:, origin:].multiply(jnp.asarray(walk, means.dtype))
     if not bool(jnp.all(jnp.isfinite(means))):
         raise FloatingPointError("the forecast has non-finite values: the fitted parameters leave the model's stable range")
-    band = _predictive_band(means[1:], dispersion[1:], k_counts, (1 - level) / 2)
-    return {name: np.asarray(value) for name, value in band.items()} | dict(fitted=np.asarray(means[0]))
+    probabilities = sorted({round(p, 9) for c in (level, *INTERVALS) for p in ((1 - c) / 2, (1 + c) / 2)})
+    band = _predictive_band(means[1:], dispersion[1:], k_counts, tuple(probabilities))
+    quantiles = dict(zip(probabilities, np.asarray(band.pop("quantiles"))))
+    totals = dict(zip(probabilities, np.asarray(band.pop("totals"))))
+    low, high = round((1 - level) / 2, 9), round((1 + level) / 2, 9)
+    return dict(mean=np.asarray(band["mean"]), lower=quantiles[low], upper=quantiles[high], total_lower=totals[low],
+                total_upper=totals[high], fitted=np.asarray(means[0]), quantiles=quantiles, **extra)
 
 
 @eqx.filter_jit
-def _predictive_band(means, dispersion, key, tail: float) -> dict[str, jax.Array]:
-    """Mean over the draws' means, and central quantiles of counts drawn around each draw's mean."""
+def _predictive_band(means, dispersion, key, probabilities: tuple[float, ...]) -> dict[str, jax.Array]:
+    """Mean over the draws' means, and quantiles of counts drawn around each draw's mean, per
+    cell and of the total over regions."""
     counts = jax.vmap(sample_counts)(jax.random.split(key, means.shape[0]), means, dispersion)
-    totals = jnp.sum(counts, axis=-1)
-    return dict(mean=jnp.mean(means, axis=0), lower=jnp.quantile(counts, tail, axis=0),
-                upper=jnp.quantile(counts, 1 - tail, axis=0), total_lower=jnp.quantile(totals, tail, axis=0),
-                total_upper=jnp.quantile(totals, 1 - tail, axis=0))
+    q = jnp.asarray(probabilities)
+    return dict(mean=jnp.mean(means, axis=0), quantiles=jnp.quantile(counts, q, axis=0),
+                totals=jnp.quantile(jnp.sum(counts, axis=-1), q, axis=0))
+
+
+def calibrated_regions(calibration: Calibration, data: Dataset) -> tuple[State, Drivers, Graph]:
+    """The calibrated regions in the data's last year, as a policy starts from them: the state the
+    model reaches with the fitted effects, knowledge restarted from each region's filtered level
+    (as a forecast from there would), and the drivers with the latent region effects added."""
+    estimate, observed = calibration.estimate, data.observed_patents()
+    years = observed.shape[0]
+    p = estimate.params.natural()
+    filtered = origin_level(estimate, data, observed)
+    expected = np.asarray(expected_path(estimate, data, years, years, None))[-1]
+    _, before = simulate_from_data(estimate.params, data, years, effects=estimate.effects)
+    growth = knowledge_growth(p, before.patents, first_knowledge(estimate.params, data))
+    national = national_effects(p, _innovations(estimate, years, None))[-1] - p.patents_knowledge_elasticity * growth[-1]
+    state, _ = state_at_origin(estimate.params, data, years, jnp.asarray(filtered.counts(expected)), effects=estimate.effects,
+                               national=national)
+    return state, region_drivers(estimate.params, data, estimate.effects), data.graph
 
 
 @dataclass
@@ -143,139 +236,11 @@ def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year
                           f"{MAX_HORIZON} years after its last), first to last; got {first_year}-{last_year}")
     observed = data.observed_patents()
     origin = min(end, first_year - 1) - start  # years after the first
-    band = forecast_patents(calibration.params, calibration.laplace, calibration.config.fit.free, data, last_year - start,
-                            key=jax.random.key(0) if key is None else key, draws=draws, level=level, origin=origin,
-                            origin_counts=observed[origin - 1] if origin >= 1 else None)
+    band = forecast_patents(calibration.estimate, calibration.laplace, calibration.mask, data, last_year - start,
+                            key=jax.random.key(0) if key is None else key, draws=draws, level=level,
+                            history=observed[:origin])
     years = np.arange(start + 1, last_year + 1)
     shown = np.full((len(years), data.num_regions), np.nan)
     shown[: min(len(years), len(observed))] = observed[: len(years)]
     return Forecast(data.codes, data.names, years, first_year, start + origin, shown, band["mean"], band["lower"],
                     band["upper"], (band["total_lower"], band["total_upper"]))
-
-
-# --------------------------------------------------------------------------------------------
-# Baselines and scores
-# --------------------------------------------------------------------------------------------
-
-
-def persistence(history: np.ndarray, horizon: int) -> np.ndarray:
-    """Each region's last observed value, repeated (horizon, R)."""
-    filled = history.copy()
-    for t in range(1, len(filled)):
-        filled[t] = np.where(np.isnan(filled[t]), filled[t - 1], filled[t])
-    return np.repeat(filled[-1][None], horizon, axis=0)
-
-
-def log_linear_trend(history: np.ndarray, horizon: int) -> np.ndarray:
-    """Per region, least squares of log(1 + y) on year, extrapolated (horizon, R)."""
-    t = np.arange(history.shape[0], dtype=float)
-    y = np.log1p(history)
-    mask = ~np.isnan(y)
-    n = mask.sum(0)
-    tm = np.where(mask, t[:, None], 0.0).sum(0) / np.maximum(n, 1)
-    ym = np.where(mask, y, 0.0).sum(0) / np.maximum(n, 1)
-    dt = np.where(mask, t[:, None] - tm, 0.0)
-    slope = (dt * np.where(mask, y - ym, 0.0)).sum(0) / np.maximum((dt**2).sum(0), 1e-12)
-    future = np.arange(history.shape[0], history.shape[0] + horizon, dtype=float)
-    return np.expm1(ym + slope * (future[:, None] - tm))
-
-
-def scores(prediction: np.ndarray, observed: np.ndarray) -> dict[str, float]:
-    """Forecast errors over observed cells: MAE, mean absolute log error (log1p), RMSE."""
-    mask = ~np.isnan(observed)
-    err = prediction[mask] - observed[mask]
-    log_err = np.log1p(np.clip(prediction[mask], 0, None)) - np.log1p(observed[mask])
-    return dict(mae=float(np.mean(np.abs(err))), mean_abs_log_error=float(np.mean(np.abs(log_err))),
-                rmse=float(np.sqrt(np.mean(err**2))))
-
-
-def per_region_log_error(prediction: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """Mean absolute log1p error per region over the forecast years (R,)."""
-    diff = np.abs(np.log1p(np.clip(prediction, 0, None)) - np.log1p(observed))
-    with warnings.catch_warnings():  # a region with no observed year has no error: NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(np.where(np.isnan(observed), np.nan, diff), axis=0)
-
-
-# --------------------------------------------------------------------------------------------
-# The rolling-origin test
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RollingOrigin:
-    """A fit through `train_last_year` and its forecast of the later years, with baselines."""
-
-    train_last_year: int
-    test_years: np.ndarray  # (H,)
-    observed: np.ndarray  # every year after the first (T, R), NaN where not observed
-    band: dict[str, np.ndarray]  # the model's mean, lower, upper over all T years
-    predictions: dict[str, np.ndarray]  # method -> (H, R) over the test years
-
-    @property
-    def truth(self) -> np.ndarray:
-        return self.observed[-len(self.test_years):]
-
-    def scores(self) -> dict[str, dict[str, float]]:
-        return {name: scores(pred, self.truth) for name, pred in self.predictions.items()}
-
-    def summary(self, codes: tuple[str, ...], names: tuple[str, ...], first_year: int) -> dict:
-        """Scores, interval coverage, and where the model does worse than the better baseline."""
-        horizon = len(self.test_years)
-        inside = (self.truth >= self.band["lower"][-horizon:]) & (self.truth <= self.band["upper"][-horizon:])
-        errors = {name: per_region_log_error(pred, self.truth) for name, pred in self.predictions.items()}
-        excess = errors["model"] - np.minimum(errors["persistence"], errors["log_linear_trend"])
-        worst = np.argsort(-np.nan_to_num(excess, nan=-np.inf))[:10]
-        size = np.nanmean(self.truth, axis=0)
-        return dict(
-            train_years=[first_year, self.train_last_year],
-            test_years=[int(self.test_years[0]), int(self.test_years[-1])],
-            scores=self.scores(),
-            interval_coverage=float(np.nanmean(np.where(np.isnan(self.truth), np.nan, inside))),
-            share_of_regions_where_model_is_worse_than_best_baseline=float(np.nanmean(excess > 0)),
-            worse_regions=[dict(region=codes[i], name=names[i], excess_log_error=float(excess[i]),
-                                mean_patents=float(size[i])) for i in worst],
-            mean_patents_where_model_worse=float(np.nanmedian(size[excess > 0])) if (excess > 0).any() else None,
-            mean_patents_where_model_better=float(np.nanmedian(size[excess <= 0])) if (excess <= 0).any() else None,
-        )
-
-    def table(self, codes: tuple[str, ...], names: tuple[str, ...]) -> pd.DataFrame:
-        """One row per region and test year: observed, the model with its interval, each baseline."""
-        horizon, regions = len(self.test_years), len(codes)
-        columns = {"region": np.tile(codes, horizon), "name": np.tile(names, horizon),
-                   "year": np.repeat(self.test_years, regions), "observed": self.truth.ravel(),
-                   "model": self.predictions["model"].ravel(), "lower": self.band["lower"][-horizon:].ravel(),
-                   "upper": self.band["upper"][-horizon:].ravel()}
-        columns.update({name: pred.ravel() for name, pred in self.predictions.items() if name != "model"})
-        return pd.DataFrame(columns)
-
-
-def rolling_origin(
-    data: Dataset,
-    config: CalibrateConfig,
-    *,
-    optimizer: optax.GradientTransformation | None = None,
-    checkpoint: Path | None = None,
-) -> RollingOrigin:
-    """Calibrate on the years through `config.evaluation.train_last_year` (the later years held
-    out of the same data set, so every compiled program is reused), forecast the later years
-    from the last training year's counts, and predict them with two baselines."""
-    train_last = config.evaluation.train_last_year
-    if not data.years[0] < train_last < data.years[-1]:
-        raise ConfigError(f"evaluation.train_last_year must lie strictly inside the data's years {data.years[0]}-"
-                          f"{data.years[-1]}, got {train_last}")
-    fitted = calibrate(data.through(train_last), config, optimizer=optimizer, checkpoint=checkpoint, phase="rolling origin: ")
-    observed = data.observed_patents()
-    years = np.asarray(data.years[1:])
-    horizon = int(np.sum(years > train_last))
-    origin = len(years) - horizon  # years after the first: the last training year
-    band = forecast_patents(fitted.params, fitted.laplace, config.fit.free, data, len(years),
-                            key=jax.random.key(config.fit.seed + 1), draws=config.evaluation.draws,
-                            level=config.evaluation.level, origin=origin, origin_counts=observed[origin - 1])
-    history = np.vstack([np.asarray(data.first_patents)[None], observed[:-horizon]])
-    predictions = {
-        "model": band["mean"][-horizon:],
-        "persistence": persistence(history, horizon),
-        "log_linear_trend": log_linear_trend(history, horizon),
-    }
-    return RollingOrigin(train_last, years[-horizon:], observed, band, predictions)

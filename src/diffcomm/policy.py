@@ -27,14 +27,12 @@ from .errors import ConfigError
 from .inputs import LEVERS, Drivers, Graph, Levers
 from .model import critical_mass_switch
 from .params import Params
-from .simulate import make_forcing, simulate, state_at_origin
+from .simulate import make_forcing, simulate
 from .state import State
 from .training import Progress, adam_with_warmup, load_checkpoint, run_steps, save_checkpoint, strongly_typed
 
 if TYPE_CHECKING:
-    from .calibrate import Calibration
     from .config import OptimizeSettings, PolicyConfig
-    from .data import Dataset
 
 
 class PolicyProblem(eqx.Module):
@@ -387,11 +385,3 @@ def compare_methods(problem: PolicyProblem, result: PolicyResult, size: np.ndarr
         "random_search": (random.spend, random.evaluations),
         "evolution_strategy": (es.spend, es.evaluations),
     }
-
-
-def calibrated_regions(calibration: Calibration, data: Dataset) -> tuple[State, Drivers, Graph]:
-    """The state of the calibrated regions in the data's last year (the model run through the data
-    years, knowledge restarted from the last counts), with their drivers and ties."""
-    last = data.observed_patents()[-1]
-    initial, _ = state_at_origin(calibration.params, data, len(data.years) - 1, jnp.asarray(last))
-    return initial, data.drivers, data.graph

@@ -183,3 +183,31 @@ def plot_policy_history(history: list[float], baselines: dict[str, float], path:
     ax.set_ylabel("objective (1 = no policy)")
     fig.legend(loc="outside right upper", fontsize=8)
     _save(fig, path)
+
+
+def plot_evaluation(table, path: Path) -> None:
+    """The rolling-origin scores: mean absolute log error and the 90% interval score per origin
+    (grouped bars, one colour per method; lower is better), and the 90% coverage."""
+    methods = list(dict.fromkeys(table["method"]))
+    origins = sorted(set(table["origin"]))
+    fig = Figure(figsize=(13, 4.2))
+    axes = fig.subplots(1, 3)
+    width = 0.8 / len(methods)
+    for ax, (metric, label) in zip(axes, [("male", "mean absolute log error"), ("interval_90", "interval score, 90% (log scale)"),
+                                          ("coverage_90", "coverage of the 90% interval")]):
+        for j, method in enumerate(methods):
+            rows = table[table["method"] == method].set_index("origin").reindex(origins)
+            ax.bar(np.arange(len(origins)) + (j - (len(methods) - 1) / 2) * width, rows[metric], width, label=method,
+                   color=f"C{j}")
+        ax.set_xticks(np.arange(len(origins)), [f"fit to {o}" for o in origins])
+        ax.set_title(label, fontsize=10)
+        if metric == "coverage_90":
+            ax.axhspan(0.85, 0.95, color="0.85", zorder=0)
+            ax.set_ylim(0.5, 1.0)
+        else:
+            low = np.nanmin(table[metric]) * 0.9
+            ax.set_ylim(low, np.nanmax(table[metric]) * 1.03)
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("Rolling origin: forecasts of the next years from each origin (lower is better; coverage target shaded)")
+    fig.tight_layout()
+    _save(fig, path)

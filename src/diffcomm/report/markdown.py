@@ -8,7 +8,6 @@ import pandas as pd
 def calibration_report(summary: dict, table: pd.DataFrame) -> str:
     """A readable account of a calibration: parameters, fit, the rolling-origin test, data notes."""
     fit = summary["fit"]
-    level = summary["level"]
     lines = [
         "# Calibration report", "",
         f"{summary['regions']} regions, years {summary['years'][0]}-{summary['years'][1]}, "
@@ -30,20 +29,28 @@ def calibration_report(summary: dict, table: pd.DataFrame) -> str:
         "- per-region mean absolute log error, quantiles 10/50/90%: "
         + ", ".join(f"{v:.3f}" for v in fit["region_abs_log_error_quantiles"].values()),
     ]
-    if "rolling_origin" in summary:
-        ro = summary["rolling_origin"]
-        lines += ["", f"## Rolling origin: fit {ro['train_years'][0]}-{ro['train_years'][1]}, forecast "
-                      f"{ro['test_years'][0]}-{ro['test_years'][1]}", "",
-                  "| method | MAE | mean abs log error | RMSE |", "|---|---|---|---|"]
-        for name, s in ro["scores"].items():
-            lines.append(f"| {name} | {s['mae']:.2f} | {s['mean_abs_log_error']:.4f} | {s['rmse']:.2f} |")
-        lines += ["", f"- coverage of the {100 * level:g}% interval: {ro['interval_coverage']:.3f}",
-                  f"- share of regions where the model does worse than the better baseline: "
-                  f"{ro['share_of_regions_where_model_is_worse_than_best_baseline']:.3f}",
-                  "- regions where it does worst (excess mean absolute log error): "
-                  + "; ".join(f"{w['name']} (+{w['excess_log_error']:.2f})" for w in ro["worse_regions"][:5])]
+    if "evaluation" in summary:
+        lines += ["", "## Rolling origin: the model against four baselines", "",
+                  "Each origin: calibrated on the years up to it, forecast of the next years. MALE: mean absolute error "
+                  "of log(1 + count); interval scores on the same scale (lower is better); coverage of the central "
+                  "intervals.", "",
+                  "| origin | method | MALE | MAE | RMSE | IS 50% | IS 90% | cover 50% | cover 90% |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in summary["evaluation"]["table"]:
+            lines.append(f"| {r['origin']} | {r['method']} | {r['male']:.4f} | {r['mae']:.2f} | {r['rmse']:.1f} | "
+                         + " | ".join(_number(r[k], 3) for k in ("interval_50", "interval_90", "coverage_50", "coverage_90"))
+                         + " |")
+        lines += ["", "Does the model beat every baseline?", ""]
+        for w in summary["evaluation"]["wins"]:
+            lines.append(f"- {w['origin']}: MALE {'yes' if w['male'] else 'no'}; 90% interval score "
+                         f"{'yes' if w['interval_90'] else 'no'}; 90% coverage within 85-95%: "
+                         f"{'yes' if w['coverage_90_in_85_95'] else 'no'}")
     lines += ["", "## Data notes", ""] + [f"- {n}" for n in summary["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float, digits: int) -> str:
+    return "–" if value != value else f"{value:.{digits}f}"  # NaN: not computed
 
 
 def policy_report(summary: dict) -> str:

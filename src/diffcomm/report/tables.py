@@ -15,7 +15,10 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from ..calibrate import Laplace
+from ..calibrate import Calibration
+from ..data import Dataset
+from ..effects import region_effect_scales
+from ..laplace import Laplace
 from ..observation import negative_binomial_deviance
 from ..params import Params
 from ..scenario import Scenario
@@ -111,9 +114,25 @@ def parameter_table(approx: Laplace) -> pd.DataFrame:
     docs = {name: meta["doc"] for name, meta in Params.describe().items()}
     lower, upper = approx.interval(0.95)
     return pd.DataFrame({
-        "parameter": approx.names, "value": approx.natural, "se": approx.natural_se, "lower95": lower, "upper95": upper,
-        "meaning": [docs.get(name.split("[")[0], "") for name in approx.names],
+        "parameter": approx.parameter_names, "value": approx.natural, "se": approx.natural_se, "lower95": lower, "upper95": upper,
+        "meaning": [docs.get(name.split("[")[0], "") for name in approx.parameter_names],
     })
+
+
+def region_effects_table(calibration: Calibration, data: Dataset) -> pd.DataFrame:
+    """Each region's latent effects: the standardized estimate, its posterior sd, and the effect
+    itself (`scale x estimate`, on the log scale of what it moves), one row per region."""
+    approx, p = calibration.laplace, calibration.params.natural()
+    frame = pd.DataFrame({"region": data.codes, "name": data.names})
+    if not approx.region_effects:
+        return frame
+    scales = np.asarray(region_effect_scales(p, tuple(approx.region_effects)))
+    sd = approx.region_sd()
+    for e, name in enumerate(approx.region_effects):
+        frame[f"{name}_z"] = approx.region_mean[:, e]
+        frame[f"{name}_z_sd"] = sd[:, e]
+        frame[name] = scales[e] * approx.region_mean[:, e]
+    return frame
 
 
 def fit_summary(observed: np.ndarray, fitted: np.ndarray, dispersion: float) -> dict:

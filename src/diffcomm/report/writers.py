@@ -10,15 +10,16 @@ import pandas as pd
 from ..calibrate import Calibration, save_calibration
 from ..config import CalibrateConfig, OutputConfig
 from ..data import Dataset
+from ..evaluation import MODEL, Evaluation
 from ..files import RunOutputs
-from ..forecast import Forecast, RollingOrigin
+from ..forecast import Forecast
 from ..policy import PolicyProblem, PolicyResult, evaluate, marginal_values, spend_per_year
 from ..scenario import Scenario
 from ..simulate import Trajectory
 from ..training import check_stop
 from . import figures
 from .markdown import calibration_report, policy_report
-from .tables import archetype_summary, fit_summary, parameter_table, trajectory_arrays, write_trajectories
+from .tables import archetype_summary, fit_summary, parameter_table, region_effects_table, trajectory_arrays, write_trajectories
 
 
 def write_simulation(out: RunOutputs, scenario: Scenario, traj: Trajectory, output: OutputConfig, *, title: str,
@@ -45,13 +46,16 @@ def write_simulation(out: RunOutputs, scenario: Scenario, traj: Trajectory, outp
 
 
 def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, calibration: Calibration,
-                      band: dict[str, np.ndarray], rolling: RollingOrigin | None, *, seconds: float, plain: dict) -> dict:
-    """The estimate (`fitted.eqx`, `laplace.npz`, `calibration.json`), `params.csv`, `history.csv`,
-    `loss.png`, `fit.png`, `rolling_origin.csv/png`, `report.md` and `summary.json`."""
+                      band: dict[str, np.ndarray], evaluation: Evaluation | None, *, seconds: float, plain: dict) -> dict:
+    """The estimate (`fitted.eqx`, `laplace.npz`, `calibration.json`), `params.csv`, `effects.csv`,
+    `history.csv`, `loss.png`, `fit.png`, with an evaluation `evaluation.csv`, `evaluation.png` and
+    `rolling_origin.png`, then `report.md` and `summary.json`."""
     save_calibration(calibration, out.staging)
     table = parameter_table(calibration.laplace)
     table.to_csv(out.path("params.csv"), index=False)
-    restarts, result = calibration.restarts, calibration.result
+    region_effects_table(calibration, data).to_csv(out.path("effects.csv"), index=False)
+    result = calibration.result
+    restarts = calibration.restarts or result  # a warm-started calibration has only its polish
     pd.DataFrame(
         [(s + 1, r, loss, grad) for s, (losses, grads) in enumerate(zip(restarts.history["loss"], restarts.history["grad_norm"]))
          for r, (loss, grad) in enumerate(zip(losses, grads))],
@@ -71,22 +75,32 @@ def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, c
         converged=restarts.converged, polish_steps=calibration.polished.steps if calibration.polished else 0,
         laplace_positive_definite=calibration.laplace.positive_definite, level=level, notes=list(data.notes),
     )
-    if rolling is not None:
-        summary["rolling_origin"] = rolling.summary(data.codes, data.names, data.years[0])
-        rolling.table(data.codes, data.names).to_csv(out.path("rolling_origin.csv"), index=False)
-        figures.plot_observed_vs_model(
-            years, observed, rolling.band["mean"], rolling.band["lower"], rolling.band["upper"], data.names,
-            out.path("rolling_origin.png"), level=level, largest=config.evaluation.largest_regions,
-            origin_year=rolling.train_last_year, total=(rolling.band["total_lower"], rolling.band["total_upper"]),
-            extra={name.replace("_", " "): np.vstack([np.full((len(years) - len(pred), pred.shape[1]), np.nan), pred])
-                   for name, pred in rolling.predictions.items() if name != "model"},
-            title=f"Rolling origin: fit through {rolling.train_last_year}, "
-                  f"forecast {rolling.test_years[0]}-{rolling.test_years[-1]}",
-        )
+    if evaluation is not None:
+        write_evaluation(out, config, data, evaluation, summary)
     summary["seconds"], summary["config"] = seconds, plain
     (out.path("report.md")).write_text(calibration_report(summary, table))
     out.finish(summary)
     return summary
+
+
+def write_evaluation(out: RunOutputs, config: CalibrateConfig, data: Dataset, evaluation: Evaluation, summary: dict) -> None:
+    """`evaluation.csv` (one row per origin and method), `evaluation.png`, and `rolling_origin.png`
+    (the last origin's forecast against the observations); the table and the wins into `summary`."""
+    evaluation.table.to_csv(out.path("evaluation.csv"), index=False)
+    figures.plot_evaluation(evaluation.table, out.path("evaluation.png"))
+    origin = max(evaluation.bands)
+    band, o = evaluation.bands[origin], origin - data.years[0]
+    observed, years = data.observed_patents(), np.asarray(data.years[1:])
+    shown = len(band["mean"])
+    figures.plot_observed_vs_model(
+        years[:shown], observed[:shown], band["mean"], band["lower"], band["upper"], data.names,
+        out.path("rolling_origin.png"), level=0.9, largest=config.evaluation.largest_regions, origin_year=origin,
+        total=(band["total_lower"], band["total_upper"]),
+        extra={name: np.vstack([np.full((o, mean.shape[1]), np.nan), mean])
+               for name, mean in evaluation.forecasts[origin].items() if name != MODEL},
+        title=f"Rolling origin: fit through {origin}, forecast {origin + 1}-{data.years[0] + shown}")
+    summary["evaluation"] = dict(table=evaluation.table.to_dict(orient="records"),
+                                 wins=evaluation.wins().to_dict(orient="records"))
 
 
 def write_forecast(out: RunOutputs, forecast: Forecast, *, level: float, run: str, config: dict) -> dict:

@@ -1,0 +1,151 @@
+"""The rolling-origin evaluation: the calibrated model against four baselines, out of sample.
+
+At each origin year the model is calibrated on the years up to it (the later ones held out of
+the same data set), forecasts the next `horizon` years conditioned on the counts up to the
+origin, and is scored against what was observed, as are the baselines (`baselines.py`) fitted
+on the same years. Every origin's fit is the whole recipe from cold starts: the objective has
+more than one basin (two starts on the metros ended 0.05 apart per observation), and a fit
+warm-started from a neighbouring origin's estimate stayed in that estimate's basin. The held-out
+years are masked, not removed, so every fit reuses the programs the first one compiled.
+
+Scores, over every region-year observed in the forecast years:
+
+- `male`: mean absolute error of log(1 + count), the scale on which regions of every size count;
+- `mae`, `rmse`: on counts, where the largest regions dominate;
+- `interval_50`, `interval_90`: the interval score of the central 50% and 90% intervals
+  (Gneiting & Raftery 2007, eq. 43), on log(1 + count): the width, plus 2/alpha times the
+  distance by which the observation falls outside; lower is better, and it rewards intervals
+  that are both narrow and honest;
+- `coverage_50`, `coverage_90`: the share of observations inside each interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import jax
+import numpy as np
+import optax
+import pandas as pd
+
+from .baselines import baselines, horizon_dispersion, predictive_quantiles
+from .calibrate import Calibration, calibrate
+from .config import CalibrateConfig
+from .errors import ConfigError
+from .forecast import INTERVALS, forecast_patents
+
+if TYPE_CHECKING:
+    from .data import Dataset
+
+log = logging.getLogger(__name__)
+
+METRICS = ("male", "mae", "rmse", "interval_50", "interval_90", "coverage_50", "coverage_90")
+MODEL = "model"
+LEVEL_HELD = "model level held (diagnostic)"
+"""The model's filtered level at the origin held flat: the model without its dynamics ahead, to
+show how much of the forecast error the mechanism's own dynamics add (no intervals)."""
+
+
+def scores(observed: np.ndarray, mean: np.ndarray, quantiles: dict[float, np.ndarray] | None) -> dict[str, float]:
+    """The `METRICS` of a forecast: its mean and its quantiles {probability: array} against the
+    observed counts (same shape; NaN cells are skipped). Without quantiles the interval scores
+    and coverages are NaN."""
+    seen = np.isfinite(observed)
+    y, m = observed[seen], mean[seen]
+    out = dict(male=float(np.mean(np.abs(np.log1p(m) - np.log1p(y)))), mae=float(np.mean(np.abs(m - y))),
+               rmse=float(np.sqrt(np.mean((m - y) ** 2))))
+    log_y = np.log1p(y)
+    for coverage in INTERVALS:
+        if quantiles is None:
+            out[f"interval_{round(coverage * 100)}"] = out[f"coverage_{round(coverage * 100)}"] = float("nan")
+            continue
+        alpha = 1 - coverage
+        low = np.log1p(quantiles[round(alpha / 2, 9)][seen])
+        high = np.log1p(quantiles[round(1 - alpha / 2, 9)][seen])
+        penalty = 2 / alpha * (np.maximum(low - log_y, 0) + np.maximum(log_y - high, 0))
+        out[f"interval_{round(coverage * 100)}"] = float(np.mean(high - low + penalty))
+        out[f"coverage_{round(coverage * 100)}"] = float(np.mean((log_y >= low) & (log_y <= high)))
+    return out
+
+
+@dataclass
+class Evaluation:
+    """Scores per origin and method (`table`), and the forecasts that produced them."""
+
+    table: pd.DataFrame  # origin, method, METRICS
+    forecasts: dict[int, dict[str, np.ndarray]]  # origin -> method -> mean (horizon, R)
+    bands: dict[int, dict[str, np.ndarray]]  # origin -> the model's `forecast_patents` output
+    calibrations: dict[int, Calibration]
+
+    def wins(self) -> pd.DataFrame:
+        """Per origin: whether the model beats every baseline on MALE and on the 90% interval score."""
+        rows = []
+        for origin, group in self.table.groupby("origin"):
+            model = group[group.method == MODEL].iloc[0]
+            others = group[~group.method.isin([MODEL, LEVEL_HELD])]
+            rows.append(dict(origin=origin, male=bool((model.male < others.male).all()),
+                             interval_90=bool((model.interval_90 < others.interval_90).all()),
+                             coverage_90_in_85_95=bool(0.85 <= model.coverage_90 <= 0.95)))
+        return pd.DataFrame(rows)
+
+
+def check_origins(data: Dataset, origins: list[int], horizon: int) -> None:
+    """Raise `ConfigError` unless each origin leaves at least two fitted years before it and
+    `horizon` observed years after it."""
+    for origin in origins:
+        if not data.years[0] + 2 <= origin <= data.years[-1] - horizon:
+            raise ConfigError(f"evaluation.origins: each origin must lie in {data.years[0] + 2}-{data.years[-1] - horizon} "
+                              f"(two fitted years before it, evaluation.horizon={horizon} observed years after), got {origin}")
+
+
+def evaluate(
+    data: Dataset,
+    config: CalibrateConfig,
+    *,
+    origins: list[int],
+    horizon: int,
+    draws: int,
+    optimizer: optax.GradientTransformation | None = None,
+    checkpoint: Path | None = None,
+) -> Evaluation:
+    """Calibrate at each origin, forecast `horizon` years, score the model and the baselines.
+    `checkpoint`: a stem for each fit's checkpoints (resumed)."""
+    check_origins(data, origins, horizon)
+    observed = data.observed_patents()
+    first = np.asarray(data.first_patents)[None]
+    methods = baselines(data.drivers)
+    rows, diagnostics, forecasts, bands, calibrations = [], [], {}, {}, {}
+    for origin in sorted(origins):
+        began = time.perf_counter()
+        o = origin - data.years[0]  # fitted years after the first
+        stem = None if checkpoint is None else Path(f"{checkpoint}_{origin}")
+        fitted = calibrate(data.through(origin), config, optimizer=optimizer, checkpoint=stem, phase=f"origin {origin}: ")
+        truth = observed[o:o + horizon]
+        band = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, o + horizon,
+                                key=jax.random.key(config.fit.seed + origin), draws=draws, level=0.9,
+                                history=observed[:o])
+        forecasts[origin], bands[origin] = {MODEL: band["mean"][o:]}, band
+        rows.append(dict(origin=origin, method=MODEL, **scores(truth, band["mean"][o:],
+                                                               {p: q[o:] for p, q in band["quantiles"].items()})))
+        held = np.repeat(band["level"].counts(band["fitted"][o - 1])[None], horizon, axis=0)  # a diagnostic, no intervals
+        forecasts[origin][LEVEL_HELD] = held
+        diagnostics.append(dict(origin=origin, method=LEVEL_HELD, **scores(truth, held, None)))
+        history = np.vstack([first, observed[:o]])
+        probabilities = sorted(band["quantiles"])
+        for name, method in methods.items():
+            mean = method(history, horizon)
+            dispersion = horizon_dispersion(method, history, horizon)
+            quantiles = predictive_quantiles(mean, dispersion, probabilities, jax.random.key(origin))
+            forecasts[origin][name] = mean
+            rows.append(dict(origin=origin, method=name, **scores(truth, mean, quantiles)))
+        calibrations[origin] = fitted
+        model = rows[-len(methods) - 1]
+        log.info("origin %d: model MALE %.4f (best baseline %.4f; level held %.4f), 90%% coverage %.3f (%.0f s)", origin,
+                 model["male"], min(r["male"] for r in rows[-len(methods):]), diagnostics[-1]["male"], model["coverage_90"],
+                 time.perf_counter() - began)
+    return Evaluation(pd.DataFrame(rows + diagnostics), forecasts, bands, calibrations)
+
