@@ -41,7 +41,7 @@ def test_every_config_group_option_composes_into_its_schema(command, override):
 
 def test_the_schemas_hold_the_defaults_the_yaml_files_do_not_repeat():
     calibrate = cli.to_typed(cli.compose("calibrate"), "calibrate")
-    assert calibrate.model.num_domains == 1 and calibrate.model.x64 and calibrate.fit.steps == 1000
+    assert calibrate.model.num_domains == 1 and calibrate.model.x64 and calibrate.fit.steps == 400
     assert calibrate.optimizer.transform["_target_"] == "diffcomm.training.adam_with_warmup"
     optimize = cli.to_typed(cli.compose("optimize"), "optimize")
     assert set(optimize.scenario.counts.values()) == {4} and optimize.model.x64

@@ -13,10 +13,11 @@ import pandas as pd
 
 def main(here: Path) -> None:
     run, forecast = here / "run", here / "forecast"
-    for source in (run / "fit.png", run / "loss.png", run / "rolling_origin.png", forecast / "forecast.png"):
+    figures = ("fit.png", "loss.png", "rolling_origin.png", "evaluation.png")
+    for source in (*(run / name for name in figures), forecast / "forecast.png"):
         shutil.copy(source, here / source.name)
-    shutil.copy(run / "report.md", here / "report.md")
-    shutil.copy(run / "params.csv", here / "params.csv")
+    for name in ("report.md", "params.csv", "effects.csv", "evaluation.csv"):
+        shutil.copy(run / name, here / name)
     summary = json.loads((run / "summary.json").read_text())
     frame = pd.read_csv(forecast / "forecast.csv", dtype={"region": str})
     totals = frame.groupby("year")[["mean", "lower", "upper"]].sum().round(0)
@@ -27,7 +28,7 @@ def main(here: Path) -> None:
         cells = [row.get("observed"), row["mean"], row["lower"], row["upper"]]
         lines.append(f"| {year} | " + " | ".join("" if pd.isna(c) else f"{c:,.0f}" for c in cells) + " |")
     (here / "forecast_totals.md").write_text("\n".join(lines) + "\n")
-    keep = {k: summary[k] for k in ("regions", "observations", "loss_per_observation", "fit", "rolling_origin", "seconds")}
+    keep = {k: summary[k] for k in ("regions", "observations", "loss_per_observation", "fit", "evaluation", "seconds")}
     (here / "results.json").write_text(json.dumps(keep, indent=2) + "\n")
     print((here / "report.md").read_text())
 

@@ -4,8 +4,9 @@
 latent effects; `eqx.partition` with a filter spec) from several starts at once: the starts are
 one `vmap`-ped batch, so one compiled step moves all of them. The step is compiled once per
 loss, optimizer and data shape: the data and the prior are arguments of the jitted step, not
-constants baked into it, so the fits at the rolling origins reuse the programs of the first. A fit checkpoints its whole state; `fit` called again
-with the same checkpoint path resumes and reaches the same numbers as an uninterrupted run.
+constants baked into it, so the fits at the rolling origins reuse the programs of the first. A
+fit checkpoints its whole state; `fit` called again with the same checkpoint path resumes and
+reaches the same numbers as an uninterrupted run.
 `calibrate` is the whole recipe: restarts, polish, Laplace approximation.
 """
 

@@ -26,7 +26,15 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .effects import REGION_EFFECTS, Effects, Estimate
-from .loss import NOISE_PARAMETERS, Prior, fisher_weights, fitted_outputs, negative_log_posterior, negative_log_prior
+from .loss import (
+    NOISE_PARAMETERS,
+    Prior,
+    fisher_weights,
+    fitted_outputs,
+    negative_log_posterior,
+    negative_log_prior,
+    region_outputs,
+)
 from .params import PARAMETERS, POSITIVE, UNIT, free_mask
 
 if TYPE_CHECKING:
@@ -135,7 +143,10 @@ def _information(free: Estimate, fixed: Estimate, data: Dataset, prior: Prior, g
     for e in range(region_index.shape[1]):
         tangents.append(jnp.zeros((1, size)).at[0, region_index[:, e]].set(1.0))
     tangents = jnp.concatenate(tangents).astype(flat.dtype)
-    outputs = jax.vmap(lambda v: jax.jvp(lambda x: fitted_outputs(at(x), data), (flat,), (v,))[1])(tangents)
+    outputs = jax.vmap(lambda v: jax.jvp(lambda x: fitted_outputs(at(x), data), (flat,), (v,))[1])(tangents[:num_global])
+    if region_index.shape[1]:  # a region's own effects, without the national factor's 1/R terms (`loss.region_outputs`)
+        own = jax.vmap(lambda v: jax.jvp(lambda x: region_outputs(at(x), data), (flat,), (v,))[1])(tangents[num_global:])
+        outputs = jax.tree_util.tree_map(lambda g, r: jnp.concatenate([g, r]), outputs, own)
     weights = fisher_weights(at(flat), data)
     prior_gradient = jax.grad(lambda x: negative_log_prior(at(x), prior))
     prior_hessian = jax.vmap(lambda v: jax.jvp(prior_gradient, (flat,), (v,))[1])(tangents)

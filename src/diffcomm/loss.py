@@ -49,6 +49,16 @@ def fitted_outputs(estimate: Estimate, data: Dataset) -> tuple[Float[Array, "t r
     return jnp.log(patents), jax.scipy.special.logit(share)
 
 
+def region_outputs(estimate: Estimate, data: Dataset) -> tuple[Float[Array, "t r"], Float[Array, " r"]]:
+    """`fitted_outputs` without the national factor's dependence on the model's total knowledge:
+    what a region's own latent effects move, to first order. (The factor moves every region by
+    the average effect, a term of order 1/R per region; a colouring that perturbs every region's
+    effect at once would add up those terms into one of order 1.)"""
+    observed = simulate_from_data(estimate.params, data, data.patents.shape[0], effects=estimate.effects, checkpoint=True)[1]
+    share = jnp.sum(observed.nonlocal_share * data.window[:, None], axis=0) / jnp.sum(data.window)
+    return jnp.log(observed.patents), jax.scipy.special.logit(share)
+
+
 def fisher_weights(estimate: Estimate, data: Dataset) -> tuple[Float[Array, "t r"], Float[Array, " r"]]:
     """The Fisher information of each observed cell about its `fitted_outputs`: mu r / (mu + r)
     for a negative binomial count on the log scale, and n p (1 - p) (c + 1) / (c + n) for a
@@ -83,21 +93,22 @@ def _likelihood_terms(estimate: Estimate, data: Dataset, patents: Array, nonloca
 def region_information(estimate: Estimate, data: Dataset, region_effects: tuple[str, ...]) -> Float[Array, "r e e"]:
     """The negative binomial's Fisher information about each region's latent effects, per unit of
     the effect itself (E x E per region): from d log mu_rt / d b_re, one forward-mode product per
-    effect (a colouring: a region's effect moves other regions' counts only through ties and the
-    international community, terms of order 1/R that are left out)."""
+    effect (a colouring: a region's effect moves other regions' counts only through ties, the
+    international community and the national factor, terms of order 1/R that are left out, see
+    `region_outputs`)."""
     params, p = estimate.params, estimate.params.natural()
     scales = region_effect_scales(p, region_effects)
 
     def log_mean(latent):
         effects = eqx.tree_at(lambda e: [getattr(e, n) for n in region_effects], estimate.effects, list(latent))
-        return jnp.log(expected_patents(Estimate(params, effects), data)[0])
+        return region_outputs(Estimate(params, effects), data)[0]
 
     primal = [getattr(estimate.effects, name) for name in region_effects]
-    log_mu, linear = jax.linearize(log_mean, primal)
+    _, linear = jax.linearize(log_mean, primal)
     ones = jnp.ones_like(primal[0])
     sensitivity = jnp.stack([linear([ones if i == j else jnp.zeros_like(ones) for j in range(len(primal))])
                              for i in range(len(primal))]) / scales[:, None, None]  # (E, T, R)
-    mu = jnp.exp(log_mu)
+    mu = expected_patents(estimate, data)[0]
     weight = data.patents_mask * mu * p.patents_dispersion / (mu + p.patents_dispersion)
     return jnp.einsum("etr,ftr,tr->ref", sensitivity, sensitivity, weight)
 
