@@ -104,6 +104,18 @@ def test_a_run_folder_takes_one_configuration(tmp_path):
         claim_run_folder(tmp_path, FitConfig(restarts=2), ignore=("stop_after",))
 
 
+def test_a_run_folder_takes_one_set_of_inputs(tmp_path):
+    """A policy run resumed on a calibration that has changed since would mix two models."""
+    calibration = tmp_path / "fitted.eqx"
+    calibration.write_bytes(b"one")
+    folder = tmp_path / "run"
+    claim_run_folder(folder, FitConfig(), inputs=(calibration,))
+    claim_run_folder(folder, FitConfig(), inputs=(calibration,))  # the same: resumes
+    calibration.write_bytes(b"two")
+    with pytest.raises(ConfigError, match="different configuration or other inputs"):
+        claim_run_folder(folder, FitConfig(), inputs=(calibration,))
+
+
 def test_weak_types_are_made_strong():
     state = jax.vmap(optax.lbfgs().init)({"x": jnp.ones((1, 3))})
     assert any(jax.typeof(leaf).weak_type for leaf in jax.tree_util.tree_leaves(state))

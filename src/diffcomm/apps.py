@@ -89,7 +89,8 @@ def run_forecast(cfg: ForecastConfig, out_dir: Path, *, plain_config: dict) -> d
 
 def run_optimize(cfg: OptimizeConfig, out_dir: Path, *, plain_config: dict) -> dict:
     """Optimize the allocation, run the baselines, and report into `out_dir`."""
-    claim_run_folder(out_dir, cfg, ignore=("optimize.stop_after", "optimize.progress"))
+    calibrated = (Path(cfg.run) / "fitted.eqx",) if cfg.source == "run" and (Path(cfg.run) / "fitted.eqx").exists() else ()
+    claim_run_folder(out_dir, cfg, ignore=("optimize.stop_after", "optimize.progress"), inputs=calibrated)
     started = time.perf_counter()
     if cfg.source == "run":
         calibration = load_calibration(Path(cfg.run))

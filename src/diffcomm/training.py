@@ -203,9 +203,10 @@ def load_checkpoint(path: Path | None, like):
     return tree, meta
 
 
-def claim_run_folder(folder: Path, config, *, ignore: tuple[str, ...] = ()) -> None:
-    """Mark `folder` with the fingerprint of `config` (a dataclass); refuse a folder marked by
-    another configuration, since a checkpoint there would be resumed.
+def claim_run_folder(folder: Path, config, *, ignore: tuple[str, ...] = (), inputs: tuple[Path, ...] = ()) -> None:
+    """Mark `folder` with the fingerprint of `config` (a dataclass) and of the contents of the
+    files `inputs` (e.g. the calibration a policy starts from); refuse a folder marked by another
+    configuration or other inputs, since a checkpoint there would be resumed.
 
     `ignore`: dotted keys that only steer one call (e.g. `fit.stop_after`, `fit.progress`).
     """
@@ -216,9 +217,12 @@ def claim_run_folder(folder: Path, config, *, ignore: tuple[str, ...] = ()) -> N
         for part in parents:
             node = node[part]
         node.pop(last, None)
-    fingerprint = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode())
+    for path in inputs:
+        digest.update(Path(path).read_bytes())
+    fingerprint = digest.hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     stamp = folder / "fingerprint.txt"
     if stamp.exists() and stamp.read_text().strip() != fingerprint:
-        raise ConfigError(f"{folder} holds a checkpoint of a different configuration; use a new run folder")
+        raise ConfigError(f"{folder} holds a checkpoint of a different configuration or other inputs; use a new run folder")
     stamp.write_text(fingerprint + "\n")
