@@ -190,7 +190,7 @@ def plot_evaluation(table, path: Path) -> None:
     (grouped bars, one colour per method; lower is better), and the 90% coverage."""
     methods = list(dict.fromkeys(table["method"]))
     origins = sorted(set(table["origin"]))
-    fig = Figure(figsize=(13, 4.2))
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
     axes = fig.subplots(1, 3)
     width = 0.8 / len(methods)
     for ax, (metric, label) in zip(axes, [("male", "mean absolute log error"), ("interval_90", "interval score, 90% (log scale)"),
@@ -207,7 +207,7 @@ def plot_evaluation(table, path: Path) -> None:
         else:
             low = np.nanmin(table[metric]) * 0.9
             ax.set_ylim(low, np.nanmax(table[metric]) * 1.03)
-    axes[0].legend(fontsize=8, loc="lower left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(methods), fontsize=9)
     fig.suptitle("Rolling origin: forecasts of the next years from each origin (lower is better; coverage target shaded)")
-    fig.tight_layout()
     _save(fig, path)
