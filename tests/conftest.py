@@ -15,10 +15,12 @@ import jax.numpy as jnp
 import pytest
 
 from diffcomm.data import Dataset
+from diffcomm.effects import Estimate
 from diffcomm.inputs import Drivers, Graph
+from diffcomm.loss import expected_patents
 from diffcomm.model import init_state
 from diffcomm.observation import sample_counts
-from diffcomm.simulate import make_forcing, simulate, simulate_from_data
+from diffcomm.simulate import make_forcing, simulate
 
 # absl's log handler keeps the sys.stderr of its import, which under pytest is a capture
 # stream; Hydra's logging set-up closes every handler, and absl's then closes that stream.
@@ -69,7 +71,7 @@ def synthetic_dataset(key, truth, *, num_regions=300, num_years=15, with_linkage
         codes=tuple(f"{i:05d}" for i in range(R)), names=tuple(f"region {i}" for i in range(R)),
         years=tuple(range(2000, 2001 + T)), notes=(),
     )
-    mean = simulate_from_data(truth, data, T)[1].patents
+    mean = expected_patents(Estimate.start(truth, R, T), data)[0]  # no latent effects: every region and year at the mean
     return dataclasses.replace(data, patents=sample_counts(ks[6], mean, truth.natural().patents_dispersion))
 
 

@@ -84,7 +84,7 @@ def test_the_latent_curvature_grows_with_the_scales_and_vanishes_without_them(sy
     def curvature(scale):
         estimate = at(Params.from_natural(1, attraction_scale=scale), data, effects)
         patents = expected_patents(estimate, data)[0]
-        return float(latent_curvature(estimate, data, ("attraction",), False, patents))
+        return float(latent_curvature(estimate, data, Prior(estimate.params, (), None, ("attraction",)), patents))
 
     values = [curvature(s) for s in (1e-6, 0.3, 1.0)]
     assert values[0] < 1e-8 < values[1] < values[2]

@@ -54,7 +54,7 @@ EXAMPLES = {
                  "diffcomm simulate experiment=disruption",
                  "diffcomm simulate -m scenario.shock.intensity=0,0.5,1"],
     "calibrate": ["diffcomm calibrate fit.restarts=8 fit.steps=2000",
-                  "diffcomm calibrate \"data.regions=[41860,41940,'00901']\" evaluation.rolling_origin=false",
+                  "diffcomm calibrate \"data.regions=[41860,41940,'00901']\" evaluation.rolling_origin=true",
                   "diffcomm calibrate optimizer=lbfgs hydra.run.dir=outputs/my_run"],
     "forecast": ["diffcomm forecast run=outputs/calibrate/<time> years=2011-2015",
                  "diffcomm forecast run=outputs/calibrate/<time> years=2006-2010 level=0.5"],
