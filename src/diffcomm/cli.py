@@ -33,6 +33,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
+from jax.experimental.compilation_cache import compilation_cache as cache
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -197,14 +198,27 @@ def usage() -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _use_compilation_cache(setting: str | None) -> None:
-    """Keep compiled programs between runs in `setting` (`auto`: the user cache folder)."""
-    if setting is None:
-        return
-    folder = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "diffcomm" / "jax" if setting == "auto" \
-        else Path(setting).expanduser()
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+@contextlib.contextmanager
+def _compilation_cache(setting: str | None):
+    """Keep compiled programs between runs in `setting` (`auto`: the user cache folder; None:
+    none) for one command, and leave JAX's settings as they were afterwards: a process that runs
+    several commands (a sweep, a test session, a notebook) gets each command's own setting. (In a
+    test session that inherited one command's cache, later compilations aborted inside XLA while
+    writing to it.)"""
+    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    if setting is not None:
+        folder = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "diffcomm" / "jax" \
+            if setting == "auto" else Path(setting).expanduser()
+        cache.reset_cache()
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    try:
+        yield
+    finally:
+        if setting is not None:
+            cache.reset_cache()
+            jax.config.update("jax_compilation_cache_dir", saved[0])
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
 
 
 def _work_in_thread(work: Callable[[], Any], *, x64: bool, staging: Path | None = None) -> Any:
@@ -256,7 +270,6 @@ def _task(command: str) -> Callable[[DictConfig], None]:
         plain = OmegaConf.to_container(cfg, resolve=True)
         try:
             typed = to_typed(cfg, command)
-            _use_compilation_cache(typed.runtime.compilation_cache)
             x64 = typed.x64 if command == "forecast" else typed.model.x64
             kwargs = dict(plain_config=plain)
             if command == "calibrate":
@@ -265,7 +278,8 @@ def _task(command: str) -> Callable[[DictConfig], None]:
                 except Exception as error:  # Hydra wraps whatever the target raised
                     raise ConfigError(f"optimizer.transform: {_first_line(error.__cause__ or error)}") from None
             run = getattr(apps, f"run_{command}")
-            _work_in_thread(lambda: run(typed, out_dir, **kwargs), x64=x64, staging=out_dir / ".staging")
+            with _compilation_cache(typed.runtime.compilation_cache):
+                _work_in_thread(lambda: run(typed, out_dir, **kwargs), x64=x64, staging=out_dir / ".staging")
         except (ConfigError, DataError, FloatingPointError) as error:
             raise SystemExit(_fail(command, str(error))) from None
         except Interrupted as stop:
