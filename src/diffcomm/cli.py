@@ -266,6 +266,7 @@ def _work_in_thread(work: Callable[[], Any], *, x64: bool, staging: Path | None 
 def _task(command: str) -> Callable[[DictConfig], None]:
     def task(cfg: DictConfig) -> None:
         logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # its backend probe is noise in run logs
+        logging.getLogger("jax._src.compilation_cache").setLevel(logging.WARNING)  # and so is its cache reset
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         plain = OmegaConf.to_container(cfg, resolve=True)
         try:
