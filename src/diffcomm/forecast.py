@@ -34,7 +34,6 @@ from .simulate import (
     restart_knowledge,
     simulate,
     simulate_from_data,
-    state_at_origin,
 )
 from .state import State
 
@@ -71,17 +70,25 @@ def expected_path(estimate: Estimate, data: Dataset, num_years: int, origin_year
     if origin_counts is None or origin_years == num_years:
         own = simulate_from_data(params, data, num_years, effects=estimate.effects)[1].patents
         return own * jnp.exp(national_factor(p, own, first_knowledge(params, data), eta))[:, None]
-    state, before = simulate_from_data(params, data, origin_years, effects=estimate.effects)
-    growth = knowledge_growth(p, before.patents, first_knowledge(params, data))
-    factor_before = eta[:origin_years] - p.patents_knowledge_elasticity * growth
-    state = restart_knowledge(params, state, origin_counts, factor_before[-1])
+    state, before, growth = _restarted(estimate, data, origin_years, origin_counts, eta)
     rest = make_forcing(num_years - origin_years, data.num_regions)
     _, later = simulate(params, state, region_drivers(params, data, estimate.effects), data.graph, rest, record_states=False)
     later_knowledge = (later.observations.patents * jnp.exp(-p.patents_intercept)) ** (1.0 / p.patents_knowledge_elasticity)
-    growth_later = growth[-1] + jnp.log(jnp.sum(later_knowledge, axis=-1)) - jnp.log(jnp.sum(state.regions.knowledge))
+    growth_later = growth + jnp.log(jnp.sum(later_knowledge, axis=-1)) - jnp.log(jnp.sum(state.regions.knowledge))
     factor_later = eta[origin_years:] - p.patents_knowledge_elasticity * growth_later
-    return jnp.concatenate([before.patents * jnp.exp(factor_before)[:, None],
-                            later.observations.patents * jnp.exp(factor_later)[:, None]])
+    return jnp.concatenate([before, later.observations.patents * jnp.exp(factor_later)[:, None]])
+
+
+def _restarted(estimate: Estimate, data: Dataset, origin_years: int, origin_counts, eta) -> tuple[State, jax.Array, jax.Array]:
+    """Simulate `origin_years` years and restart knowledge from `origin_counts`, read at the
+    origin's national factor. **Returns:** the restarted state, the expected patents up to the
+    origin with their national factor (origin_years, R), and the knowledge growth at the origin."""
+    params, p = estimate.params, estimate.params.natural()
+    state, before = simulate_from_data(params, data, origin_years, effects=estimate.effects)
+    growth = knowledge_growth(p, before.patents, first_knowledge(params, data))
+    factor = eta[:origin_years] - p.patents_knowledge_elasticity * growth
+    state = restart_knowledge(params, state, origin_counts, factor[-1])
+    return state, before.patents * jnp.exp(factor)[:, None], growth[-1]
 
 
 @eqx.filter_jit
@@ -98,11 +105,12 @@ def _ensemble_means(ensemble: Estimate, data: Dataset, num_years: int, origin_ye
     return jax.vmap(one, in_axes=(0, 0, 0, None if origin_counts is None else 0))(ensemble, keys, spread, origin_counts)
 
 
-def origin_level(estimate: Estimate, data: Dataset, history: np.ndarray) -> Level:
+def origin_level(estimate: Estimate, data: Dataset, history: np.ndarray) -> tuple[Level, np.ndarray]:
     """The regions' filtered levels at the origin (`filtering.py`) around the estimate's path,
-    from the counts `history` (O, R) of the years up to the origin (NaN where not observed)."""
+    from the counts `history` (O, R) of the years up to the origin (NaN where not observed), and
+    the path's expected counts at the origin (R,), which `Level.counts` reads the levels against."""
     expected = np.asarray(expected_path(estimate, data, history.shape[0], history.shape[0], None))
-    return filter_level(history, expected)
+    return filter_level(history, expected), expected[-1]
 
 
 def forecast_patents(
@@ -142,8 +150,7 @@ def forecast_patents(
         origin, counts, walk = num_years, None, None
     else:
         origin = history.shape[0]
-        filtered = origin_level(estimate, data, history)
-        expected = np.asarray(expected_path(estimate, data, origin, origin, None))[-1]
+        filtered, expected = origin_level(estimate, data, history)
         k_start, k_walk = jax.random.split(k_level)
         start = np.array(jax.random.normal(k_start, (draws + 1, data.num_regions)))
         start[0] = 0.0
@@ -182,14 +189,9 @@ def calibrated_regions(calibration: Calibration, data: Dataset) -> tuple[State, 
     (as a forecast from there would), and the drivers with the latent region effects added."""
     estimate, observed = calibration.estimate, data.observed_patents()
     years = observed.shape[0]
-    p = estimate.params.natural()
-    filtered = origin_level(estimate, data, observed)
-    expected = np.asarray(expected_path(estimate, data, years, years, None))[-1]
-    _, before = simulate_from_data(estimate.params, data, years, effects=estimate.effects)
-    growth = knowledge_growth(p, before.patents, first_knowledge(estimate.params, data))
-    national = national_effects(p, _innovations(estimate, years, None))[-1] - p.patents_knowledge_elasticity * growth[-1]
-    state, _ = state_at_origin(estimate.params, data, years, jnp.asarray(filtered.counts(expected)), effects=estimate.effects,
-                               national=national)
+    filtered, expected = origin_level(estimate, data, observed)
+    eta = national_effects(estimate.params.natural(), _innovations(estimate, years, None))
+    state, _, _ = _restarted(estimate, data, years, jnp.asarray(filtered.counts(expected)), eta)
     return state, region_drivers(estimate.params, data, estimate.effects), data.graph
 
 

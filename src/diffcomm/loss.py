@@ -19,7 +19,7 @@ from jaxtyping import Array, Float
 
 from .effects import Estimate, national_effects, region_effect_scales, standard_normal_prior
 from .observation import beta_binomial_nll, national_factor, negative_binomial_nll
-from .params import PARAMETERS, Params
+from .params import PARAMETERS, NaturalParams, Params
 from .simulate import first_knowledge, simulate_from_data
 
 if TYPE_CHECKING:
@@ -65,11 +65,10 @@ def fisher_weights(estimate: Estimate, data: Dataset) -> tuple[Float[Array, "t r
     beta-binomial count of n trials on the logit scale (zero where not observed)."""
     p = estimate.params.natural()
     patents, nonlocal_share = expected_patents(estimate, data)
-    r, c = p.patents_dispersion, p.nonlocal_concentration
+    c = p.nonlocal_concentration
     share = jnp.sum(nonlocal_share * data.window[:, None], axis=0) / jnp.sum(data.window)
     n = data.linkage_total
-    return (data.patents_mask * patents * r / (patents + r),
-            data.linkage_mask * n * share * (1 - share) * (c + 1) / (c + n))
+    return count_weights(p, data, patents), data.linkage_mask * n * share * (1 - share) * (c + 1) / (c + n)
 
 
 def negative_log_likelihood(estimate: Estimate, data: Dataset) -> Float[Array, ""]:
@@ -90,12 +89,19 @@ def _likelihood_terms(estimate: Estimate, data: Dataset, patents: Array, nonloca
                                     data.linkage_mask)
 
 
-def region_information(estimate: Estimate, data: Dataset, region_effects: tuple[str, ...]) -> Float[Array, "r e e"]:
+def count_weights(p: NaturalParams, data: Dataset, patents: Array) -> Float[Array, "t r"]:
+    """The negative binomial's Fisher information about log mu of each observed count, at the
+    expected counts `patents`: mu r / (mu + r), zero where not observed."""
+    return data.patents_mask * patents * p.patents_dispersion / (patents + p.patents_dispersion)
+
+
+def region_information(estimate: Estimate, data: Dataset, region_effects: tuple[str, ...],
+                       patents: Array) -> Float[Array, "r e e"]:
     """The negative binomial's Fisher information about each region's latent effects, per unit of
     the effect itself (E x E per region): from d log mu_rt / d b_re, one forward-mode product per
     effect (a colouring: a region's effect moves other regions' counts only through ties, the
     international community and the national factor, terms of order 1/R that are left out, see
-    `region_outputs`)."""
+    `region_outputs`). `patents`: the expected counts at the estimate (`expected_patents`)."""
     params, p = estimate.params, estimate.params.natural()
     scales = region_effect_scales(p, region_effects)
 
@@ -108,9 +114,7 @@ def region_information(estimate: Estimate, data: Dataset, region_effects: tuple[
     ones = jnp.ones_like(primal[0])
     sensitivity = jnp.stack([linear([ones if i == j else jnp.zeros_like(ones) for j in range(len(primal))])
                              for i in range(len(primal))]) / scales[:, None, None]  # (E, T, R)
-    mu = expected_patents(estimate, data)[0]
-    weight = data.patents_mask * mu * p.patents_dispersion / (mu + p.patents_dispersion)
-    return jnp.einsum("etr,ftr,tr->ref", sensitivity, sensitivity, weight)
+    return jnp.einsum("etr,ftr,tr->ref", sensitivity, sensitivity, count_weights(p, data, patents))
 
 
 def latent_curvature(estimate: Estimate, data: Dataset, prior: Prior, patents: Array) -> Float[Array, ""]:
@@ -134,11 +138,11 @@ def latent_curvature(estimate: Estimate, data: Dataset, prior: Prior, patents: A
     total = jnp.zeros(())
     if prior.region_effects:
         scales = region_effect_scales(p, prior.region_effects)
-        information = jax.lax.stop_gradient(region_information(estimate, data, prior.region_effects))
+        information = jax.lax.stop_gradient(region_information(estimate, data, prior.region_effects, patents))
         precision = jnp.eye(len(prior.region_effects)) + scales[:, None] * information * scales[None, :]
         total = total + 0.5 * jnp.sum(jnp.linalg.slogdet(precision)[1])
     if prior.national:
-        weight = jax.lax.stop_gradient(data.patents_mask * patents * p.patents_dispersion / (patents + p.patents_dispersion))
+        weight = jax.lax.stop_gradient(count_weights(p, data, patents))
         num_years = estimate.effects.year.shape[0]
         lag = jnp.arange(num_years)[:, None] - jnp.arange(num_years)[None, :]
         mapping = jnp.where(lag >= 0, p.national_shock_scale * p.national_persistence ** jnp.maximum(lag, 0), 0.0)

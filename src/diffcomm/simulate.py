@@ -199,16 +199,3 @@ def restart_knowledge(params: Params, state: State, counts: Float[Array, " r"],
     share = knowledge / jnp.sum(knowledge, axis=-1, keepdims=True)
     new = jnp.where(observed[:, None], jnp.where(observed, level, 1.0)[:, None] * share, knowledge)
     return eqx.tree_at(lambda s: s.regions.knowledge, state, new)
-
-
-def state_at_origin(params: Params, data: Dataset, origin_years: int, origin_counts=None, *, effects: Effects | None = None,
-                    national: Float[Array, ""] | float = 0.0) -> tuple[State, Observations]:
-    """Simulate `origin_years` years from the data's first year; with `origin_counts` (R,),
-    restart knowledge from the counts observed at that origin (whose national effect is `national`).
-
-    **Returns:** the state at the origin and the observations of the years up to it (T, R).
-    """
-    state, observations = simulate_from_data(params, data, origin_years, effects=effects)
-    if origin_counts is not None:
-        state = restart_knowledge(params, state, origin_counts, national)
-    return state, observations
