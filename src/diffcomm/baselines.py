@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from .inputs import LATENT_DRIVERS, Drivers
+from .observation import negative_binomial_nll
 
 Method = Callable[[np.ndarray, int], np.ndarray]
 """(history (Y, R), horizon H) -> mean counts (H, R)."""
@@ -142,18 +143,13 @@ def horizon_dispersion(method: Method, history: np.ndarray, horizon: int) -> np.
         for h in range(ahead):
             y, mu = history[cut + h], mean[h]
             ok = np.isfinite(y) & np.isfinite(mu)
-            loglik[h] += _nb_loglik(y[ok, None], np.maximum(mu[ok, None], 1e-3), grid[None]).sum(axis=0)
+            mean_h = jnp.asarray(np.maximum(mu[ok], 1e-3))
+            loglik[h] -= np.asarray(jax.vmap(lambda r: negative_binomial_nll(mean_h, y[ok], r, np.ones(ok.sum())))(grid))
     best = grid[np.argmax(loglik, axis=1)]
     for h in range(1, horizon):  # horizons no pseudo-origin reaches keep the longest one reached
         if not loglik[h].any():
             best[h] = best[h - 1]
     return best
-
-
-def _nb_loglik(y, mu, r):
-    from scipy.special import gammaln
-
-    return gammaln(y + r) - gammaln(r) + r * np.log(r / (r + mu)) + y * np.log(mu / (r + mu))
 
 
 def predictive_quantiles(mean: np.ndarray, dispersion: np.ndarray, probabilities, key: jax.Array,
