@@ -2,10 +2,10 @@
 
 An allocation is spending per cell (region x lever, or year x region x lever); lever amounts are
 spending divided by the lever's unit cost. Allocations are kept feasible exactly, by Euclidean
-projection onto {spend >= 0, spend <= cap, sum spend = budget} after every step (projected
-gradient ascent with an optax optimizer), never by a penalty; an optional cap per region bounds
-the spending of all of a region's cells together. The objective is differentiated through the
-whole simulation. A `PolicyProblem` is an `eqx.Module`, passed to the compiled functions as an
+projection onto {spend >= 0, spend <= cap, sum spend = budget}, never by a penalty; an optional
+cap per region bounds the spending of all of a region's cells together. The objective is
+differentiated through the whole simulation and climbed by mirror ascent on the budget simplex
+(`optimize`). A `PolicyProblem` is an `eqx.Module`, passed to the compiled functions as an
 argument: each program is compiled once per problem shape.
 """
 
@@ -29,7 +29,7 @@ from .model import critical_mass_switch
 from .params import Params
 from .simulate import make_forcing, simulate
 from .state import State
-from .training import Progress, adam_with_warmup, load_checkpoint, run_steps, save_checkpoint, strongly_typed
+from .training import Progress, load_checkpoint, run_steps, save_checkpoint, sgd_with_warmup, strongly_typed
 
 if TYPE_CHECKING:
     from .config import OptimizeSettings, PolicyConfig
@@ -261,26 +261,37 @@ class _AscentState(NamedTuple):
 
 @eqx.filter_jit
 def _ascent_step(problem: PolicyProblem, optimizer: optax.GradientTransformation, spend, opt_state):
-    """One projected Adam step uphill; the value belongs to `spend`, before the step."""
+    """One step of mirror ascent; the value belongs to `spend`, before the step."""
     value, grad = jax.value_and_grad(objective, argnums=1)(problem, spend)
-    updates, opt_state = optimizer.update(-grad, opt_state, spend)
-    return value, feasible(problem, optax.apply_updates(spend, updates)), opt_state
+    span = jnp.max(grad) - jnp.min(grad)
+    direction = grad / jnp.where(span > 0, span, jnp.inf)
+    # the floor lets a cell emptied by a cap come back when its marginal value rises
+    log_spend = jnp.log(jnp.maximum(spend, 1e-9 * problem.budget / spend.size))
+    updates, opt_state = optimizer.update(-direction, opt_state, log_spend)
+    shares = jax.nn.softmax(optax.apply_updates(log_spend, updates).ravel()).reshape(spend.shape)
+    return value, feasible(problem, problem.budget * shares), opt_state
 
 
-def optimize(
-    problem: PolicyProblem,
-    settings: OptimizeSettings,
-    *,
-    checkpoint_path: Path | None = None,
-) -> PolicyResult:
-    """Projected gradient ascent with Adam (warm-up, cosine decay) from the uniform allocation.
+def optimize(problem: PolicyProblem, settings: OptimizeSettings, *, checkpoint_path: Path | None = None) -> PolicyResult:
+    """Mirror ascent on the budget simplex (exponentiated gradient) from the uniform allocation.
 
-    `settings.learning_rate` is relative: the largest steps are about `learning_rate x budget /
-    cells` per cell, so that a few dozen steps can move the budget between cells. A checkpoint
-    at `checkpoint_path` is resumed; `settings.stop_after`, Ctrl-C or `training.request_stop()`
-    stop (checkpointed) early, raising `training.Interrupted`.
+    A step multiplies each cell's spending by `exp(rate x g / (max g - min g))`, `g` the cells'
+    marginal values (d objective / d spend), then rescales to the budget and projects onto the
+    caps, if any. `rate` warms up, then decays by a cosine, from `settings.learning_rate`: the
+    most one step changes the log-ratio of two cells' spending, whatever the objective's units.
+
+    Why not Adam on the spending: a budget only moves between cells, so what counts is how the
+    cells' marginal values compare, and Adam's per-cell normalization erases that comparison.
+    Where more of every lever helps, each cell gets about the same step and the projection takes
+    it back; on the default problem projected Adam learned only which lever does nothing. The
+    multiplicative step keeps the comparison, makes relative changes (whatever the budget and
+    the number of cells), and reaches the concentrated allocations that carry regions past their
+    critical mass in a few dozen steps (measured: `benchmarks/policy_methods.md`).
+
+    A checkpoint at `checkpoint_path` is resumed; `settings.stop_after`, Ctrl-C or
+    `training.request_stop()` stop (checkpointed) early, raising `training.Interrupted`.
     """
-    optimizer = adam_with_warmup(settings.steps, float(settings.learning_rate * (problem.budget / np.prod(problem.shape))))
+    optimizer = sgd_with_warmup(settings.steps, float(settings.learning_rate))
     spend = uniform_allocation(problem)
     state = _AscentState(spend, strongly_typed(optimizer.init(spend)), spend, -np.inf, [])
     start = 0
@@ -301,7 +312,7 @@ def optimize(
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, (s.spend, s.opt_state, s.best), dict(step=at, history=s.history, best=s.best_value))
 
-    progress = Progress("optimize: projected gradient", settings.steps, enabled=settings.progress, initial=start)
+    progress = Progress("optimize: mirror ascent", settings.steps, enabled=settings.progress, initial=start)
     state, _ = run_steps(one_step, state, start=start, steps=settings.steps, save=save, progress=progress,
                          checkpoint_every=settings.checkpoint_every, stop_after=settings.stop_after,
                          checkpoint_path=checkpoint_path)

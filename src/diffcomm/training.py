@@ -63,14 +63,20 @@ def warmup_cosine(peak: float, steps: int, *, warmup_fraction: float = 0.05, fin
 
 @functools.lru_cache(maxsize=None)  # the same object for the same settings, so one compiled step serves all
 def adam_with_warmup(steps: int, peak: float = 0.05) -> optax.GradientTransformation:
-    """Adam with `warmup_cosine(peak, steps)`: the default optimizer of calibration (and, with a
-    peak scaled to the budget, of policy).
+    """Adam with `warmup_cosine(peak, steps)`: the default optimizer of calibration.
 
     ```yaml
     transform: {_target_: diffcomm.training.adam_with_warmup, steps: ${fit.steps}}
     ```
     """
     return optax.adam(warmup_cosine(peak, steps))
+
+
+@functools.lru_cache(maxsize=None)
+def sgd_with_warmup(steps: int, peak: float) -> optax.GradientTransformation:
+    """Plain steps scaled by `warmup_cosine(peak, steps)`: the policy's mirror ascent takes them on
+    the logarithm of spending (`policy.optimize`)."""
+    return optax.sgd(warmup_cosine(peak, steps))
 
 
 def strongly_typed(tree):

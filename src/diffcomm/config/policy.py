@@ -51,8 +51,8 @@ class PolicyConfig:
 
 @dataclass
 class OptimizeSettings:
-    steps: int = option(150, "projected-Adam steps")
-    learning_rate: float = option(4.0, "relative: the largest steps move about learning_rate x budget / cells")
+    steps: int = option(150, "mirror-ascent steps (one simulation with its gradient each)")
+    learning_rate: float = option(0.5, "peak step: the most one step changes the log-ratio of two cells' spending")
     seed: int = option(0, "seed of the baselines")
     checkpoint_every: int = option(25, "steps between checkpoints")
     stop_after: int | None = option(None, "stop (checkpointed) after this many steps; rerun to resume")

@@ -176,7 +176,7 @@ def plot_policy_history(history: list[float], baselines: dict[str, float], path:
     """The gradient method's objective over steps, with each baseline's best as a line."""
     fig = Figure(figsize=(8, 4.2), layout="constrained")
     ax = fig.subplots()
-    ax.plot(np.arange(1, len(history) + 1), history, color="k", label="gradient (projected Adam)")
+    ax.plot(np.arange(1, len(history) + 1), history, color="k", label="gradient (mirror ascent)")
     for i, (name, value) in enumerate(baselines.items()):
         ax.axhline(value, ls="--", color=f"C{i}", label=f"{name.replace('_', ' ')} (best)")
     ax.set_xlabel("step")
