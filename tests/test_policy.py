@@ -1,18 +1,20 @@
 """Policy optimization: feasibility, gradients, baselines, and what a budget should do."""
 
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffcomm.config import OBJECTIVE_PARTS, OptimizeSettings, PolicyConfig
+from diffcomm.config import OBJECTIVE_PARTS, OptimizeConfig, OptimizeSettings, PolicyConfig
 from diffcomm.errors import ConfigError
 from diffcomm.inputs import LEVERS, Levers
 from diffcomm.model import critical_mass_switch
 from diffcomm.params import Params
 from diffcomm.policy import (
     PolicyProblem,
+    compare_methods,
     evaluate,
     evolution_strategy,
     objective,
@@ -23,7 +25,7 @@ from diffcomm.policy import (
     random_search,
     uniform_allocation,
 )
-from diffcomm.scenario import ARCHETYPES, synthetic_regions
+from diffcomm.scenario import ARCHETYPES, scenario_from_config, synthetic_regions
 from diffcomm.simulate import make_forcing, simulate
 from diffcomm.training import Interrupted
 
@@ -88,6 +90,24 @@ def test_optimized_allocation_beats_every_baseline_and_stays_feasible():
     gradient_value = evaluate(problem, spend)[0]
     for name, value in baselines.items():
         assert gradient_value >= value, (name, gradient_value, value)
+
+
+@pytest.mark.slow  # about 20 s: 150 steps and two baselines of 150 simulations each
+def test_on_the_default_problem_the_gradient_method_reaches_the_best_baseline():
+    """`diffcomm optimize` with its defaults: the gradient method against the baselines that
+    `compare_methods` gives as many simulator evaluations (`benchmarks/policy_methods.md`)."""
+    cfg = OptimizeConfig()
+    params = Params.from_natural(cfg.model.num_domains, **cfg.model.params)
+    regions, _ = scenario_from_config(params, cfg.scenario)
+    problem = PolicyProblem.build(cfg.policy, params, regions.initial, regions.drivers, regions.graph)
+    result = optimize(problem, dataclasses.replace(cfg.optimize, progress=False))
+    size = np.asarray(regions.initial.regions.active).sum(-1)
+    methods = compare_methods(problem, result, size, seed=cfg.optimize.seed)
+    values = {name: float(evaluate(problem, spend)[0]) for name, (spend, _) in methods.items()}
+    for name in ("random_search", "evolution_strategy"):  # the ES rounds down to an even number
+        assert methods[name][1] >= result.evaluations - 1
+    best_baseline = max(value for name, value in values.items() if name != "gradient")
+    assert values["gradient"] >= best_baseline, values
 
 
 def test_objective_gradient_matches_finite_differences():
