@@ -23,6 +23,7 @@ from .files import RunOutputs
 from .forecast import calibrated_regions, forecast, forecast_patents
 from .params import Params
 from .policy import PolicyProblem, compare_methods, optimize
+from .posterior import sample_posterior
 from .report import writers
 from .scenario import scenario_from_config
 from .simulate import simulate
@@ -67,9 +68,13 @@ def run_calibrate(cfg: CalibrateConfig, out_dir: Path, *, optimizer: optax.Gradi
     calibration = calibrate(data, cfg, optimizer=optimizer, checkpoint=out_dir / "checkpoint")
     band = forecast_patents(calibration.estimate, calibration.laplace, calibration.mask, data, len(data.years) - 1,
                             key=jax.random.key(cfg.fit.seed), draws=cfg.evaluation.draws, level=cfg.evaluation.level)
+    posterior = None
+    if cfg.inference == "nuts":
+        posterior = sample_posterior(calibration, data, cfg.nuts, checkpoint=out_dir / "checkpoint_nuts",
+                                     progress=cfg.fit.progress)
     with RunOutputs(out_dir) as out:
         summary = writers.write_calibration(out, cfg, data, calibration, band, evaluation,
-                                            seconds=time.perf_counter() - started, plain=plain_config)
+                                            seconds=time.perf_counter() - started, plain=plain_config, posterior=posterior)
     log.info("calibrated in %.0f s; loss per observation %.4f; deviance explained %.3f -> %s", summary["seconds"],
              summary["loss_per_observation"], summary["fit"]["deviance_explained_vs_constant"], out_dir)
     return summary

@@ -187,6 +187,12 @@ def negative_log_prior(estimate: Estimate, prior: Prior) -> Float[Array, ""]:
     return gaussian_prior(estimate.params, prior) + standard_normal_prior(estimate.effects)
 
 
+def log_joint(estimate: Estimate, data: Dataset, prior: Prior) -> Float[Array, ""]:
+    """log p(data, estimate) up to a constant: the likelihood and the prior, without the latent
+    curvature term; the density a sampler integrates the latent effects over (`posterior.py`)."""
+    return -(negative_log_likelihood(estimate, data) + negative_log_prior(estimate, prior))
+
+
 def negative_log_posterior(estimate: Estimate, data: Dataset, prior: Prior) -> Float[Array, ""]:
     """-log p(estimate | data) up to a constant: the likelihood, the prior, and the latent
     effects' curvature term (`latent_curvature`), which makes it the Laplace approximation of

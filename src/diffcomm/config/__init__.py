@@ -19,6 +19,7 @@ from .calibrate import (
     EvaluationConfig,
     FitConfig,
     ForecastConfig,
+    NutsConfig,
     OptimizerConfig,
     parse_years,
 )
@@ -30,7 +31,7 @@ SCHEMAS = {"simulate": SimulateConfig, "calibrate": CalibrateConfig, "forecast":
 
 __all__ = [
     "OBJECTIVE_PARTS", "SCHEMAS", "CalibrateConfig", "ConfigError", "DataConfig", "DriverTerm", "EvaluationConfig",
-    "FitConfig", "ForecastConfig", "MneConfig", "ModelConfig", "OptimizeConfig", "OptimizeSettings", "OptimizerConfig",
-    "OutputConfig", "PolicyConfig", "RuntimeConfig", "ScenarioConfig", "ShockConfig", "SimulateConfig", "from_dict", "option",
-    "parse_years",
+    "FitConfig", "ForecastConfig", "MneConfig", "ModelConfig", "NutsConfig", "OptimizeConfig", "OptimizeSettings",
+    "OptimizerConfig", "OutputConfig", "PolicyConfig", "RuntimeConfig", "ScenarioConfig", "ShockConfig", "SimulateConfig",
+    "from_dict", "option", "parse_years",
 ]

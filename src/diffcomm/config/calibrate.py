@@ -171,15 +171,40 @@ class EvaluationConfig:
 
 
 @dataclass
+class NutsConfig:
+    """The full posterior by NUTS (`inference=nuts`, `posterior.py`)."""
+
+    chains: int = option(4, "chains, run as one vmap")
+    warmup: int = option(500, "warm-up steps per chain (window adaptation of step size and diagonal mass matrix)")
+    draws: int = option(500, "draws per chain after the warm-up")
+    block: int = option(25, "draws between checkpoints and progress lines")
+    rank: int = option(16, "eigen-directions of the exact curvature that correct the Laplace whitening")
+    seed: int = option(0, "seed of the starts and the chains")
+
+    def __post_init__(self):
+        _require(self.chains >= 1, "nuts.chains", ">= 1", self.chains)
+        _require(self.warmup >= 10, "nuts.warmup", ">= 10", self.warmup)
+        _require(self.draws >= 4, "nuts.draws", ">= 4", self.draws)
+        _require(self.block >= 1, "nuts.block", ">= 1", self.block)
+        _require(self.rank >= 0, "nuts.rank", ">= 0", self.rank)
+
+
+INFERENCE = ("laplace", "nuts")
+
+
+@dataclass
 class CalibrateConfig:
     model: ModelConfig = option(factory=lambda: ModelConfig(num_domains=1, x64=True))
     data: DataConfig = option(factory=DataConfig)
     optimizer: OptimizerConfig = option(factory=OptimizerConfig)
     fit: FitConfig = option(factory=FitConfig)
     evaluation: EvaluationConfig = option(factory=EvaluationConfig)
+    inference: str = option("laplace", "laplace: MAP with its Laplace approximation; nuts: also the full posterior by NUTS")
+    nuts: NutsConfig = option(factory=NutsConfig)
     runtime: RuntimeConfig = option(factory=RuntimeConfig)
 
     def __post_init__(self):
+        _require(self.inference in INFERENCE, "inference", " or ".join(INFERENCE), self.inference)
         d, e = self.data, self.evaluation
         _require(self.model.num_domains == 1, "model.num_domains", "1 for calibration (the data count all of a region's "
                  "patents together, so more domains would be copies of one)", self.model.num_domains)

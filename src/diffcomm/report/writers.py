@@ -14,10 +14,12 @@ from ..evaluation import MODEL, Evaluation
 from ..files import RunOutputs
 from ..forecast import Forecast
 from ..policy import PolicyProblem, PolicyResult, evaluate, marginal_values, spend_per_year
+from ..posterior import Posterior
 from ..scenario import Scenario
 from ..simulate import Trajectory
 from ..training import check_stop
 from . import figures
+from . import posterior as inference
 from .markdown import calibration_report, policy_report
 from .tables import archetype_summary, fit_summary, parameter_table, region_effects_table, trajectory_arrays, write_trajectories
 
@@ -46,7 +48,8 @@ def write_simulation(out: RunOutputs, scenario: Scenario, traj: Trajectory, outp
 
 
 def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, calibration: Calibration,
-                      band: dict[str, np.ndarray], evaluation: Evaluation | None, *, seconds: float, plain: dict) -> dict:
+                      band: dict[str, np.ndarray], evaluation: Evaluation | None, *, seconds: float, plain: dict,
+                      posterior: Posterior | None = None) -> dict:
     """The estimate (`fitted.eqx`, `laplace.npz`, `calibration.json`), `params.csv`, `effects.csv`,
     `history.csv`, `loss.png`, `fit.png`, with an evaluation `evaluation.csv`, `evaluation.png` and
     `rolling_origin.png`, then `report.md` and `summary.json`."""
@@ -77,10 +80,31 @@ def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, c
     )
     if evaluation is not None:
         write_evaluation(out, config, data, evaluation, summary)
+    if posterior is not None:
+        write_posterior(out, data, calibration, posterior, summary)
     summary["seconds"], summary["config"] = seconds, plain
     (out.path("report.md")).write_text(calibration_report(summary, table))
     out.finish(summary)
     return summary
+
+
+def write_posterior(out: RunOutputs, data: Dataset, calibration: Calibration, posterior: Posterior, summary: dict) -> None:
+    """`posterior.nc` (ArviZ), `diagnostics.csv`, `laplace_vs_nuts.csv`, `trace.png`, `rank.png`,
+    `pair.png`; the sampler's figures and the worst diagnostics into `summary`."""
+    idata = inference.inference_data(posterior, data)
+    idata.to_netcdf(str(out.path("posterior.nc")))
+    table = inference.diagnostics_table(idata)
+    table.to_csv(out.path("diagnostics.csv"), index=False)
+    compared = inference.laplace_against_nuts(calibration, table)
+    compared.to_csv(out.path("laplace_vs_nuts.csv"), index=False)
+    inference.plot_diagnostics(idata, out.staging)
+    weights = table[table.parameter.isin(inference.DRIVER_WEIGHTS)]
+    summary["posterior"] = dict(
+        chains=int(posterior.draws.shape[0]), draws=int(posterior.draws.shape[1]), seconds=posterior.seconds,
+        divergent=int(posterior.divergent.sum()), warmup_divergent=posterior.warmup_divergent,
+        step_size=posterior.step_size.tolist(), mean_leapfrogs=float(posterior.leapfrogs.mean()),
+        curvature=posterior.curvature[:8].tolist(), max_rhat=float(table.rhat.max()), min_ess_bulk=float(table.ess_bulk.min()),
+        driver_weights=weights.to_dict(orient="records"), laplace_vs_nuts=compared.to_dict(orient="records"))
 
 
 def write_evaluation(out: RunOutputs, config: CalibrateConfig, data: Dataset, evaluation: Evaluation, summary: dict) -> None:
