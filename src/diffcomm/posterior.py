@@ -19,8 +19,9 @@ at the MAP (subspace iteration on Hessian-vector products), kept where lambda_i 
 linear, so the density of `w` is that of `x` up to a constant. BlackJAX's window adaptation then
 tunes the step size and a diagonal mass matrix.
 
-Chains are one `vmap`. The warm-up is one compiled call; the draws come in blocks, each block
-checkpointed (a rerun resumes). BlackJAX and ArviZ are the `posterior` extra.
+Chains are one `vmap`. The warm-up is one compiled call (its progress reported from inside it by
+a host callback; interrupted, it starts over); the draws come in blocks, each block checkpointed
+(a rerun resumes). BlackJAX and ArviZ are the `posterior` extra.
 """
 
 from __future__ import annotations
@@ -175,8 +176,18 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     resumed = load_checkpoint(checkpoint, like)
     if resumed is None:
         warm = Progress("posterior: NUTS warm-up", config.warmup * chains, enabled=progress, unit="transition")
-        adaptation = blackjax.window_adaptation(blackjax.nuts, density, initial_step_size=0.1,
-                                                adaptation_info_fn=lambda state, info, _: info.is_divergent)
+        counted = {"transitions": 0, "divergent": 0}
+
+        def tick(divergent):  # on the host, from inside the compiled warm-up: its progress
+            counted["transitions"] += int(np.size(divergent))
+            counted["divergent"] += int(np.sum(divergent))
+            warm.update(counted["transitions"], divergent=counted["divergent"])
+
+        def info(state, info, _):
+            jax.debug.callback(tick, info.is_divergent)
+            return info.is_divergent
+
+        adaptation = blackjax.window_adaptation(blackjax.nuts, density, initial_step_size=0.1, adaptation_info_fn=info)
 
         def adapt(k, w0):
             (state, parameters), divergent = adaptation.run(k, w0, config.warmup)
