@@ -23,7 +23,7 @@ from .files import RunOutputs
 from .forecast import calibrated_regions, forecast, forecast_patents
 from .params import Params
 from .policy import PolicyProblem, compare_methods, optimize
-from .posterior import sample_posterior
+from .posterior import require_sampler, sample_posterior
 from .report import writers
 from .scenario import scenario_from_config
 from .simulate import simulate
@@ -55,6 +55,8 @@ def run_calibrate(cfg: CalibrateConfig, out_dir: Path, *, optimizer: optax.Gradi
                   plain_config: dict) -> dict:
     """Calibrate and report into `out_dir`; with `evaluation.rolling_origin`, first calibrate at each
     origin and score the forecasts against the baselines. Checkpoints there are resumed."""
+    if cfg.inference == "nuts":
+        require_sampler()  # before anything is written or fitted
     claim_run_folder(out_dir, cfg, ignore=("fit.stop_after", "fit.progress"))
     started = time.perf_counter()
     data = load_dataset(cfg.data)

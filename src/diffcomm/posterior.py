@@ -49,7 +49,8 @@ if TYPE_CHECKING:
     from .data import Dataset
 
 
-def _require_blackjax():
+def require_sampler():
+    """BlackJAX, or a `ConfigError` saying how to install it (checked before a calibration starts)."""
     try:
         import blackjax
     except ImportError:  # an optional extra
@@ -160,7 +161,7 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
                      progress: bool = True) -> Posterior:
     """Run `config.chains` NUTS chains from the Laplace approximation of `calibration`: a warm-up of
     `config.warmup` steps, then `config.draws` draws each, checkpointed every `config.block`."""
-    blackjax = _require_blackjax()
+    blackjax = require_sampler()
     started = time.perf_counter()
     whiten, curvature = whitening(calibration, data, rank=config.rank)
     log.info("posterior: Laplace-whitened curvature, leading eigenvalues %s (%d corrected), %.0f s",
