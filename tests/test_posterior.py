@@ -73,3 +73,19 @@ def test_a_short_nuts_run_agrees_with_the_laplace_approximation_and_resumes(fitt
 
     again = sample_posterior(calibration, data, config, checkpoint=tmp_path / "nuts", progress=False)  # finished: read back
     np.testing.assert_array_equal(again.draws, posterior.draws)
+
+
+def test_a_forecast_draws_its_parameters_from_the_posterior_draws_when_given(fitted_small):
+    import importlib
+
+    forecast = importlib.import_module("diffcomm.forecast")
+    data, _, calibration = fitted_small
+    free = eqx.partition(calibration.estimate, calibration.mask)[0]
+    at_map = np.tile(np.asarray(ravel_pytree(free)[0]), (7, 1))  # a posterior that is one point: the MAP
+    years = data.patents.shape[0]
+    kwargs = dict(key=jax.random.key(1), draws=20, level=0.9)
+    point = forecast.forecast_patents(calibration.estimate, calibration.laplace, calibration.mask, data, years,
+                                      posterior=at_map, **kwargs)
+    np.testing.assert_allclose(point["mean"], point["fitted"], rtol=1e-10)  # every draw is the MAP: no parameter spread
+    spread = forecast.forecast_patents(calibration.estimate, calibration.laplace, calibration.mask, data, years, **kwargs)
+    assert not np.allclose(spread["mean"], spread["fitted"], rtol=1e-6)  # Laplace draws spread

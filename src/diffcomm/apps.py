@@ -88,9 +88,11 @@ def run_forecast(cfg: ForecastConfig, out_dir: Path, *, plain_config: dict) -> d
     calibration = load_calibration(Path(cfg.run))
     data = load_dataset(calibration.config.data)
     result = forecast(calibration, data, first, last, draws=cfg.draws, level=cfg.level, key=jax.random.key(cfg.seed))
+    source = "NUTS posterior" if calibration.posterior is not None else "Laplace approximation"
     with RunOutputs(out_dir) as out:
-        summary = writers.write_forecast(out, result, level=cfg.level, run=str(cfg.run), config=plain_config)
-    log.info("forecast %d-%d for %d regions -> %s", first, last, data.num_regions, out_dir / "forecast.csv")
+        summary = writers.write_forecast(out, result, level=cfg.level, run=str(cfg.run), config=plain_config, draws_from=source)
+    log.info("forecast %d-%d for %d regions, parameter draws from the %s -> %s", first, last, data.num_regions, source,
+             out_dir / "forecast.csv")
     return summary
 
 

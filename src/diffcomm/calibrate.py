@@ -204,6 +204,7 @@ class Calibration:
     estimate: Estimate
     laplace: Laplace
     restarts: FitResult | None = None  # the batched starts (None when loaded, or when warm-started)
+    posterior: np.ndarray | None = None  # (N, D) NUTS draws of the free entries, flat (`posterior.py`), if sampled
     polished: FitResult | None = None  # the L-BFGS polish of the best start (None without a polish)
 
     @property
@@ -296,6 +297,7 @@ def calibrate(
 # --------------------------------------------------------------------------------------------
 
 FILES = ("calibration.json", "fitted.eqx", "laplace.npz")
+POSTERIOR_DRAWS = "posterior_draws.npy"  # with inference=nuts: every chain's draws of the free entries, flat
 _LAPLACE_ARRAYS = ("mean", "covariance", "natural", "natural_se", "region_mean", "region_precision", "cross")
 
 
@@ -343,4 +345,5 @@ def load_calibration(folder: Path) -> Calibration:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"run={folder} is not a finished calibration: its files cannot be read ({first})") from None
     estimate = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=float), estimate)  # then in this run's precision
-    return Calibration(config, estimate, approx)
+    draws = folder / POSTERIOR_DRAWS
+    return Calibration(config, estimate, approx, posterior=np.load(draws) if draws.exists() else None)

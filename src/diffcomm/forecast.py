@@ -1,10 +1,10 @@
 """Forecasts of patents with uncertainty from a calibration.
 
 A forecast simulates from the data's first year through the last forecast year for draws of the
-estimate from the Laplace approximation (parameters, region effects and national year effects;
-one `vmap`-ped ensemble), continues the national effect past the fitted years with fresh shocks,
-and draws counts from the negative binomial: the interval holds parameter, latent-effect,
-national and count uncertainty. Forecasts condition on the counts observed at their origin:
+estimate (parameters, region effects and national year effects; one `vmap`-ped ensemble) from
+the Laplace approximation, or from the NUTS draws where the calibration has them, continues the
+national effect past the fitted years with fresh shocks, and draws counts from the negative
+binomial: the interval holds parameter, latent-effect, national and count uncertainty. Forecasts condition on the counts observed at their origin:
 knowledge restarts from them, read at that year's national effect (`simulate.restart_knowledge`).
 """
 
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jax.flatten_util import ravel_pytree
 
 from .calibrate import Calibration
 from .config import ForecastConfig
@@ -124,6 +125,7 @@ def forecast_patents(
     draws: int,
     level: float,
     history: np.ndarray | None = None,
+    posterior: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Predictive mean and central intervals of patents for `num_years` years after the first.
 
@@ -133,7 +135,8 @@ def forecast_patents(
     random walk. Years up to the origin are the model's fit.
 
     **Arguments:** the estimate, its Laplace approximation and the mask of what was fitted
-    (`Calibration.mask`); the data; `draws` from the approximation; `level` of the main interval.
+    (`Calibration.mask`); the data; `draws` from the approximation, or from `posterior` (N, D),
+    NUTS draws of the free entries (`Calibration.posterior`), where given; `level` of the main interval.
 
     **Returns:** `mean`, `lower`, `upper`, each (num_years, R); `fitted` (the mean at the
     estimate with no future shock); `total_lower`, `total_upper` (num_years,): the interval of
@@ -143,7 +146,13 @@ def forecast_patents(
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     k_params, k_national, k_counts, k_level = jax.random.split(key, 4)
-    sampled = sample(estimate, mask, approx, key=k_params, num=draws)
+    if posterior is None:
+        sampled = sample(estimate, mask, approx, key=k_params, num=draws)
+    else:  # draws of the full posterior: `draws` of them, at random
+        free, fixed = eqx.partition(estimate, mask)
+        rows = np.asarray(jax.random.choice(k_params, posterior.shape[0], (draws,), replace=draws > posterior.shape[0]))
+        stacked = jax.vmap(ravel_pytree(free)[1])(jnp.asarray(posterior[rows], dtype=ravel_pytree(free)[0].dtype))
+        sampled = eqx.combine(stacked, jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (draws, *jnp.shape(x))), fixed))
     ensemble = jax.tree_util.tree_map(lambda one, many: jnp.concatenate([one[None], many]), estimate, sampled)
     extra = {}
     if history is None or history.shape[0] in (0, num_years):
@@ -240,7 +249,7 @@ def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year
     origin = min(end, first_year - 1) - start  # years after the first
     band = forecast_patents(calibration.estimate, calibration.laplace, calibration.mask, data, last_year - start,
                             key=jax.random.key(0) if key is None else key, draws=draws, level=level,
-                            history=observed[:origin])
+                            history=observed[:origin], posterior=calibration.posterior)
     years = np.arange(start + 1, last_year + 1)
     shown = np.full((len(years), data.num_regions), np.nan)
     shown[: min(len(years), len(observed))] = observed[: len(years)]

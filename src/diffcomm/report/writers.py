@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..calibrate import Calibration, save_calibration
+from ..calibrate import POSTERIOR_DRAWS, Calibration, save_calibration
 from ..config import CalibrateConfig, OutputConfig
 from ..data import Dataset
 from ..evaluation import MODEL, Evaluation
@@ -89,10 +89,12 @@ def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, c
 
 
 def write_posterior(out: RunOutputs, data: Dataset, calibration: Calibration, posterior: Posterior, summary: dict) -> None:
-    """`posterior.nc` (ArviZ), `diagnostics.csv`, `laplace_vs_nuts.csv`, `trace.png`, `rank.png`,
-    `pair.png`; the sampler's figures and the worst diagnostics into `summary`."""
+    """`posterior.nc` (ArviZ), `posterior_draws.npy` (the flat draws `diffcomm forecast` reads),
+    `diagnostics.csv`, `laplace_vs_nuts.csv`, `trace.png`, `rank.png`, `pair.png`; the sampler's
+    figures and the worst diagnostics into `summary`."""
     idata = inference.inference_data(posterior, data)
     idata.to_netcdf(str(out.path("posterior.nc")))
+    np.save(out.path(POSTERIOR_DRAWS), posterior.draws.reshape(-1, posterior.draws.shape[-1]))  # what forecasts read
     table = inference.diagnostics_table(idata)
     table.to_csv(out.path("diagnostics.csv"), index=False)
     compared = inference.laplace_against_nuts(calibration, table)
@@ -127,7 +129,8 @@ def write_evaluation(out: RunOutputs, config: CalibrateConfig, data: Dataset, ev
                                  wins=evaluation.wins().to_dict(orient="records"))
 
 
-def write_forecast(out: RunOutputs, forecast: Forecast, *, level: float, run: str, config: dict) -> dict:
+def write_forecast(out: RunOutputs, forecast: Forecast, *, level: float, run: str, config: dict,
+                   draws_from: str = "Laplace approximation") -> dict:
     """`forecast.csv` (`region,year,mean,lower,upper`), `forecast.png` and `summary.json`."""
     frame = forecast.table()
     frame.to_csv(out.path("forecast.csv"), index=False)
@@ -137,7 +140,7 @@ def write_forecast(out: RunOutputs, forecast: Forecast, *, level: float, run: st
         title=f"Forecast {forecast.first_year}-{forecast.years[-1]} from the counts of {forecast.origin_year}",
     )
     summary = dict(run=run, years=[forecast.first_year, int(forecast.years[-1])], rows=len(frame),
-                   regions=len(forecast.codes), origin_year=forecast.origin_year, config=config)
+                   regions=len(forecast.codes), origin_year=forecast.origin_year, parameter_draws=draws_from, config=config)
     out.finish(summary)
     return summary
 
