@@ -5,7 +5,8 @@ estimate (parameters, region effects and national year effects; one `vmap`-ped e
 the Laplace approximation, or from the NUTS draws where the calibration has them, continues the
 national effect past the fitted years with fresh shocks, and draws counts from the negative
 binomial: the interval holds parameter, latent-effect, national and count uncertainty. Forecasts
-condition on the counts observed at their origin: knowledge restarts from them, read at that year's national effect (`simulate.restart_knowledge`).
+condition on the counts observed at their origin: knowledge restarts from them, read at that
+year's national effect (`simulate.restart_knowledge`).
 """
 
 from __future__ import annotations
