@@ -16,12 +16,15 @@ the dynamics' second-order terms, and on the US metros the exact curvature along
 (mostly the buzz-quality scale) was 513 times the Laplace one, which forced a step of about 0.05.
 `(lambda_i, v_i)` are the leading eigenpairs of the exact negative Hessian in Laplace coordinates
 at the MAP (subspace iteration on Hessian-vector products), kept where lambda_i > 1. The map is
-linear, so the density of `w` is that of `x` up to a constant. BlackJAX's window adaptation then
-tunes the step size and a diagonal mass matrix.
+linear, so the density of `w` is that of `x` up to a constant. In `w` the mass matrix is the
+identity (the whitening is the metric: dense in the globals, per region in the effects); the
+warm-up tunes each chain's step size by dual averaging towards an acceptance of 0.8 (Stan's
+scheme, BlackJAX's implementation). BlackJAX's window adaptation, which also re-estimates a
+diagonal mass matrix from the warm-up draws, ran for over 20 minutes on the metros without
+finishing its 300 warm-up steps.
 
-Chains are one `vmap`. The warm-up is one compiled call (its progress reported from inside it by
-a host callback; interrupted, it starts over); the draws come in blocks, each block checkpointed
-(a rerun resumes). BlackJAX and ArviZ are the `posterior` extra.
+Chains are one `vmap`. Warm-up and draws run in blocks of `nuts.block` transitions, each block
+checkpointed (a rerun resumes) and reported. BlackJAX and ArviZ are the `posterior` extra.
 """
 
 from __future__ import annotations
@@ -134,6 +137,21 @@ def _density(whiten: Whitening, unravel, fixed, data: Dataset, prior: Prior):
     return density
 
 
+TARGET_ACCEPTANCE = 0.8  # of the step size's dual averaging in the warm-up (Stan's default)
+
+
+class _Chains(eqx.Module):
+    """What the chains carry between blocks (and checkpoints): positions, each chain's step-size
+    adaptation, the draws so far, and every transition's divergence and tree size."""
+
+    position: jax.Array  # (C, D) in NUTS coordinates
+    adaptation: object  # BlackJAX's dual-averaging state, leaves (C,)
+    draws: jax.Array  # (C, S, D) flat free entries
+    log_density: jax.Array  # (C, S)
+    divergent: jax.Array  # (C, warm-up + S)
+    leapfrogs: jax.Array  # (C, warm-up + S)
+
+
 @dataclass
 class Posterior:
     """NUTS draws of the flat free entries `draws` (chains, draws, D) and what the sampler did."""
@@ -162,6 +180,7 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     """Run `config.chains` NUTS chains from the Laplace approximation of `calibration`: a warm-up of
     `config.warmup` steps, then `config.draws` draws each, checkpointed every `config.block`."""
     blackjax = require_sampler()
+    from blackjax.adaptation.step_size import dual_averaging_adaptation
     started = time.perf_counter()
     whiten, curvature = whitening(calibration, data, rank=config.rank)
     log.info("posterior: Laplace-whitened curvature, leading eigenvalues %s (%d corrected), %.0f s",
@@ -169,70 +188,66 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     free, fixed = eqx.partition(calibration.estimate, calibration.mask)
     flat, unravel = ravel_pytree(free)
     density = _density(whiten, unravel, fixed, data, _prior(calibration))
-    dim, chains, dtype = flat.size, config.chains, flat.dtype
-    key_start, key_warm, key_draws = jax.random.split(jax.random.key(config.seed), 3)
-    like = (jnp.zeros((chains, dim), dtype), jnp.zeros(chains, dtype), jnp.zeros((chains, dim), dtype),
-            jnp.zeros((chains, config.draws, dim), dtype), jnp.zeros((chains, config.draws), dtype),
-            jnp.zeros((chains, config.draws), bool), jnp.zeros((chains, config.draws), jnp.int32))
-    resumed = load_checkpoint(checkpoint, like)
-    if resumed is None:
-        warm = Progress("posterior: NUTS warm-up", config.warmup * chains, enabled=progress, unit="transition")
-        counted = {"transitions": 0, "divergent": 0}
+    dim, chains, dtype, total = flat.size, config.chains, flat.dtype, config.warmup + config.draws
+    kernel = blackjax.nuts.build_kernel()
+    da_init, da_update, da_final = dual_averaging_adaptation(TARGET_ACCEPTANCE)
+    key_start, key_steps = jax.random.split(jax.random.key(config.seed))
+    starts = jax.random.normal(key_start, (chains, dim), dtype)  # overdispersed: draws of the corrected Laplace
+    arrays = _Chains(starts, jax.vmap(lambda _: jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), da_init(0.1)))(
+        jnp.arange(chains)), jnp.zeros((chains, config.draws, dim), dtype), jnp.zeros((chains, config.draws), dtype),
+        jnp.zeros((chains, total), bool), jnp.zeros((chains, total), jnp.int32))
+    resumed = load_checkpoint(checkpoint, arrays)
+    arrays, done = (arrays, 0) if resumed is None else (resumed[0], resumed[1]["step"])
 
-        def tick(divergent):  # on the host, from inside the compiled warm-up: its progress
-            counted["transitions"] += int(np.size(divergent))
-            counted["divergent"] += int(np.sum(divergent))
-            warm.update(counted["transitions"], divergent=counted["divergent"])
+    @eqx.filter_jit
+    def block(keys, arrays, first, adapt):  # `adapt` static: warm-up steps tune the step size
+        def chain(ks, w, da):
+            def one(carry, k):
+                state, da = carry
+                step_size = jnp.exp(da.log_step_size) if adapt else da_final(da)
+                state, info = kernel(k, state, density, step_size, jnp.ones(dim, dtype))
+                da = da_update(da, info.acceptance_rate) if adapt else da
+                return (state, da), (whiten(state.position), state.logdensity, info.is_divergent, info.num_integration_steps)
 
-        def info(state, info, _):
-            jax.debug.callback(tick, info.is_divergent)
-            return info.is_divergent
+            return jax.lax.scan(one, (blackjax.nuts.init(w, density), da), ks)
 
-        adaptation = blackjax.window_adaptation(blackjax.nuts, density, initial_step_size=0.1, adaptation_info_fn=info)
+        (state, da), (x, logp, div, steps) = jax.vmap(chain)(keys, arrays.position, arrays.adaptation)
+        size = keys.shape[1]
+        out = eqx.tree_at(lambda c: (c.position, c.adaptation, c.divergent, c.leapfrogs), arrays,
+                          (state.position, da, jax.lax.dynamic_update_slice_in_dim(arrays.divergent, div, first, 1),
+                           jax.lax.dynamic_update_slice_in_dim(arrays.leapfrogs, steps.astype(arrays.leapfrogs.dtype), first, 1)))
+        if not adapt:
+            at = first - config.warmup
+            out = eqx.tree_at(lambda c: (c.draws, c.log_density), out,
+                              (jax.lax.dynamic_update_slice_in_dim(arrays.draws, x, at, 1),
+                               jax.lax.dynamic_update_slice_in_dim(arrays.log_density, logp, at, 1)))
+        return out, size
 
-        def adapt(k, w0):
-            (state, parameters), divergent = adaptation.run(k, w0, config.warmup)
-            return state.position, parameters["step_size"], parameters["inverse_mass_matrix"], jnp.sum(divergent)
-
-        starts = jax.random.normal(key_start, (chains, dim), dtype)  # overdispersed: the corrected Laplace itself
-        position, step_size, mass, warm_divergent = jax.jit(jax.vmap(adapt))(jax.random.split(key_warm, chains), starts)
-        warm.close(f"step sizes {np.array2string(np.asarray(step_size), precision=3)}, "
-                   f"{int(jnp.sum(warm_divergent))} divergent transitions")
-        arrays, meta = (position, step_size, mass, *like[3:]), dict(step=0, warmup_divergent=int(jnp.sum(warm_divergent)),
-                                                                    warmup_seconds=warm.seconds)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, arrays, meta)
-    else:
-        arrays, meta = resumed
-    position, step_size, mass, draws, lp, divergent, leapfrogs = arrays
-
-    @jax.jit
-    def block(keys, position, step_size, mass):
-        def chain(ks, w, eps, m):
-            kernel = blackjax.nuts(density, step_size=eps, inverse_mass_matrix=m)
-
-            def one(state, k):
-                state, info = kernel.step(k, state)
-                return state, (whiten(state.position), state.logdensity, info.is_divergent, info.num_integration_steps)
-
-            return jax.lax.scan(one, kernel.init(w), ks)
-
-        final, out = jax.vmap(chain)(keys, position, step_size, mass)
-        return final.position, out
-
-    sampling = Progress("posterior: NUTS draws", config.draws, enabled=progress, initial=meta["step"], unit="draw")
-    done = meta["step"]
-    while done < config.draws:
-        size = min(config.block, config.draws - done)
-        keys = jax.vmap(lambda k: jax.random.split(k, size))(jax.random.split(jax.random.fold_in(key_draws, done), chains))
-        position, (x, logp, div, steps) = block(keys, position, step_size, mass)
-        draws, lp = draws.at[:, done:done + size].set(x), lp.at[:, done:done + size].set(logp)
-        divergent, leapfrogs = divergent.at[:, done:done + size].set(div), leapfrogs.at[:, done:done + size].set(steps)
-        done += size
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, (position, step_size, mass, draws, lp, divergent, leapfrogs), {**meta, "step": done})
-        sampling.update(done, divergent=int(jnp.sum(divergent[:, :done])), leapfrogs=f"{float(jnp.mean(steps)):.0f}")
-    sampling.close(f"{int(jnp.sum(divergent))} divergent transitions, {float(jnp.mean(leapfrogs)):.1f} leapfrog steps a draw")
+    phases = (("warm-up", 0, config.warmup, "transition"), ("draws", config.warmup, total, "draw"))
+    seconds = 0.0
+    for name, begin, end, unit in phases:
+        if done >= end:
+            continue
+        progress_bar = Progress(f"posterior: NUTS {name}", end - begin, enabled=progress, initial=done - begin, unit=unit)
+        while done < end:
+            size = min(config.block, end - done)
+            keys = jax.vmap(lambda k: jax.random.split(k, size))(jax.random.split(jax.random.fold_in(key_steps, done), chains))
+            arrays, _ = block(keys, arrays, jnp.asarray(done), name == "warm-up")  # `done` traced: one program
+            done += size
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, arrays, dict(step=done))
+            recent = np.asarray(arrays.leapfrogs[:, done - size:done])
+            progress_bar.update(done - begin, divergent=int(np.sum(arrays.divergent[:, begin:done])),
+                                leapfrogs=f"{recent.mean():.0f}",
+                                step=np.array2string(np.asarray(jax.vmap(da_final)(arrays.adaptation) if name == "draws" else
+                                                                jnp.exp(arrays.adaptation.log_step_size)), precision=3))
+        progress_bar.close(f"{int(np.sum(arrays.divergent[:, begin:end]))} divergent transitions, "
+                           f"{float(np.mean(arrays.leapfrogs[:, begin:end])):.1f} leapfrog steps each")
+        seconds += progress_bar.seconds
+    draws, lp = arrays.draws, arrays.log_density
+    divergent, leapfrogs = arrays.divergent[:, config.warmup:], arrays.leapfrogs[:, config.warmup:]
+    step_size = jax.vmap(da_final)(arrays.adaptation)
+    meta = dict(warmup_divergent=int(jnp.sum(arrays.divergent[:, :config.warmup])))
 
     gi, ri, names, region_names = _layout(free)
 
@@ -244,5 +259,4 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
 
     values = np.asarray(natural(draws.reshape(-1, dim))).reshape(chains, config.draws, -1)
     return Posterior(names, gi, ri, region_names, np.asarray(draws), values, np.asarray(lp), np.asarray(divergent),
-                     np.asarray(leapfrogs), meta["warmup_divergent"], np.asarray(step_size), curvature,
-                     meta.get("warmup_seconds", 0.0) + sampling.seconds)
+                     np.asarray(leapfrogs), meta["warmup_divergent"], np.asarray(step_size), curvature, seconds)
