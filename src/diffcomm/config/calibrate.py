@@ -179,6 +179,7 @@ class NutsConfig:
     draws: int = option(500, "draws per chain after the warm-up")
     block: int = option(25, "draws between checkpoints and progress lines")
     rank: int = option(16, "eigen-directions of the exact curvature that correct the Laplace whitening")
+    max_doublings: int = option(8, "most tree doublings per transition (at most 2^max_doublings - 1 leapfrog steps)")
     seed: int = option(0, "seed of the starts and the chains")
 
     def __post_init__(self):
@@ -187,6 +188,7 @@ class NutsConfig:
         _require(self.draws >= 4, "nuts.draws", ">= 4", self.draws)
         _require(self.block >= 1, "nuts.block", ">= 1", self.block)
         _require(self.rank >= 0, "nuts.rank", ">= 0", self.rank)
+        _require(1 <= self.max_doublings <= 12, "nuts.max_doublings", "in 1-12", self.max_doublings)
 
 
 INFERENCE = ("laplace", "nuts")

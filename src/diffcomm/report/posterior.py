@@ -96,6 +96,7 @@ def plot_diagnostics(idata, folder) -> list[str]:
                        ("pair.png", lambda: az.plot_pair(idata, var_names=weights, kind="scatter", divergences=True,
                                                          scatter_kwargs=dict(alpha=0.35, s=10)))):
         draw()
+        plt.gcf().tight_layout()
         plt.gcf().savefig(folder / name, dpi=110, bbox_inches="tight")
         plt.close("all")
         written.append(name)
