@@ -204,8 +204,8 @@ class Calibration:
     estimate: Estimate
     laplace: Laplace
     restarts: FitResult | None = None  # the batched starts (None when loaded, or when warm-started)
-    posterior: np.ndarray | None = None  # (N, D) NUTS draws of the free entries, flat (`posterior.py`), if sampled
     polished: FitResult | None = None  # the L-BFGS polish of the best start (None without a polish)
+    posterior: np.ndarray | None = None  # (N, D) NUTS draws of the free entries, flat (`posterior.py`), if sampled
 
     @property
     def params(self) -> Params:
