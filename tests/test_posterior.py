@@ -11,8 +11,9 @@ from jax.flatten_util import ravel_pytree
 pytest.importorskip("blackjax")
 pytest.importorskip("arviz")
 
+from diffcomm.calibrate import calibration_prior  # noqa: E402
 from diffcomm.config import NutsConfig  # noqa: E402
-from diffcomm.posterior import _density, _prior, sample_posterior, whitening  # noqa: E402
+from diffcomm.posterior import _density, sample_posterior, whitening  # noqa: E402
 from diffcomm.report.posterior import COLUMNS, diagnostics_table, inference_data, laplace_against_nuts  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -41,7 +42,7 @@ def test_the_whitening_reproduces_the_laplace_covariance_and_flattens_the_stiff_
 
     free, fixed = eqx.partition(calibration.estimate, calibration.mask)
     _, unravel = ravel_pytree(free)
-    prior = _prior(calibration)
+    prior = calibration_prior(calibration.config)
     plain = eqx.tree_at(lambda m: (m.directions, m.correction), whiten, (whiten.directions[:, :0], whiten.correction[:0]))
     before = _top_curvature(_density(plain, unravel, fixed, data, prior), size, whiten.centre.dtype)
     after = _top_curvature(_density(whiten, unravel, fixed, data, prior), size, whiten.centre.dtype)

@@ -196,6 +196,14 @@ def fit(
 # --------------------------------------------------------------------------------------------
 
 
+def calibration_prior(config: CalibrateConfig) -> Prior:
+    """What a calibration with `config` estimates and its prior (`loss.Prior`): centred on the
+    model's parameters (`model.params` over the defaults), over `fit.free` and the latent effects."""
+    fit_config = config.fit
+    return Prior(Params.from_natural(config.model.num_domains, **config.model.params), tuple(fit_config.free),
+                 fit_config.prior_scale, tuple(fit_config.region_effects), fit_config.national_effects)
+
+
 @dataclass
 class Calibration:
     """A calibrated model: its configuration, the estimate and its Laplace approximation."""
@@ -267,9 +275,9 @@ def calibrate(
         raise ConfigError("model.x64 is true but JAX runs in single precision: calibrate inside "
                           "`with jax.enable_x64(True):` (the command line does), or set model.x64=false")
     fit_config = config.fit
-    centre = Params.from_natural(config.model.num_domains, **config.model.params)
-    args = (data, Prior(centre, tuple(fit_config.free), fit_config.prior_scale, tuple(fit_config.region_effects),
-                        fit_config.national_effects))
+    prior = calibration_prior(config)
+    centre = prior.centre
+    args = (data, prior)
     restarts = None
     if start is None:
         restarts = fit(objective, Estimate.start(centre, data.num_regions, len(data.years) - 1), args,

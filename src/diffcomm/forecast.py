@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from jax.flatten_util import ravel_pytree
 
 from .calibrate import Calibration
 from .config import ForecastConfig
@@ -27,7 +26,7 @@ from .effects import Estimate, national_effects
 from .errors import ConfigError
 from .filtering import Level, filter_level
 from .inputs import Drivers, Graph
-from .laplace import Laplace, sample
+from .laplace import Laplace, sample, stack_draws
 from .observation import knowledge_growth, national_factor, sample_counts
 from .simulate import (
     first_knowledge,
@@ -150,10 +149,8 @@ def forecast_patents(
     if posterior is None:
         sampled = sample(estimate, mask, approx, key=k_params, num=draws)
     else:  # draws of the full posterior: `draws` of them, at random
-        free, fixed = eqx.partition(estimate, mask)
         rows = np.asarray(jax.random.choice(k_params, posterior.shape[0], (draws,), replace=draws > posterior.shape[0]))
-        stacked = jax.vmap(ravel_pytree(free)[1])(jnp.asarray(posterior[rows], dtype=ravel_pytree(free)[0].dtype))
-        sampled = eqx.combine(stacked, jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (draws, *jnp.shape(x))), fixed))
+        sampled = stack_draws(estimate, mask, posterior[rows])
     ensemble = jax.tree_util.tree_map(lambda one, many: jnp.concatenate([one[None], many]), estimate, sampled)
     extra = {}
     if history is None or history.shape[0] in (0, num_years):

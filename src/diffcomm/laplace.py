@@ -157,8 +157,7 @@ def _information(free: Estimate, fixed: Estimate, data: Dataset, prior: Prior, g
                                                                                                 noise_index]
 
     def natural_values(g):
-        p = at(flat.at[global_index].set(g)).params.natural()
-        return jnp.concatenate([jnp.ravel(getattr(p, n)) for n in PARAMETERS if free.params.unconstrained[n] is not None])
+        return free_natural(at(flat.at[global_index].set(g)), free)
 
     g = flat[global_index]
     return flat, outputs, weights, prior_hessian, noise, natural_values(g), jax.jacfwd(natural_values)(g)
@@ -217,9 +216,9 @@ def sample(estimate: Estimate, mask: Estimate, approx: Laplace, *, key: jax.Arra
 
     Where the Hessian was not positive definite every draw equals the estimate.
     """
-    free, fixed = eqx.partition(estimate, mask)
+    free = eqx.partition(estimate, mask)[0]
     global_index, region_index, _, _ = _layout(free)
-    flat, unravel = ravel_pytree(free)
+    flat = ravel_pytree(free)[0]
     draws = np.broadcast_to(np.asarray(flat), (num, flat.size)).copy()
     if approx.positive_definite:
         k_global, k_region = jax.random.split(key)
@@ -232,5 +231,21 @@ def sample(estimate: Estimate, mask: Estimate, approx: Laplace, *, key: jax.Arra
             noise = np.asarray(jax.random.normal(k_region, (num, *approx.region_mean.shape)))
             draws[:, region_index] = approx.region_mean + shift + np.einsum("ref,srf->sre", np.linalg.cholesky(inverse),
                                                                                     noise)
+    return stack_draws(estimate, mask, draws)
+
+
+def stack_draws(estimate: Estimate, mask: Estimate, draws) -> Estimate:
+    """Draws (N, D) of the free entries, flat as `ravel_pytree` of the free part, as one stacked
+    `Estimate` (leading axis N) with the fixed entries of `estimate` broadcast."""
+    free, fixed = eqx.partition(estimate, mask)
+    flat, unravel = ravel_pytree(free)
     stacked = jax.vmap(unravel)(jnp.asarray(draws, dtype=flat.dtype))
+    num = jnp.shape(draws)[0]
     return eqx.combine(stacked, jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), fixed))
+
+
+def free_natural(estimate: Estimate, free: Estimate) -> jax.Array:
+    """The natural values of the parameters that are free in `free` (a partition's free part), flat,
+    in the order of `PARAMETERS` (the order of `Laplace.parameter_names`)."""
+    p = estimate.params.natural()
+    return jnp.concatenate([jnp.ravel(getattr(p, n)) for n in PARAMETERS if free.params.unconstrained[n] is not None])

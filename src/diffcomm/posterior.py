@@ -40,12 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from .calibrate import Calibration
+from .calibrate import Calibration, calibration_prior
 from .config import NutsConfig
 from .errors import ConfigError
-from .laplace import _layout
+from .laplace import _layout, free_natural
 from .loss import Prior, log_joint
-from .params import PARAMETERS, Params
 from .training import Progress, load_checkpoint, log, save_checkpoint
 
 if TYPE_CHECKING:
@@ -88,12 +87,6 @@ class Whitening(eqx.Module):
         return self.laplace_map(w + self.directions @ (self.correction * (self.directions.T @ w)))
 
 
-def _prior(calibration: Calibration) -> Prior:
-    fit, model = calibration.config.fit, calibration.config.model
-    return Prior(Params.from_natural(model.num_domains, **model.params), tuple(fit.free), fit.prior_scale,
-                 tuple(fit.region_effects), fit.national_effects)
-
-
 def whitening(calibration: Calibration, data: Dataset, *, rank: int, iterations: int = 15) -> tuple[Whitening, np.ndarray]:
     """The `Whitening` of a calibration: its Laplace approximation, corrected along the `rank`
     leading eigen-directions of the exact curvature. **Returns:** it and the eigenvalues found."""
@@ -115,7 +108,7 @@ def whitening(calibration: Calibration, data: Dataset, *, rank: int, iterations:
                      jnp.asarray(-np.einsum("ref,grf->gre", inverse, approx.cross), dtype),
                      jnp.asarray(np.linalg.cholesky(inverse) if ri.size else inverse, dtype), jnp.zeros((flat.size, 0), dtype),
                      jnp.zeros(0, dtype))
-    prior = _prior(calibration)
+    prior = calibration_prior(calibration.config)
     density = _density(base, unravel, fixed, data, prior)
     rank = min(rank, flat.size)
     curvature = jax.jit(jax.vmap(lambda v: -jax.jvp(jax.grad(density), (jnp.zeros(flat.size, dtype),), (v,))[1]))
@@ -192,7 +185,7 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
              np.array2string(curvature[:6], precision=1), int(whiten.correction.shape[0]), time.perf_counter() - started)
     free, fixed = eqx.partition(calibration.estimate, calibration.mask)
     flat, unravel = ravel_pytree(free)
-    density = _density(whiten, unravel, fixed, data, _prior(calibration))
+    density = _density(whiten, unravel, fixed, data, calibration_prior(calibration.config))
     dim, chains, dtype, total = flat.size, config.chains, flat.dtype, config.warmup + config.draws
     kernel = blackjax.nuts.build_kernel()
     da_init, da_update, da_final = dual_averaging_adaptation(TARGET_ACCEPTANCE)
@@ -219,7 +212,6 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
             return jax.lax.scan(one, (blackjax.nuts.init(w, density), da), ks)
 
         (state, da), (x, logp, div, steps) = jax.vmap(chain)(keys, arrays.position, arrays.adaptation)
-        size = keys.shape[1]
         out = eqx.tree_at(lambda c: (c.position, c.adaptation, c.divergent, c.leapfrogs), arrays,
                           (state.position, da, jax.lax.dynamic_update_slice_in_dim(arrays.divergent, div, first, 1),
                            jax.lax.dynamic_update_slice_in_dim(arrays.leapfrogs, steps.astype(arrays.leapfrogs.dtype), first, 1)))
@@ -228,7 +220,7 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
             out = eqx.tree_at(lambda c: (c.draws, c.log_density), out,
                               (jax.lax.dynamic_update_slice_in_dim(arrays.draws, x, at, 1),
                                jax.lax.dynamic_update_slice_in_dim(arrays.log_density, logp, at, 1)))
-        return out, size
+        return out
 
     phases = (("warm-up", 0, config.warmup, "transition"), ("draws", config.warmup, total, "draw"))
     seconds = 0.0
@@ -239,7 +231,7 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
         while done < end:
             size = min(config.block, end - done)
             keys = jax.vmap(lambda k: jax.random.split(k, size))(jax.random.split(jax.random.fold_in(key_steps, done), chains))
-            arrays, _ = block(keys, arrays, jnp.asarray(done), name == "warm-up")  # `done` traced: one program
+            arrays = block(keys, arrays, jnp.asarray(done), name == "warm-up")  # `done` traced: one program
             done += size
             if checkpoint is not None:
                 save_checkpoint(checkpoint, arrays, dict(step=done))
@@ -254,16 +246,15 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     draws, lp = arrays.draws, arrays.log_density
     divergent, leapfrogs = arrays.divergent[:, config.warmup:], arrays.leapfrogs[:, config.warmup:]
     step_size = jax.vmap(da_final)(arrays.adaptation)
-    meta = dict(warmup_divergent=int(jnp.sum(arrays.divergent[:, :config.warmup])))
+    warmup_divergent = int(jnp.sum(arrays.divergent[:, :config.warmup]))
 
     gi, ri, names, region_names = _layout(free)
 
     @jax.jit
     @jax.vmap
     def natural(x):
-        p = eqx.combine(unravel(x), fixed).params.natural()
-        return jnp.concatenate([jnp.ravel(getattr(p, n)) for n in PARAMETERS if free.params.unconstrained[n] is not None])
+        return free_natural(eqx.combine(unravel(x), fixed), free)
 
     values = np.asarray(natural(draws.reshape(-1, dim))).reshape(chains, config.draws, -1)
     return Posterior(names, gi, ri, region_names, np.asarray(draws), values, np.asarray(lp), np.asarray(divergent),
-                     np.asarray(leapfrogs), meta["warmup_divergent"], np.asarray(step_size), curvature, seconds)
+                     np.asarray(leapfrogs), warmup_divergent, np.asarray(step_size), curvature, seconds)
