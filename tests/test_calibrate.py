@@ -3,13 +3,15 @@
 import dataclasses
 import json
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.flatten_util import ravel_pytree
 
-from diffcomm.calibrate import Calibration, calibrate, fit, load_calibration, save_calibration
+from diffcomm.calibrate import Calibration, calibrate, calibration_prior, fit, load_calibration, save_calibration
 from diffcomm.config import FitConfig
 from diffcomm.effects import Estimate
 from diffcomm.errors import ConfigError
@@ -126,7 +128,8 @@ def test_calibrate_and_its_rolling_origin_refit_compile_once(fitted_small, monke
             return function(*args)
         return traced
 
-    monkeypatch.setattr(module, "objective", counted(module.objective))  # new functions: fresh compiled programs
+    for name in ("objective", "frozen_objective", "curvature_information"):  # new functions: fresh compiled programs
+        monkeypatch.setattr(module, name, counted(getattr(module, name)))
     first_fit = calibrate(data, config)
     first = len(traces)
     calibrate(data.through(2004), config)
@@ -161,7 +164,6 @@ def test_intervals_come_from_the_unconstrained_scale_and_respect_each_range():
 
 def test_calibrate_recipe_and_its_files(fitted_small, tmp_path):
     data, config, calibration = fitted_small
-    assert calibration.polished is None or calibration.polished.best_loss <= calibration.restarts.best_loss
     assert calibration.laplace.parameter_names == ["inflow_bias", "educating_weight", "attraction_scale",
                                                    "national_shock_scale"]  # declaration order
     save_calibration(calibration, tmp_path)
@@ -192,3 +194,19 @@ def test_the_fit_reaches_the_same_optimum_from_perturbed_data_to_the_precision_o
     nudged = dataclasses.replace(data, first_patents=data.first_patents * (1 + 1e-15))
     assert not np.array_equal(nudged.first_patents, data.first_patents)  # the last bit moved
     np.testing.assert_allclose(calibrate(nudged, config).laplace.natural, calibration.laplace.natural, rtol=1e-5)
+
+
+def test_the_polish_ends_where_the_gradient_of_the_objective_vanishes(fitted_small):
+    """The polish's rounds end at a stationary point of `objective` with the curvature's
+    information held fixed (the gradient Adam follows), far closer to one than the restarts'
+    best; the line search on the objective itself stalled short of it on the metros."""
+    data, config, calibration = fitted_small
+    prior = calibration_prior(config)
+
+    def gradient_norm(estimate):
+        free, fixed = eqx.partition(estimate, calibration.mask)
+        grads = jax.grad(lambda f: objective(eqx.combine(f, fixed), data, prior))(free)
+        return float(jnp.linalg.norm(ravel_pytree(grads)[0]))
+
+    assert calibration.polished.converged
+    assert gradient_norm(calibration.estimate) < 0.1 * gradient_norm(calibration.restarts.estimate)

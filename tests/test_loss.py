@@ -11,7 +11,9 @@ import pytest
 from diffcomm.effects import Effects, Estimate
 from diffcomm.loss import (
     Prior,
+    curvature_information,
     expected_patents,
+    frozen_objective,
     gaussian_prior,
     latent_curvature,
     negative_log_likelihood,
@@ -105,3 +107,35 @@ def test_likelihood_gradient_matches_finite_differences(synthetic):
         down = eqx.tree_at(lambda p: p.unconstrained[name], truth, value - bump)
         fd = (loss(up, data) - loss(down, data)) / (2 * h)
         np.testing.assert_allclose(jnp.sum(grads.unconstrained[name]), fd, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_the_frozen_objective_is_the_objective_at_its_reference_and_its_own_gradient_elsewhere(synthetic):
+    """`frozen_objective` (the polish's) equals `objective` and has its gradient where the
+    information is held; elsewhere its gradient is that of its value (finite differences),
+    which `objective`'s gradient, the information held for the gradient only, is not."""
+    data = synthetic(jax.random.key(7), Params.from_natural(1), num_regions=12, num_years=5)
+    params = Params.from_natural(1, attraction_scale=0.8, national_shock_scale=0.2)
+    estimate = at(params, data, Effects(jnp.linspace(-1, 1, 12), jnp.zeros(12), jnp.linspace(-0.5, 0.5, 5)))
+    prior = Prior(params, ("educating_weight", "critical_mass", "patents_dispersion"), 1.0, ("attraction",), True)
+    held = curvature_information(estimate, data, prior, expected_patents(estimate, data)[0])
+    np.testing.assert_allclose(frozen_objective(estimate, data, prior, held), objective(estimate, data, prior), rtol=1e-12)
+    names = ("educating_weight", "critical_mass", "patents_dispersion")
+
+    def gradient(f, e):
+        return np.array([float(jnp.sum(jax.grad(f)(e).params.unconstrained[n])) for n in names])
+
+    np.testing.assert_allclose(gradient(lambda e: frozen_objective(e, data, prior, held), estimate),
+                               gradient(lambda e: objective(e, data, prior), estimate), rtol=1e-10)
+    away = eqx.tree_at(lambda e: e.params.unconstrained["patents_dispersion"], estimate,
+                       estimate.params.unconstrained["patents_dispersion"] - 0.7)
+    frozen = gradient(lambda e: frozen_objective(e, data, prior, held), away)
+    h = 1e-5
+    for i, name in enumerate(names):
+        def moved(step):
+            return eqx.tree_at(lambda e: e.params.unconstrained[name], away, away.params.unconstrained[name] + step)
+        fd = (frozen_objective(moved(h), data, prior, held) - frozen_objective(moved(-h), data, prior, held)) / (2 * h)
+        np.testing.assert_allclose(frozen[i], fd, rtol=1e-5, err_msg=name)
+        if name == "patents_dispersion":  # the count weights move with it: the objective's own value has another slope
+            fd_objective = (objective(moved(h), data, prior) - objective(moved(-h), data, prior)) / (2 * h)
+            held_gradient = gradient(lambda e: objective(e, data, prior), away)[i]
+            assert abs(held_gradient - float(fd_objective)) > 0.1 * abs(float(fd_objective))

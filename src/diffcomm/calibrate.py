@@ -7,7 +7,9 @@ loss, optimizer and data shape: the data and the prior are arguments of the jitt
 constants baked into it, so the fits at the rolling origins reuse the programs of the first. A
 fit checkpoints its whole state; `fit` called again with the same checkpoint path resumes and
 reaches the same numbers as an uninterrupted run.
-`calibrate` is the whole recipe: restarts, polish, Laplace approximation.
+`polish` is L-BFGS in rounds, each on the objective with the latent curvature's information
+held at the round's start (`loss.frozen_objective`). `calibrate` is the whole recipe: restarts,
+polish, Laplace approximation.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .effects import Estimate
 from .errors import ConfigError
 from .files import atomic_path, write_json
 from .laplace import Laplace, estimate_mask, laplace
-from .loss import Prior, objective
+from .loss import Prior, curvature_information, expected_patents, frozen_objective, objective
 from .params import PARAMETERS, Params
 from .training import Progress, adam_with_warmup, load_checkpoint, log, run_steps, save_checkpoint, strongly_typed
 
@@ -41,7 +43,9 @@ if TYPE_CHECKING:
 
 POLISH = optax.lbfgs()  # one object, so that every polish shares one compiled step
 POLISH_PATIENCE = 20  # the polish stops after this many steps without a relative gain of POLISH_TOLERANCE
-POLISH_TOLERANCE = 0.0
+POLISH_TOLERANCE = 1e-8
+POLISH_ROUNDS = 10  # at most this many rounds of the polish, each with the information refreshed
+ROUND_TOLERANCE = 1e-8  # the polish ends with a round that gains less than this (relative)
 
 
 @dataclass
@@ -191,6 +195,55 @@ def fit(
                      progress.seconds)
 
 
+@eqx.filter_jit
+def _information(estimate: Estimate, data: Dataset, prior: Prior):
+    return curvature_information(estimate, data, prior, expected_patents(estimate, data)[0])
+
+
+@eqx.filter_jit
+def _objective(estimate: Estimate, data: Dataset, prior: Prior) -> jax.Array:
+    return objective(estimate, data, prior)
+
+
+def polish(start: Estimate, data: Dataset, prior: Prior, config: FitConfig, *, phase: str = "polish",
+           checkpoint: Path | None = None) -> FitResult:
+    """L-BFGS from `start` until the estimate is a fixed point of the curvature's information.
+
+    The objective holds the latent curvature's information fixed for its gradient
+    (`loss.latent_curvature`), so that gradient is not the gradient of the objective's value,
+    and a line search along it stalls (on the metros: 21 steps, no gain). Each round therefore
+    holds the information at the round's start (`loss.frozen_objective`, a function whose
+    gradient is its value's, equal to the objective there) and runs L-BFGS on it for at most
+    `config.polish_steps` steps, until `POLISH_PATIENCE` steps without a gain; the next round
+    refreshes the information. The polish ends when a round gains less than `ROUND_TOLERANCE`
+    (relative): the estimate then minimises the objective with its own information held fixed,
+    the point Adam's steps on `objective` approach. `converged` says whether that happened
+    within `POLISH_ROUNDS` rounds. The result's loss is the objective's at the estimate.
+
+    `checkpoint`: round i keeps `<checkpoint><i>.eqx/.json`; a finished round is read back.
+    """
+    settings = dataclasses.replace(config, restarts=1, steps=config.polish_steps, spread=0.0,
+                                   patience=POLISH_PATIENCE, tolerance=POLISH_TOLERANCE, stop_after=None)
+    history: dict[str, list] = {"loss": [], "grad_norm": []}
+    steps, seconds, converged = 0, 0.0, False
+    for round_ in range(1, POLISH_ROUNDS + 1):
+        information = _information(start, data, prior)
+        result = fit(frozen_objective, start, (data, prior, information), POLISH, settings,
+                     phase=f"{phase} (L-BFGS), round {round_}",
+                     checkpoint_path=None if checkpoint is None else Path(f"{checkpoint}{round_}"))
+        for key in history:
+            history[key] += result.history[key]
+        steps, seconds, start = steps + result.steps, seconds + result.seconds, result.estimate
+        before = result.history["loss"][0][0]  # the round's start, where the frozen objective is the objective
+        if before - result.best_loss <= ROUND_TOLERANCE * abs(before):
+            converged = True
+            break
+    loss = float(_objective(start, data, prior))
+    log.info("%s: %s after %d rounds (%d steps), loss %.6g", phase,
+             "converged" if converged else "round limit reached", round_, steps, loss)
+    return FitResult(start, history, np.array([loss]), 0, steps, converged, seconds)
+
+
 # --------------------------------------------------------------------------------------------
 # The recipe
 # --------------------------------------------------------------------------------------------
@@ -259,8 +312,8 @@ def calibrate(
     - `config`: model (start values, K), fit settings; the default calibrates as
       `diffcomm calibrate` does.
     - `optimizer`: an optax transformation for the restarts.
-    - `checkpoint`: where to keep checkpoints (`<checkpoint>.eqx/.json`, and `<checkpoint>_polish.*`
-      for the polish); existing ones are resumed. None: no checkpoints.
+    - `checkpoint`: where to keep checkpoints (`<checkpoint>.eqx/.json`, and `<checkpoint>_polish<i>.*`
+      for round i of the polish); existing ones are resumed. None: no checkpoints.
     - `phase`: a prefix for the names of the phases in progress and logs.
     - `start`: a warm start (see above).
 
@@ -286,11 +339,8 @@ def calibrate(
         start = restarts.estimate
     polished = None
     if fit_config.polish_steps:
-        settings = dataclasses.replace(fit_config, restarts=1, steps=fit_config.polish_steps, spread=0.0,
-                                       patience=POLISH_PATIENCE, tolerance=POLISH_TOLERANCE, stop_after=None)
-        # it starts from the best start and keeps its own best, so it never ends worse than the starts
-        polished = fit(objective, start, args, POLISH, settings, phase=f"{phase}polish (L-BFGS)",
-                       checkpoint_path=None if checkpoint is None else Path(f"{checkpoint}_polish"))
+        polished = polish(start, data, prior, fit_config, phase=f"{phase}polish",
+                          checkpoint=None if checkpoint is None else Path(f"{checkpoint}_polish"))
     best = polished.estimate if polished else start
     started = time.perf_counter()
     calibration = Calibration(config, best, None, restarts, polished)
