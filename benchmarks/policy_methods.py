@@ -2,7 +2,7 @@
 
 For each `conf/scenario/*.yaml` x `conf/policy/*.yaml` (with `source=scenario`, as `diffcomm
 optimize` composes them) builds the policy problem, runs `policy.optimize` with the default
-`OptimizeSettings` and `policy.compare_methods`, and prints one row per combination: the
+`OptimizeSettings` and `comparison.compare_methods`, and prints one row per combination: the
 objective of every method, the simulator evaluations, and the gradient method's margin over the
 best baseline. Writes JSON (default `benchmarks/results/policy_methods_<platform>.json`).
 
@@ -28,8 +28,9 @@ jax.config.update("jax_enable_x64", True)  # as `diffcomm optimize` (model.x64=t
 import numpy as np  # noqa: E402
 
 from diffcomm import cli  # noqa: E402
+from diffcomm.comparison import compare_methods  # noqa: E402
 from diffcomm.params import Params  # noqa: E402
-from diffcomm.policy import PolicyProblem, compare_methods, evaluate, optimize  # noqa: E402
+from diffcomm.policy import PolicyProblem, evaluate, optimize  # noqa: E402
 from diffcomm.scenario import scenario_from_config  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from diffcomm import cli
+from diffcomm.comparison import ROBUSTNESS_COLUMNS
 from diffcomm.config import SCHEMAS
 
 pytestmark = pytest.mark.usefixtures("clean_argv")
@@ -267,7 +268,13 @@ def test_forecast_out_of_and_inside_the_data(calibrated, tmp_path, years, expect
     assert len(frame) == 20 * len(expected) and not frame.duplicated(["region", "year"]).any()
     assert set(frame.year) == expected and frame.region.nunique() == 20
     assert (frame.lower <= frame.upper).all() and (frame["mean"] > 0).all()
-    assert json.loads((out / "summary.json").read_text())["origin_year"] == min(expected) - 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["origin_year"] == min(expected) - 1
+    total = pd.DataFrame(summary["total"]).set_index("year")  # the interval of the sum, one row per asked year
+    assert set(total.index) == expected
+    sums = frame.groupby("year")[["lower", "upper"]].sum()
+    assert (total.lower <= total.upper).all()
+    assert (total.lower >= sums.lower).all() and (total.upper <= sums.upper).all()  # narrower than the summed bounds
     assert (out / "forecast.png").exists()
 
 
@@ -308,6 +315,27 @@ def test_optimize_on_a_calibrated_run(calibrated, tmp_path):
     np.testing.assert_allclose(allocation.spend.sum(), 100.0, rtol=1e-9)
     comparison = pd.read_csv(out / "comparison.csv").set_index("method").objective
     assert comparison.gradient >= comparison.uniform
+
+
+@pytest.mark.slow
+def test_optimize_under_parameter_uncertainty(calibrated, tmp_path, capfd):
+    out = tmp_path / "robust"
+    common = ("optimize", "source=run", f"run={calibrated}", "policy=patents", "policy.budget=100", "optimize.steps=10",
+              "optimize.progress=false", "optimize.baselines=false")
+    assert run(*common, "policy.uncertainty=posterior", f"hydra.run.dir={out}") == 2  # no NUTS draws in this run
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "calibrate it with inference=nuts" in err, err
+    assert not (out / "summary.json").exists() and not (out / "allocation.csv").exists()
+    out = tmp_path / "robust_laplace"
+    assert run(*common, "policy.uncertainty=laplace", "policy.draws=3", "policy.holdout_draws=6", f"hydra.run.dir={out}") == 0
+    table = pd.read_csv(out / "robustness.csv")
+    assert list(table.columns) == list(ROBUSTNESS_COLUMNS) and list(table.allocation) == ["robust", "estimate_optimal"]
+    assert table[["p_beats_no_policy", "p_beats_uniform"]].isin(np.arange(7) / 6).all().all()  # shares of 6 draws
+    robust = pd.read_csv(out / "allocation_robust.csv")
+    np.testing.assert_allclose(robust.spend.sum(), 100.0, rtol=1e-9)
+    summary = json.loads((out / "summary.json").read_text())["uncertainty"]
+    assert summary["draws"] == 3 and summary["holdout_draws"] == 6 and 0 <= summary["budget_moved"] <= 1
+    assert "Under parameter uncertainty" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow

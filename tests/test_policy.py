@@ -2,11 +2,13 @@
 
 import dataclasses
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffcomm.comparison import compare_methods, evolution_strategy, held_out_comparison, random_search
 from diffcomm.config import OBJECTIVE_PARTS, OptimizeConfig, OptimizeSettings, PolicyConfig
 from diffcomm.errors import ConfigError
 from diffcomm.inputs import LEVERS, Levers
@@ -14,15 +16,13 @@ from diffcomm.model import critical_mass_switch
 from diffcomm.params import Params
 from diffcomm.policy import (
     PolicyProblem,
-    compare_methods,
+    draw_objectives,
     evaluate,
-    evolution_strategy,
     objective,
     objective_parts,
     optimize,
     project,
     proportional_allocation,
-    random_search,
     uniform_allocation,
 )
 from diffcomm.scenario import ARCHETYPES, scenario_from_config, synthetic_regions
@@ -195,3 +195,52 @@ def test_the_parts_computed_are_the_parts_a_config_may_weight():
     value, parts = evaluate(problem, uniform_allocation(problem))
     assert set(parts) == set(OBJECTIVE_PARTS)
     np.testing.assert_allclose(value, objective(problem, uniform_allocation(problem)), rtol=1e-12)
+
+
+def problem_under_draws(values, **changes):
+    """A problem under parameter draws (educating_weight and critical_mass per draw, the same
+    regions), and the problem of each draw on its own."""
+    draws = [Params.from_natural(2, educating_weight=w, critical_mass=m) for w, m in values]
+    sc = synthetic_regions(draws[0], {n: 2 for n in ARCHETYPES}, key=jax.random.key(0), ties_per_region=2)
+    settings = PolicyConfig(years=10, costs={name: 1.0 for name in LEVERS}, budget=100.0,
+                            objective={"development": 1.0, "above_critical_mass": 0.5}, **changes)
+    stack = lambda trees: jax.tree_util.tree_map(lambda *x: jnp.stack(x), *trees)  # noqa: E731
+    together = PolicyProblem.build(settings, stack(draws), stack([sc.initial] * len(draws)), stack([sc.drivers] * len(draws)),
+                                   sc.graph, draws=len(draws))
+    alone = [PolicyProblem.build(settings, p, sc.initial, sc.drivers, sc.graph) for p in draws]
+    return together, alone
+
+
+def test_under_draws_the_objective_is_the_mean_of_each_draws_own_objective():
+    """Each draw is judged against its own no-policy baseline; the objective and its gradient are
+    the mean over draws, one vmap."""
+    together, alone = problem_under_draws([(0.3, 1.0), (1.2, 3.0), (0.7, 8.0)])
+    value, gradient = eqx.filter_jit(objective), eqx.filter_jit(jax.grad(objective, argnums=1))  # one program each
+    spend = project(jax.random.uniform(jax.random.key(4), together.shape) * 5.0, together.budget)
+    each = np.array([float(value(p, spend)) for p in alone])
+    assert np.ptp(each) > 1e-3  # the draws disagree
+    np.testing.assert_allclose(draw_objectives(together, spend), each, rtol=1e-10)
+    np.testing.assert_allclose(value(together, spend), each.mean(), rtol=1e-10)
+    np.testing.assert_allclose(gradient(together, spend), np.mean([gradient(p, spend) for p in alone], axis=0),
+                               rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(evaluate(together, spend)[1]["development"],
+                               np.mean([evaluate(p, spend)[1]["development"] for p in alone]), rtol=1e-10)
+
+
+def test_the_robust_allocation_is_judged_on_draws_it_was_not_chosen_on():
+    together, alone = problem_under_draws([(0.3, 1.0), (1.2, 3.0), (0.7, 8.0)])
+    holdout, _ = problem_under_draws([(0.5, 2.0), (0.9, 5.0), (1.1, 1.5), (0.2, 6.0)])
+    robust = optimize(together, steps(30)).spend
+    at_estimate = optimize(alone[0], steps(30)).spend
+    rows, values = held_out_comparison(holdout, alone[0], {"robust": robust, "estimate_optimal": at_estimate})
+    assert [row["allocation"] for row in rows] == ["robust", "estimate_optimal"]
+    np.testing.assert_allclose(values["no_policy"], 1.5)  # each draw's own baseline: 1 + 0.5 x 1
+    for row, spend in zip(rows, (robust, at_estimate)):
+        v = np.asarray(draw_objectives(holdout, spend))
+        np.testing.assert_allclose(values[row["allocation"]], v)
+        assert row["mean"] == pytest.approx(v.mean()) and row["q05"] <= row["mean"] <= row["q95"]
+        assert row["p_beats_uniform"] == pytest.approx(np.mean(v > values["uniform"]))
+        assert row["p_beats_no_policy"] == pytest.approx(np.mean(v > 1.5))
+        assert row["at_estimate"] == pytest.approx(float(evaluate(alone[0], spend)[0]))
+    # the robust allocation does better on average over the draws it was chosen on
+    assert float(evaluate(together, robust)[0]) > float(evaluate(together, at_estimate)[0])

@@ -16,13 +16,16 @@ import numpy as np
 import optax
 
 from .calibrate import calibrate, load_calibration
+from .comparison import Robust, compare_methods, held_out_comparison
 from .config import CalibrateConfig, ForecastConfig, OptimizeConfig, SimulateConfig, parse_years
 from .data import load_dataset
+from .errors import ConfigError
 from .evaluation import evaluate
 from .files import RunOutputs
 from .forecast import calibrated_regions, forecast, forecast_patents
+from .laplace import draw_estimates
 from .params import Params
-from .policy import PolicyProblem, compare_methods, optimize
+from .policy import PolicyProblem, optimize
 from .posterior import require_sampler, sample_posterior
 from .report import writers
 from .scenario import scenario_from_config
@@ -96,6 +99,31 @@ def run_forecast(cfg: ForecastConfig, out_dir: Path, *, plain_config: dict) -> d
     return summary
 
 
+def _robust_policy(cfg: OptimizeConfig, calibration, data, at_estimate: PolicyProblem, result, out_dir: Path) -> Robust:
+    """The allocation that maximises the expected objective over `policy.draws` draws of the
+    calibration (Laplace or NUTS), and it and the estimate's optimum judged on
+    `policy.holdout_draws` other draws (`comparison.held_out_comparison`)."""
+    settings = cfg.policy
+    posterior = calibration.posterior if settings.uncertainty == "posterior" else None
+    total = settings.draws + settings.holdout_draws
+    sampled = draw_estimates(calibration.estimate, calibration.mask, calibration.laplace, key=jax.random.key(cfg.optimize.seed),
+                             num=total, posterior=posterior)
+    initial, drivers, graph = calibrated_regions(calibration, data, sampled)
+
+    def part(rows: slice) -> PolicyProblem:
+        take = lambda tree: jax.tree_util.tree_map(lambda x: x[rows], tree)  # noqa: E731
+        return PolicyProblem.build(settings, take(sampled.params), take(initial), take(drivers), graph,
+                                   draws=rows.stop - rows.start)
+
+    robust_problem, holdout = part(slice(0, settings.draws)), part(slice(settings.draws, total))
+    log.info("optimize: the expected objective over %d %s draws (each step simulates every draw)", settings.draws,
+             settings.uncertainty)
+    robust = optimize(robust_problem, cfg.optimize, checkpoint_path=out_dir / "checkpoint_robust",
+                      phase=f"optimize: mirror ascent, expected over {settings.draws} draws")
+    table, values = held_out_comparison(holdout, at_estimate, {"robust": robust.spend, "estimate_optimal": result.spend})
+    return Robust(settings.uncertainty, settings.draws, robust, table, values)
+
+
 def run_optimize(cfg: OptimizeConfig, out_dir: Path, *, plain_config: dict) -> dict:
     """Optimize the allocation, run the baselines, and report into `out_dir`."""
     calibrated = (Path(cfg.run) / "fitted.eqx",) if cfg.source == "run" and (Path(cfg.run) / "fitted.eqx").exists() else ()
@@ -103,6 +131,9 @@ def run_optimize(cfg: OptimizeConfig, out_dir: Path, *, plain_config: dict) -> d
     started = time.perf_counter()
     if cfg.source == "run":
         calibration = load_calibration(Path(cfg.run))
+        if cfg.policy.uncertainty == "posterior" and calibration.posterior is None:
+            raise ConfigError(f"policy.uncertainty=posterior needs posterior draws, and the run {cfg.run} has none: "
+                              "calibrate it with inference=nuts, or use policy.uncertainty=laplace")
         data = load_dataset(calibration.config.data)
         params, names = calibration.params, data.names
         initial, drivers, graph = calibrated_regions(calibration, data)
@@ -115,9 +146,15 @@ def run_optimize(cfg: OptimizeConfig, out_dir: Path, *, plain_config: dict) -> d
     size = np.asarray(initial.regions.active).sum(-1)
     methods = compare_methods(problem, result, size, seed=cfg.optimize.seed) if cfg.optimize.baselines else \
         {"gradient": (result.spend, result.evaluations)}
+    robust = None if cfg.policy.uncertainty == "none" else _robust_policy(cfg, calibration, data, problem, result, out_dir)
     with RunOutputs(out_dir) as out:
         summary = writers.write_policy(out, problem, tuple(names), result, methods, seconds=time.perf_counter() - started,
-                                       config=plain_config)
+                                       config=plain_config, robust=robust)
+    if robust is not None:
+        rows = {row["allocation"]: row for row in robust.table}
+        log.info("on %d held-out %s draws: robust mean %.6g (5%%: %.6g), estimate's optimum mean %.6g (5%%: %.6g)",
+                 cfg.policy.holdout_draws, cfg.policy.uncertainty, rows["robust"]["mean"], rows["robust"]["q05"],
+                 rows["estimate_optimal"]["mean"], rows["estimate_optimal"]["q05"])
     baselines = [row["objective"] for row in summary["comparison"] if row["method"] != "gradient"]
     compared = f" (best baseline {max(baselines):.6g})" if baselines else ""
     log.info("optimized in %.0f s: objective %.6g%s -> %s", result.seconds, result.objective, compared, out_dir)

@@ -26,7 +26,7 @@ from .effects import Estimate, national_effects
 from .errors import ConfigError
 from .filtering import Level, filter_level
 from .inputs import Drivers, Graph
-from .laplace import Laplace, sample, stack_draws
+from .laplace import Laplace, draw_estimates
 from .observation import knowledge_growth, national_factor, sample_counts
 from .simulate import (
     first_knowledge,
@@ -146,11 +146,7 @@ def forecast_patents(
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     k_params, k_national, k_counts, k_level = jax.random.split(key, 4)
-    if posterior is None:
-        sampled = sample(estimate, mask, approx, key=k_params, num=draws)
-    else:  # draws of the full posterior: `draws` of them, at random
-        rows = np.asarray(jax.random.choice(k_params, posterior.shape[0], (draws,), replace=draws > posterior.shape[0]))
-        sampled = stack_draws(estimate, mask, posterior[rows])
+    sampled = draw_estimates(estimate, mask, approx, key=k_params, num=draws, posterior=posterior)
     ensemble = jax.tree_util.tree_map(lambda one, many: jnp.concatenate([one[None], many]), estimate, sampled)
     extra = {}
     if history is None or history.shape[0] in (0, num_years):
@@ -190,16 +186,28 @@ def _predictive_band(means, dispersion, key, probabilities: tuple[float, ...]) -
                 totals=jnp.quantile(jnp.sum(counts, axis=-1), q, axis=0))
 
 
-def calibrated_regions(calibration: Calibration, data: Dataset) -> tuple[State, Drivers, Graph]:
+def calibrated_regions(calibration: Calibration, data: Dataset, draws: Estimate | None = None
+                       ) -> tuple[State, Drivers, Graph]:
     """The calibrated regions in the data's last year, as a policy starts from them: the state the
     model reaches with the fitted effects, knowledge restarted from each region's filtered level
-    (as a forecast from there would), and the drivers with the latent region effects added."""
+    (as a forecast from there would), and the drivers with the latent region effects added.
+
+    `draws`: a stacked `Estimate` (leading axis S, e.g. `laplace.draw_estimates`): the regions
+    under each draw instead, state and drivers with a leading axis S; every draw restarts from
+    the same filtered level (read at the estimate), each along its own path and national factor.
+    """
     estimate, observed = calibration.estimate, data.observed_patents()
     years = observed.shape[0]
     filtered, expected = origin_level(estimate, data, observed)
-    eta = national_effects(estimate.params.natural(), _innovations(estimate, years, None))
-    state, _, _ = _restarted(estimate, data, years, jnp.asarray(filtered.counts(expected)), eta)
-    return state, region_drivers(estimate.params, data, estimate.effects), data.graph
+    counts = jnp.asarray(filtered.counts(expected))
+
+    def at_origin(one: Estimate) -> tuple[State, Drivers]:
+        eta = national_effects(one.params.natural(), _innovations(one, years, None))
+        state, _, _ = _restarted(one, data, years, counts, eta)
+        return state, region_drivers(one.params, data, one.effects)
+
+    state, drivers = at_origin(estimate) if draws is None else eqx.filter_jit(jax.vmap(at_origin))(draws)
+    return state, drivers, data.graph
 
 
 @dataclass

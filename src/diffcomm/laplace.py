@@ -234,6 +234,17 @@ def sample(estimate: Estimate, mask: Estimate, approx: Laplace, *, key: jax.Arra
     return stack_draws(estimate, mask, draws)
 
 
+def draw_estimates(estimate: Estimate, mask: Estimate, approx: Laplace, *, key: jax.Array, num: int,
+                   posterior: np.ndarray | None = None) -> Estimate:
+    """`num` draws of the estimate, stacked: from the Laplace approximation (`sample`), or, given
+    `posterior` (N, D), NUTS draws of the free entries (`Calibration.posterior`), `num` of its
+    rows at random (with replacement only where it has fewer)."""
+    if posterior is None:
+        return sample(estimate, mask, approx, key=key, num=num)
+    rows = np.asarray(jax.random.choice(key, posterior.shape[0], (num,), replace=num > posterior.shape[0]))
+    return stack_draws(estimate, mask, posterior[rows])
+
+
 def stack_draws(estimate: Estimate, mask: Estimate, draws) -> Estimate:
     """Draws (N, D) of the free entries, flat as `ravel_pytree` of the free part, as one stacked
     `Estimate` (leading axis N) with the fixed entries of `estimate` broadcast."""

@@ -11,7 +11,6 @@ argument: each program is compiled once per problem shape.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -41,6 +40,10 @@ class PolicyProblem(eqx.Module):
     Build one with `PolicyProblem.build`. Arrays are leaves; the settings are static fields.
     `baseline` holds the objective's parts with no policy: the parts are divided by them, so the
     weights are unit-free.
+
+    Under parameter uncertainty (`draws` > 0) `params`, `initial`, `drivers` and `baseline` carry
+    a leading axis of `draws` draws of the calibration; the objective is then the mean over the
+    draws of each draw's objective (its parts relative to its own no-policy baseline), one `vmap`.
     """
 
     params: Params
@@ -57,14 +60,18 @@ class PolicyProblem(eqx.Module):
     time_varying: bool = eqx.field(static=True)  # one allocation per year, or one spread evenly
     discount: float = eqx.field(static=True)
     weights: tuple[tuple[str, float], ...] = eqx.field(static=True)  # (part, weight)
+    draws: int = eqx.field(static=True, default=0)  # 0: one parameter set; else the leading axis above
 
     @classmethod
-    def build(cls, config: PolicyConfig, params: Params, initial: State, drivers: Drivers, graph: Graph) -> PolicyProblem:
+    def build(cls, config: PolicyConfig, params: Params, initial: State, drivers: Drivers, graph: Graph, *,
+              draws: int = 0) -> PolicyProblem:
         """The problem of a (checked) `PolicyConfig` on given regions; simulates no policy once.
 
-        Raises `ConfigError` if the caps cannot hold the budget.
+        `draws`: 0, or the number of parameter draws `params`, `initial` and `drivers` stack
+        (`forecast.calibrated_regions` with draws). Raises `ConfigError` if the caps cannot hold
+        the budget.
         """
-        num_regions = int(drivers.connecting.shape[0])
+        num_regions = int(drivers.connecting.shape[-1])
         cells = (config.years if config.time_varying else 1) * num_regions * len(config.levers)
         if config.cap is not None and config.cap * cells < config.budget:
             raise ConfigError(f"policy.cap {config.cap} x {cells} cells cannot hold the budget {config.budget}")
@@ -72,14 +79,15 @@ class PolicyProblem(eqx.Module):
             raise ConfigError(f"policy.region_cap {config.region_cap} x {num_regions} regions cannot hold the budget "
                               f"{config.budget}")
         zero = Levers.zeros((config.years, num_regions))
-        baseline = objective_parts(params, initial, drivers, graph, zero, config.discount)
+        parts = lambda p, i, d: objective_parts(p, i, d, graph, zero, config.discount)  # noqa: E731
+        baseline = eqx.filter_jit(jax.vmap(parts) if draws else parts)(params, initial, drivers)
         return cls(params, initial, drivers, graph, jnp.asarray([config.costs.get(n, 1.0) for n in config.levers], dtype=float),
                    baseline, config.years, tuple(config.levers), float(config.budget), config.cap, config.region_cap,
-                   config.time_varying, config.discount, tuple(config.objective.items()))
+                   config.time_varying, config.discount, tuple(config.objective.items()), draws)
 
     @property
     def num_regions(self) -> int:
-        return int(self.drivers.connecting.shape[0])
+        return int(self.drivers.connecting.shape[-1])
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -196,32 +204,48 @@ def objective_parts(params: Params, initial: State, drivers: Drivers, graph: Gra
     )
 
 
-def _weighted(problem: PolicyProblem, parts: dict[str, jax.Array]) -> jax.Array:
+def _weighted(weights: tuple[tuple[str, float], ...], baseline: dict[str, jax.Array], parts: dict[str, jax.Array]) -> jax.Array:
     total = 0.0
-    for name, weight in problem.weights:
+    for name, weight in weights:
         sign = -1.0 if name == "inequality" else 1.0
-        total = total + sign * weight * parts[name] / jnp.maximum(jnp.abs(problem.baseline[name]), 1e-12)
+        total = total + sign * weight * parts[name] / jnp.maximum(jnp.abs(baseline[name]), 1e-12)
     return total
 
 
-def _parts(problem: PolicyProblem, spend: jax.Array) -> dict[str, jax.Array]:
-    return objective_parts(problem.params, problem.initial, problem.drivers, problem.graph, lever_amounts(problem, spend),
-                           problem.discount)
+def _draw_values(problem: PolicyProblem, spend: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The objective and raw parts under every parameter draw, `(S,)` each (S = 1 without draws)."""
+    levers = lever_amounts(problem, spend)
+
+    def one(params, initial, drivers, baseline):
+        parts = objective_parts(params, initial, drivers, problem.graph, levers, problem.discount)
+        return _weighted(problem.weights, baseline, parts), parts
+
+    if problem.draws:
+        return jax.vmap(one)(problem.params, problem.initial, problem.drivers, problem.baseline)
+    return jax.tree_util.tree_map(lambda x: x[None], one(problem.params, problem.initial, problem.drivers, problem.baseline))
 
 
 def objective(problem: PolicyProblem, spend: jax.Array) -> jax.Array:
-    """The scalar objective of an allocation (to maximize): weighted parts relative to no policy."""
-    return _weighted(problem, _parts(problem, spend))
+    """The scalar objective of an allocation (to maximize): weighted parts relative to no policy;
+    under parameter uncertainty its mean over the draws."""
+    return jnp.mean(_draw_values(problem, spend)[0])
 
 
 @eqx.filter_jit
 def evaluate(problem: PolicyProblem, spend: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The objective and its raw parts for one allocation (one simulation)."""
-    parts = _parts(problem, spend)
-    return _weighted(problem, parts), parts
+    """The objective and its raw parts for one allocation (one simulation per draw; the parts
+    averaged over draws)."""
+    values, parts = _draw_values(problem, spend)
+    return jnp.mean(values), jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), parts)
 
 
-_objectives = eqx.filter_jit(jax.vmap(objective, in_axes=(None, 0)))
+@eqx.filter_jit
+def draw_objectives(problem: PolicyProblem, spend: jax.Array) -> jax.Array:
+    """The objective of one allocation under each parameter draw, `(S,)`."""
+    return _draw_values(problem, spend)[0]
+
+
+objectives = eqx.filter_jit(jax.vmap(objective, in_axes=(None, 0)))  # one objective per row of allocations
 
 
 @eqx.filter_jit
@@ -238,7 +262,7 @@ def marginal_values(problem: PolicyProblem, spend: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------
-# Optimizers: gradient and the baselines
+# The gradient method
 # --------------------------------------------------------------------------------------------
 
 
@@ -272,7 +296,8 @@ def _ascent_step(problem: PolicyProblem, optimizer: optax.GradientTransformation
     return value, feasible(problem, problem.budget * shares), opt_state
 
 
-def optimize(problem: PolicyProblem, settings: OptimizeSettings, *, checkpoint_path: Path | None = None) -> PolicyResult:
+def optimize(problem: PolicyProblem, settings: OptimizeSettings, *, checkpoint_path: Path | None = None,
+             phase: str = "optimize: mirror ascent") -> PolicyResult:
     """Mirror ascent on the budget simplex (exponentiated gradient) from the uniform allocation.
 
     A step multiplies each cell's spending by `exp(rate x g / (max g - min g))`, `g` the cells'
@@ -312,7 +337,7 @@ def optimize(problem: PolicyProblem, settings: OptimizeSettings, *, checkpoint_p
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, (s.spend, s.opt_state, s.best), dict(step=at, history=s.history, best=s.best_value))
 
-    progress = Progress("optimize: mirror ascent", settings.steps, enabled=settings.progress, initial=start)
+    progress = Progress(phase, settings.steps, enabled=settings.progress, initial=start)
     state, _ = run_steps(one_step, state, start=start, steps=settings.steps, save=save, progress=progress,
                          checkpoint_every=settings.checkpoint_every, stop_after=settings.stop_after,
                          checkpoint_path=checkpoint_path)
@@ -322,77 +347,3 @@ def optimize(problem: PolicyProblem, settings: OptimizeSettings, *, checkpoint_p
         best, best_value = state.spend, final_value
     progress.close(f"objective {best_value:.6g}")
     return PolicyResult(np.asarray(best), best_value, state.history, len(state.history) + 1, progress.seconds)
-
-
-@eqx.filter_jit
-def _dirichlet_allocations(problem: PolicyProblem, key: jax.Array, count: int) -> jax.Array:
-    draws = jax.random.dirichlet(key, jnp.ones(int(np.prod(problem.shape))), (count,)) * problem.budget
-    return jax.vmap(lambda d: feasible(problem, d.reshape(problem.shape)))(draws)
-
-
-def random_search(problem: PolicyProblem, evaluations: int, *, key: jax.Array, batch: int = 32) -> PolicyResult:
-    """Best of `evaluations` allocations drawn uniformly from the simplex (Dirichlet(1)), projected."""
-    started = time.perf_counter()
-    best, best_value, history, done = None, -np.inf, [], 0
-    while done < evaluations:
-        n = min(batch, evaluations - done)
-        key, sub = jax.random.split(key)
-        draws = _dirichlet_allocations(problem, sub, batch)
-        values = np.asarray(_objectives(problem, draws))[:n]
-        j = int(np.argmax(values))
-        if values[j] > best_value:
-            best, best_value = np.asarray(draws[j]), float(values[j])
-        history += values.tolist()
-        done += n
-    return PolicyResult(best, best_value, history, done, time.perf_counter() - started)
-
-
-@eqx.filter_jit
-def _softmax_allocations(problem: PolicyProblem, logits: jax.Array) -> jax.Array:
-    """Allocations `budget x softmax(logits)` (projected, for the caps), one per row of `logits`."""
-    return jax.vmap(lambda z: feasible(problem, (problem.budget * jax.nn.softmax(z)).reshape(problem.shape)))(logits)
-
-
-def evolution_strategy(
-    problem: PolicyProblem, evaluations: int, *, key: jax.Array, population: int = 16, sigma: float = 0.3, rate: float = 0.3
-) -> PolicyResult:
-    """A gradient-free evolution strategy on softmax logits (antithetic sampling, rank weights).
-
-    The allocation is `budget x softmax(logits)` (projected when capped); each generation
-    spends `population` evaluations (the last one fewer, to use exactly `evaluations`, rounded
-    down to an even number); the search mean moves along the rank-weighted noise.
-    """
-    started = time.perf_counter()
-    cells = int(np.prod(problem.shape))
-    mean = jnp.zeros(cells)
-    best, best_value, history, done = np.asarray(_softmax_allocations(problem, mean[None])[0]), -np.inf, [], 0
-    while evaluations - done >= 2:  # the last generation may be smaller, so no evaluation is left unused
-        half = min(population, evaluations - done) // 2
-        key, sub = jax.random.split(key)
-        noise = jax.random.normal(sub, (half, cells))
-        spends = _softmax_allocations(problem, jnp.concatenate([mean + sigma * noise, mean - sigma * noise]))
-        values = np.asarray(_objectives(problem, spends))
-        done += 2 * half
-        history += values.tolist()
-        j = int(np.argmax(values))
-        if values[j] > best_value:
-            best, best_value = np.asarray(spends[j]), float(values[j])
-        ranks = np.argsort(np.argsort(values)) / (2 * half - 1) - 0.5
-        direction = (jnp.asarray(ranks[:half] - ranks[half:])[:, None] * noise).sum(0) / (half * sigma)
-        mean = mean + rate * direction
-    return PolicyResult(best, best_value, history, done, time.perf_counter() - started)
-
-
-def compare_methods(problem: PolicyProblem, result: PolicyResult, size: np.ndarray, *, seed: int = 0) -> dict:
-    """The gradient method's allocation and the baselines', with their simulator evaluations:
-    uniform, proportional to `size` (R,), and random search and an evolution strategy given as
-    many evaluations as the gradient method used. Method -> (allocation, evaluations)."""
-    random = random_search(problem, result.evaluations, key=jax.random.key(seed))
-    es = evolution_strategy(problem, result.evaluations, key=jax.random.key(seed + 1))
-    return {
-        "gradient": (result.spend, result.evaluations),
-        "uniform": (np.asarray(uniform_allocation(problem)), 1),
-        "proportional_to_size": (np.asarray(proportional_allocation(problem, size)), 1),
-        "random_search": (random.spend, random.evaluations),
-        "evolution_strategy": (es.spend, es.evaluations),
-    }

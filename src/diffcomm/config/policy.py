@@ -14,6 +14,10 @@ OBJECTIVE_PARTS = ("development", "patents", "catchment", "above_critical_mass",
 """The parts a policy objective may weight (`policy.objective_parts` computes them); `inequality`
 is a penalty, its weight subtracts."""
 
+UNCERTAINTY = ("none", "laplace", "posterior")
+"""`policy.uncertainty`: optimise for the calibration's estimate, or the expected objective over
+draws from its Laplace approximation or its NUTS posterior."""
+
 
 @dataclass
 class PolicyConfig:
@@ -30,6 +34,10 @@ class PolicyConfig:
     discount: float = option(0.97, "yearly discount factor of the objective")
     objective: dict[str, float] = option(help=f"part -> weight; parts: {', '.join(OBJECTIVE_PARTS)}",
                                          factory=lambda: {"development": 1.0})
+    uncertainty: str = option("none", "none: the calibration's estimate only; laplace or posterior (its NUTS draws): "
+                                      "maximise the expected objective over policy.draws draws (source=run)")
+    draws: int = option(8, "parameter draws the expected objective averages over (with policy.uncertainty)")
+    holdout_draws: int = option(64, "other draws the robust and the estimate's optimal allocations are evaluated on")
 
     def __post_init__(self):
         _require(self.years >= 1, "policy.years", ">= 1", self.years)
@@ -47,6 +55,9 @@ class PolicyConfig:
         for name, weight in self.objective.items():
             _require(name in OBJECTIVE_PARTS, f"policy.objective.{name}", f"a part from {list(OBJECTIVE_PARTS)}", name)
             _require(_number(weight) and weight >= 0, f"policy.objective.{name}", "a weight >= 0", weight)
+        _require(self.uncertainty in UNCERTAINTY, "policy.uncertainty", f"one of {list(UNCERTAINTY)}", self.uncertainty)
+        _require(self.draws >= 1, "policy.draws", ">= 1", self.draws)
+        _require(self.holdout_draws >= 2, "policy.holdout_draws", ">= 2", self.holdout_draws)
 
 
 @dataclass
@@ -80,3 +91,5 @@ class OptimizeConfig:
         if self.source == "run":
             _require(self.run is not None and Path(self.run).is_dir(), "run",
                      "an existing calibrated run folder (run=<folder>) when source=run", self.run)
+        _require(self.policy.uncertainty == "none" or self.source == "run", "policy.uncertainty",
+                 "none unless source=run (a scenario has no parameter draws)", self.policy.uncertainty)

@@ -185,6 +185,26 @@ def plot_policy_history(history: list[float], baselines: dict[str, float], path:
     _save(fig, path)
 
 
+def plot_robustness(values: dict[str, np.ndarray], path: Path) -> None:
+    """Allocations judged on held-out parameter draws: the distribution (ECDF) of each one's
+    objective, and per draw the robust allocation's objective less the estimate's optimum's."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for i, (name, v) in enumerate(values.items()):
+        x = np.sort(v)
+        left.step(x, np.arange(1, len(x) + 1) / len(x), where="post", color=f"C{i}", label=name.replace("_", " "))
+    left.set_xlabel("objective under a held-out draw (1 = no policy)")
+    left.set_ylabel("share of draws at or below")
+    left.legend(fontsize=8)
+    difference = values["robust"] - values["estimate_optimal"]
+    right.hist(difference, bins=min(30, max(5, len(difference) // 3)), color="C0")
+    right.axvline(0.0, color="k", lw=1)
+    right.set_xlabel("robust minus estimate's optimum, same draw")
+    right.set_ylabel("draws")
+    right.set_title(f"robust better in {np.mean(difference > 0):.0%} of draws", fontsize=9)
+    _save(fig, path)
+
+
 def plot_evaluation(table, path: Path) -> None:
     """The rolling-origin scores: mean absolute log error and the 90% interval score per origin
     (grouped bars, one colour per method; lower is better), and the 90% coverage."""

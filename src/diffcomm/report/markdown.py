@@ -13,7 +13,8 @@ def calibration_report(summary: dict, table: pd.DataFrame) -> str:
         f"{summary['regions']} regions, years {summary['years'][0]}-{summary['years'][1]}, "
         f"{summary['observations']} observations; loss per observation {summary['loss_per_observation']:.4f}.",
         f"Restarts reached {', '.join(f'{x:.4f}' for x in summary['restart_losses'])} "
-        f"({summary['steps']} steps, converged: {summary['converged']}); L-BFGS polish: {summary['polish_steps']} steps.",
+        f"({summary['steps']} steps, converged: {summary['converged']}); L-BFGS polish: {summary['polish_steps']} steps"
+        f"{'' if summary.get('polish_converged') is None else ', converged: ' + str(summary['polish_converged'])}.",
         f"Laplace approximation positive definite: {summary['laplace_positive_definite']}.", "",
         "## Fitted parameters (natural scale; standard errors and 95% intervals from the Laplace approximation)", "",
         "The intervals are mapped from the unconstrained scale, so they respect each parameter's range.", "",
@@ -70,4 +71,19 @@ def policy_report(summary: dict) -> str:
               + ", ".join(f"{k} {v:.3g}" for k, v in summary["spend_by_lever"].items()) + ".", "",
               "A gradient step counts as one simulator evaluation (a forward simulation with its adjoint);",
               f"the gradient method took {summary['gradient_seconds']:.1f} s."]
+    robust = summary.get("uncertainty")
+    if robust:
+        lines += ["", "## Under parameter uncertainty", "",
+                  f"The robust allocation maximises the mean objective over {robust['draws']} {robust['draws_from']} draws "
+                  f"of the calibration ({robust['robust_seconds']:.1f} s); both it and the optimum at the estimate are "
+                  f"judged on {robust['holdout_draws']} other draws (each draw compares allocations under the same "
+                  "parameters):", "",
+                  "| allocation | mean | 5% | 95% | P(beats no policy) | P(beats uniform) | at the estimate |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in robust["table"]:
+            lines.append(f"| {row['allocation']} | {row['mean']:.6f} | {row['q05']:.6f} | {row['q95']:.6f} | "
+                         f"{row['p_beats_no_policy']:.2f} | {row['p_beats_uniform']:.2f} | {row['at_estimate']:.6f} |")
+        lines += ["", f"The two allocations place {100 * robust['budget_moved']:.1f}% of the budget differently. "
+                  "Robust spending by lever: " + ", ".join(f"{k} {v:.3g}" for k, v in robust["spend_by_lever_robust"].items())
+                  + "."]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..calibrate import POSTERIOR_DRAWS, Calibration, save_calibration
+from ..comparison import ROBUSTNESS_COLUMNS, Robust
 from ..config import CalibrateConfig, OutputConfig
 from ..data import Dataset
 from ..evaluation import MODEL, Evaluation
@@ -76,6 +77,7 @@ def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, c
         fit=fit_summary(observed, band["fitted"], float(calibration.params.natural().patents_dispersion)),
         loss_per_observation=result.best_loss, restart_losses=restarts.best_losses.tolist(), steps=restarts.steps,
         converged=restarts.converged, polish_steps=calibration.polished.steps if calibration.polished else 0,
+        polish_converged=calibration.polished.converged if calibration.polished else None,
         laplace_positive_definite=calibration.laplace.positive_definite, level=level, notes=list(data.notes),
     )
     if evaluation is not None:
@@ -139,16 +141,34 @@ def write_forecast(out: RunOutputs, forecast: Forecast, *, level: float, run: st
         out.path("forecast.png"), level=level, origin_year=forecast.origin_year, total=forecast.total,
         title=f"Forecast {forecast.first_year}-{forecast.years[-1]} from the counts of {forecast.origin_year}",
     )
+    years = np.asarray(forecast.years)
+    wanted = years >= forecast.first_year
+    lower, upper = (np.asarray(bound)[wanted] for bound in forecast.total)  # of the sum over regions
+    future = years[wanted]
     summary = dict(run=run, years=[forecast.first_year, int(forecast.years[-1])], rows=len(frame),
-                   regions=len(forecast.codes), origin_year=forecast.origin_year, parameter_draws=draws_from, config=config)
+                   regions=len(forecast.codes), origin_year=forecast.origin_year, parameter_draws=draws_from,
+                   total=[dict(year=int(y), lower=float(lo), upper=float(hi)) for y, lo, hi in zip(future, lower, upper)],
+                   config=config)
     out.finish(summary)
     return summary
 
 
+def _allocation_table(problem: PolicyProblem, names: tuple[str, ...], spend: np.ndarray) -> pd.DataFrame:
+    """`region, lever, year, spend, amount`: one row per cell and year."""
+    per_year = np.asarray(spend_per_year(problem, jnp.asarray(spend)))
+    t, r, k = np.meshgrid(np.arange(problem.years), np.arange(problem.num_regions), np.arange(len(problem.levers)), indexing="ij")
+    return pd.DataFrame({
+        "region": np.asarray(names)[r.ravel()], "lever": np.asarray(problem.levers)[k.ravel()], "year": t.ravel() + 1,
+        "spend": per_year.ravel(), "amount": (per_year / np.asarray(problem.costs)).ravel(),
+    })
+
+
 def write_policy(out: RunOutputs, problem: PolicyProblem, names: tuple[str, ...], result: PolicyResult,
-                 methods: dict[str, tuple[np.ndarray, int]], *, seconds: float, config: dict) -> dict:
+                 methods: dict[str, tuple[np.ndarray, int]], *, seconds: float, config: dict,
+                 robust: Robust | None = None) -> dict:
     """`comparison.csv`, `objective_parts.csv`, `allocation.csv`, `marginal_value.csv`,
-    `allocation.png`, `objective.png`, `report.md` and `summary.json`."""
+    `allocation.png`, `objective.png`, `report.md` and `summary.json`; with a `robust` policy
+    also `allocation_robust.csv`, `robustness.csv` (`comparison.ROBUSTNESS_COLUMNS`) and `robustness.png`."""
     rows, parts = [], {}
     for method, (spend, evaluations) in methods.items():
         value, method_parts = evaluate(problem, np.asarray(spend))
@@ -160,12 +180,7 @@ def write_policy(out: RunOutputs, problem: PolicyProblem, names: tuple[str, ...]
     pd.DataFrame(parts).rename_axis("part").to_csv(out.path("objective_parts.csv"))
 
     spend = result.spend
-    per_year = np.asarray(spend_per_year(problem, jnp.asarray(spend)))
-    t, r, k = np.meshgrid(np.arange(problem.years), np.arange(problem.num_regions), np.arange(len(problem.levers)), indexing="ij")
-    pd.DataFrame({
-        "region": np.asarray(names)[r.ravel()], "lever": np.asarray(problem.levers)[k.ravel()], "year": t.ravel() + 1,
-        "spend": per_year.ravel(), "amount": (per_year / np.asarray(problem.costs)).ravel(),
-    }).to_csv(out.path("allocation.csv"), index=False)
+    _allocation_table(problem, names, spend).to_csv(out.path("allocation.csv"), index=False)
     marginal = np.asarray(marginal_values(problem, spend))
     marginal = pd.DataFrame(marginal, index=pd.Index(names, name="region"), columns=list(problem.levers))
     marginal.to_csv(out.path("marginal_value.csv"))
@@ -178,6 +193,15 @@ def write_policy(out: RunOutputs, problem: PolicyProblem, names: tuple[str, ...]
         spend_by_lever=dict(zip(problem.levers, spend.sum((0, 1)).tolist())),
         gradient_seconds=result.seconds, seconds=seconds, config=config,
     )
+    if robust is not None:
+        other = robust.result.spend
+        _allocation_table(problem, names, other).to_csv(out.path("allocation_robust.csv"), index=False)
+        pd.DataFrame(robust.table, columns=list(ROBUSTNESS_COLUMNS)).to_csv(out.path("robustness.csv"), index=False)
+        figures.plot_robustness(robust.values, out.path("robustness.png"))
+        summary["uncertainty"] = dict(
+            draws_from=robust.draws_from, draws=robust.draws, holdout_draws=len(robust.values["no_policy"]),
+            table=robust.table, budget_moved=float(0.5 * np.abs(other - spend).sum() / problem.budget),
+            spend_by_lever_robust=dict(zip(problem.levers, other.sum((0, 1)).tolist())), robust_seconds=robust.result.seconds)
     (out.path("report.md")).write_text(policy_report(summary))
     out.finish(summary)
     return summary
