@@ -42,6 +42,10 @@ def main(here: Path) -> None:
     for n in runs:
         top_regions = by_region[n].nlargest(10)
         summary[f"top10_{n}"] = [(names.get(code, code), round(float(v), 1)) for code, v in top_regions.items()]
+    robust = here / "catchment" / "summary.json"  # the catchment run also under parameter uncertainty
+    if robust.exists() and "uncertainty" in (catchment := json.loads(robust.read_text())):
+        summary["uncertainty_catchment"] = catchment["uncertainty"]
+        shutil.copy(here / "catchment" / "robustness.png", here / "robustness_catchment.png")
     (here / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), constrained_layout=True)

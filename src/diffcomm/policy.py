@@ -6,7 +6,9 @@ projection onto {spend >= 0, spend <= cap, sum spend = budget}, never by a penal
 cap per region bounds the spending of all of a region's cells together. The objective is
 differentiated through the whole simulation and climbed by mirror ascent on the budget simplex
 (`optimize`). A `PolicyProblem` is an `eqx.Module`, passed to the compiled functions as an
-argument: each program is compiled once per problem shape.
+argument: each program is compiled once per problem shape. Built with `draws=S`, a problem holds
+S parameter draws and the objective is their mean (one `vmap`); the baselines and the judging of
+allocations on held-out draws are in `comparison.py`.
 """
 
 from __future__ import annotations
