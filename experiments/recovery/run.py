@@ -159,6 +159,13 @@ def done_replicates(path: Path) -> set[int]:
     return set(int(r) for r in table.replicate.unique())
 
 
+def read_replicates(csv_path: Path, fits_path: Path, replicates: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows and the fits of replicates 0..`replicates`-1 as appended (a rerun's fit kept last)."""
+    table = pd.read_csv(csv_path)
+    fits = pd.read_csv(fits_path).drop_duplicates("replicate", keep="last")
+    return table[table.replicate < replicates], fits[fits.replicate < replicates]
+
+
 # --------------------------------------------------------------------------------------------
 # Summary and figure
 # --------------------------------------------------------------------------------------------
@@ -301,10 +308,7 @@ def main(argv: list[str] | None = None) -> None:
                  by["attraction_scale"]["estimate"], by["attraction_scale"]["se"], by["buzz_quality_scale"]["estimate"],
                  by["buzz_quality_scale"]["se"])
 
-    table = pd.read_csv(csv_path)
-    table = table[table.replicate < args.replicates]
-    fits = pd.read_csv(fits_path).drop_duplicates("replicate", keep="last")
-    fits = fits[fits.replicate < args.replicates]
+    table, fits = read_replicates(csv_path, fits_path, args.replicates)
     summary = summarize(table, fits, settings)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(table, args.out / "recovery.png", title=f"parameter recovery: {table.replicate.nunique()} synthetic panels on the "

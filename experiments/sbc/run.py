@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
                     region_effects=list(config.fit.region_effects), restarts=2, steps=400,
                     polish_steps=config.fit.polish_steps)
     ranks_path, fits_path = args.out / "ranks.csv", args.out / "fits.csv"
-    done = set(pd.read_csv(ranks_path).replicate) if ranks_path.exists() else set()
+    done = recovery.done_replicates(ranks_path)
     log.info("%d regions, fitted years %d-%d, prior sd %g; %d replicates (%d already done)", data.num_regions,
              data.years[1], data.years[-1], args.prior_scale, args.replicates, len(done))
     for r in range(args.replicates):
@@ -190,10 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("replicate %d: %.1f s, polish %d steps, PD %s | z of the weights %s", r, fit["seconds"], fit["polish_steps"],
                  fit["positive_definite"], " ".join(f"{by[n]['z']:+.2f}" for n in recovery.DRIVER_WEIGHTS))
 
-    table = pd.read_csv(ranks_path)
-    table = table[table.replicate < args.replicates]
-    fits = pd.read_csv(fits_path).drop_duplicates("replicate", keep="last")
-    fits = fits[fits.replicate < args.replicates]
+    table, fits = recovery.read_replicates(ranks_path, fits_path, args.replicates)
     summary = summarize(table, fits, settings, args.bins)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, args.out / "sbc.png", bins=args.bins)
