@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from diffcomm import cli
 from diffcomm.comparison import ROBUSTNESS_COLUMNS
@@ -96,19 +95,42 @@ def test_lever_and_mne_overrides_change_the_outcome(tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_sweeps_shock_intensity(tmp_path):
+def test_a_sweep_on_the_joblib_launcher_writes_its_table_and_a_restart_skips_finished_runs(tmp_path):
     sweep = tmp_path / "sweep"
-    code = run("simulate", "-m", "experiment=smoke", "scenario.shock.start=2", "scenario.shock.intensity=0,0.5,1",
-               f"hydra.sweep.dir={sweep}")
-    assert code == 0
-    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert len(runs) == 3
-    by_intensity = {}
-    for folder in runs:
-        overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
-        intensity = float(next(o for o in overrides if o.startswith("scenario.shock.intensity=")).split("=")[1])
-        by_intensity[intensity] = pd.read_csv(folder / "summary.csv").exports_intensity_last.mean()
-    assert by_intensity[0.0] > by_intensity[0.5] > by_intensity[1.0]
+    common = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "experiment=smoke", "scenario.shock.start=2",
+              f"hydra.sweep.dir={sweep}"]
+    assert run("simulate", *common, "scenario.shock.intensity=0,0.5,1") == 0
+    table = pd.read_csv(sweep / "sweep.csv")
+    assert len(table) == 3 and (table.status == "finished").all()
+    assert list(table["scenario.shock.intensity"]) == [0, 0.5, 1] and (table["scenario.shock.start"] == 2).all()
+    for row in table.itertuples():  # the table holds each run's own results
+        own = pd.read_csv(sweep / row.run / "summary.csv").set_index("archetype").exports_intensity_last
+        np.testing.assert_allclose(table.loc[row.Index, [f"exports_intensity_last.{a}" for a in own.index]], own, rtol=1e-9)
+    exports = table.filter(like="exports_intensity_last.").mean(axis=1)
+    assert exports[0] > exports[1] > exports[2]  # a harder shock leaves less exporting
+
+    # an interrupted sweep: one run never finished; starting it again with one more value
+    # redoes that run, runs the new one, and leaves the finished ones alone
+    (sweep / table.run[1] / "summary.json").unlink()
+    kept = {name: (sweep / name / "summary.json").stat().st_mtime_ns for name in table.run[[0, 2]]}
+    assert run("simulate", *common, "scenario.shock.intensity=0,0.5,1,0.25") == 0
+    again = pd.read_csv(sweep / "sweep.csv")
+    assert len(again) == 4 and (again.status == "finished").all()
+    assert {name: (sweep / name / "summary.json").stat().st_mtime_ns for name in kept} == kept
+    assert (sweep / table.run[1] / "summary.json").exists()
+    assert "skipped" in (sweep / table.run[0] / "simulate.log").read_text()
+
+
+def test_the_slurm_launcher_config_composes_on_the_submitit_plugin():
+    from hydra import compose, initialize_config_dir
+
+    cli._register_schemas()
+    with initialize_config_dir(config_dir=str(cli.conf_dir()), version_base="1.3"):
+        cfg = compose("calibrate", ["hydra/launcher=slurm", "hydra.launcher.partition=short"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.partition == "short" and launcher.max_num_timeout > 0 and launcher.cpus_per_task >= 1
+    assert cfg.hydra.callbacks.sweep_table.command == "calibrate"
 
 
 @pytest.mark.parametrize(

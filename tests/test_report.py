@@ -1,6 +1,8 @@
 """What runs write: streamed trajectory tables, parameter tables, fit summaries, reports, figures,
 and outputs that appear all together or not at all."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -11,6 +13,7 @@ from diffcomm.files import RunOutputs
 from diffcomm.params import Params
 from diffcomm.report import figures
 from diffcomm.report.markdown import calibration_report
+from diffcomm.report.sweep import finished_run, write_sweep_table
 from diffcomm.report.tables import fit_summary, parameter_table, trajectory_arrays, write_trajectories
 from diffcomm.scenario import synthetic_regions
 from diffcomm.simulate import make_forcing, simulate
@@ -112,3 +115,43 @@ def test_outputs_appear_together_or_not_at_all(tmp_path):
             out.path("forecast.csv").write_text("region,year\n")
             raise RuntimeError("the figure could not be drawn")
     assert list(failed.iterdir()) == []  # nothing complete-looking is left behind
+
+
+def _run_folder(sweep, name, overrides, summary=None, params=None):
+    folder = sweep / name
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if params is not None:
+        params.to_csv(folder / "params.csv", index=False)
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_the_sweep_table_has_a_row_per_run_with_its_overrides_and_results(tmp_path):
+    params = lambda w: pd.DataFrame({"parameter": ["inflow_bias", "connecting_weight", "amenity_weight"],  # noqa: E731
+                                     "value": [2.0, w, 0.2], "se": [0.1, 0.05, 0.04]})
+    summary = lambda loss: {"loss_per_observation": loss, "fit": {"deviance_explained_vs_constant": 0.9},  # noqa: E731
+                            "polish_converged": False, "seconds": 12.5, "config": {"fit": {"seed": 0}}}
+    _run_folder(tmp_path, "10_fit.seed=2", ["fit.seed=2", "+model.params.decay=0.1"])  # started, never finished
+    _run_folder(tmp_path, "9_fit.seed=1", ["fit.seed=1", "+model.params.decay=0.1"], summary(3.1), params(0.7))
+    _run_folder(tmp_path, "0_fit.seed=0", ["fit.seed=0"], summary(3.0), params(0.5))
+    (tmp_path / ".submitit").mkdir()  # the launcher's own folders are not runs
+
+    table = write_sweep_table(tmp_path, "calibrate")
+    assert pd.read_csv(tmp_path / "sweep.csv").shape == table.shape
+    assert list(table.run) == ["0_fit.seed=0", "9_fit.seed=1", "10_fit.seed=2"]  # by job number, not by name
+    assert list(table.status) == ["finished", "finished", "unfinished"]
+    assert list(table["fit.seed"]) == ["0", "1", "2"] and table["model.params.decay"].tolist()[1:] == ["0.1", "0.1"]
+    assert list(table.loss_per_observation[:2]) == [3.0, 3.1] and np.isnan(table.loss_per_observation[2])
+    assert list(table.connecting_weight[:2]) == [0.5, 0.7] and list(table.amenity_weight_se[:2]) == [0.04, 0.04]
+    assert "inflow_bias" not in table  # driver weights only
+
+
+def test_a_run_is_finished_only_with_its_summary_and_the_same_config(tmp_path):
+    config = {"fit": {"seed": 0, "steps": 400}, "data": {"regions": None}}
+    unfinished = _run_folder(tmp_path, "0", ["fit.seed=0"])
+    finished = _run_folder(tmp_path, "1", ["fit.seed=0"], {"config": config})
+    assert not finished_run(unfinished, config)
+    assert finished_run(finished, config)
+    assert not finished_run(finished, {"fit": {"seed": 0, "steps": 401}, "data": {"regions": None}})

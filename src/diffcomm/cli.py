@@ -32,6 +32,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from jax.experimental.compilation_cache import compilation_cache as cache
 from omegaconf import DictConfig, OmegaConf
@@ -40,6 +42,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from . import apps
 from .config import SCHEMAS
 from .errors import ConfigError, DataError
+from .report.sweep import SWEEP_FILE, finished_run, write_sweep_table
 from .training import Interrupted, clear_stop, request_stop
 
 COMMANDS = {
@@ -126,6 +129,8 @@ def _composition_message(error: Exception) -> str:
                    "and a new key of a map (model.params, policy.objective) is added with +KEY=VALUE")
     elif cause is not None and "could not be converted" in str(cause) or "is not a valid" in str(cause or ""):
         message = f"{message.rstrip('.')}: {_first_line(cause)}"  # the type the key takes
+    elif "hydra/launcher/submitit" in message:  # hydra/launcher=slurm without the plugin it extends
+        message = f"{message}: the SLURM launcher needs Hydra's submitit plugin: pip install 'diffcomm[cluster]'"
     elif "Could not find '" in message:  # a group option that does not exist: name the ones that do
         group = message.split("Could not find '")[1].split("/")[0]
         options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
@@ -269,6 +274,9 @@ def _task(command: str) -> Callable[[DictConfig], None]:
         logging.getLogger("jax._src.compilation_cache").setLevel(logging.WARNING)  # and so is its cache reset
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         plain = OmegaConf.to_container(cfg, resolve=True)
+        if HydraConfig.get().mode == RunMode.MULTIRUN and finished_run(out_dir, plain):
+            logging.getLogger("diffcomm").info("%s: finished in an earlier start of this sweep; skipped", out_dir)
+            return
         try:
             typed = to_typed(cfg, command)
             x64 = typed.x64 if command == "forecast" else typed.model.x64
@@ -294,6 +302,20 @@ def _task(command: str) -> Callable[[DictConfig], None]:
             raise SystemExit(_fail(command, "ran out of memory; ask for fewer regions or years")) from None
 
     return task
+
+
+class SweepTable(Callback):
+    """Hydra callback (in `conf/<command>.yaml`): at the end of a multirun, `sweep.csv` in the
+    sweep folder, one row per run with its overrides and key results (`report.sweep`)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(config.hydra.sweep.dir)
+        table = write_sweep_table(folder, self.command)
+        finished = int((table.status == "finished").sum()) if len(table) else 0
+        logging.getLogger("diffcomm").info("sweep: %d of %d runs finished -> %s", finished, len(table), folder / SWEEP_FILE)
 
 
 @contextlib.contextmanager
