@@ -144,6 +144,10 @@ def test_the_slurm_launcher_config_composes_on_the_submitit_plugin():
         ("simulate", "model=missing", "model/missing"),
         ("simulate", "+model.params.reproduction_rate=-1", "reproduction_rate' must be finite and > 0"),
         ("simulate", "scenario.shock.intensity=0,2", "must be a share in [0, 1], got 2.0"),
+        ("simulate", "ensemble.draws=3", "ensemble.draws must be 0 without run=<a calibrated run>"),
+        ("simulate", "ensemble.scenarios=[{nope:1}]", "ensemble.scenarios[0].nope must be a lever from"),
+        ("simulate", "ensemble.scenarios=[{},{}]", "ensemble.scenarios[1] must be a setting not given before"),
+        ("simulate", "run=/no/such/run", "run must be an existing folder written by diffcomm calibrate"),
         ("simulate", "experiment=disruption scenario.shock.start=500", "scenario.shock.start must be a year within the 5"),
         ("simulate", "scenario.shock.intensity=1 scenario.shock.duration=0", "scenario.shock.duration must be >= 1 year"),
         ("simulate",
@@ -278,6 +282,32 @@ def test_calibrate_writes_every_output_with_its_columns(calibrated):
               "calibrated in")
     for phase in phases:
         assert phase in log, phase
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_scenarios_and_parameter_draws_from_a_calibrated_run(calibrated, tmp_path):
+    out = tmp_path / "ensemble"
+    assert cli.main(["simulate", f"run={calibrated}", "ensemble.draws=6", "scenario.years=4",
+                     "ensemble.scenarios=[{},{middleground:0},{middleground:1}]", f"hydra.run.dir={out}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["draws"] == 6 and summary["parameter_draws"] == "Laplace approximation"
+    assert summary["scenarios"] == ["base", "middleground=0", "middleground=1"] and summary["years"] == [2011, 2014]
+    table = pd.read_csv(out / "ensemble.csv")
+    assert len(table) == 3 * 5 * 4 and set(table.year) == {2011, 2012, 2013, 2014}
+    assert (table.q05 <= table.q50).all() and (table.q50 <= table.q95).all()
+    by = {name: group.set_index(["variable", "year"]).drop(columns="scenario") for name, group in table.groupby("scenario")}
+    pd.testing.assert_frame_equal(by["base"], by["middleground=0"])  # the same draws in every scenario
+    patents = by["base"].loc["patents"]
+    assert (patents.q05 < patents.q95).all()  # the draws differ
+    regions = pd.read_csv(out / "ensemble_regions.csv", dtype={"region": str})
+    assert regions.region.nunique() == 20 and set(regions.variable) == {"patents", "active"}
+    active = regions[regions.variable == "active"].groupby("scenario")["mean"].sum()
+    assert active["middleground=1"] > active["base"]  # a middleground activates members
+    last = regions[(regions.variable == "patents") & (regions.scenario == "base")]["mean"].sum()
+    np.testing.assert_allclose(last, patents["mean"].iloc[-1], rtol=1e-9)
+    ratios = {row["scenario"]: row["vs_first_mean"] for row in summary["ensemble"]["last_year"]}
+    assert ratios["middleground=0"] == 1.0 and ratios["middleground=1"] > 1.0
+    assert (out / "ensemble.png").stat().st_size > 0 and not (out / "trajectories.csv").exists()
 
 
 @pytest.mark.slow

@@ -155,3 +155,16 @@ def test_a_run_is_finished_only_with_its_summary_and_the_same_config(tmp_path):
     assert not finished_run(unfinished, config)
     assert finished_run(finished, config)
     assert not finished_run(finished, {"fit": {"seed": 0, "steps": 401}, "data": {"regions": None}})
+
+
+def test_the_sweep_table_of_simulate_reads_archetypes_or_an_ensemble(tmp_path):
+    archetypes = {"archetypes": [{"archetype": "world_city", "regions": 2, "patents_first": 1.0, "patents_last": 5.0}],
+                  "config": {}}
+    ensemble = {"ensemble": {"last_year": [{"scenario": "base", "patents_mean": 10.0, "vs_first_mean": 1.0},
+                                           {"scenario": "middleground=1", "patents_mean": 12.0, "vs_first_mean": 1.2}]},
+                "config": {}}
+    _run_folder(tmp_path, "0_a", ["scenario.years=5"], archetypes)
+    _run_folder(tmp_path, "1_b", ["scenario.years=6"], ensemble)
+    table = write_sweep_table(tmp_path, "simulate").set_index("run")
+    assert table.loc["0_a", "patents_last.world_city"] == 5.0 and "patents_first.world_city" not in table
+    assert table.loc["1_b", "patents_mean.middleground=1"] == 12.0 and table.loc["1_b", "vs_first_mean.base"] == 1.0

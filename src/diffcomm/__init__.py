@@ -36,6 +36,7 @@ from .config import (
 )
 from .data import Dataset, load_dataset
 from .effects import Effects, Estimate
+from .ensemble import Ensemble, ensemble_from_calibration, lever_forcings, run_ensemble
 from .errors import ConfigError, DataError
 from .evaluation import Evaluation, evaluate
 from .forecast import Forecast, forecast
@@ -52,11 +53,11 @@ from .state import Flows, RegionState, State, WorldState
 __version__ = metadata.version("diffcomm")  # from pyproject.toml, the one place it is set
 
 __all__ = [
-    "ARCHETYPES", "LEVERS", "CalibrateConfig", "Calibration", "ConfigError", "DataConfig", "DataError", "Dataset",
-    "DriverTerm", "Drivers", "Effects", "Estimate", "Evaluation", "EvaluationConfig", "FitConfig", "FitResult", "Flows",
-    "Forcing", "Forecast", "Graph",
-    "Laplace", "Levers", "ModelConfig", "NaturalParams", "Observations", "OptimizeSettings", "Params", "PolicyConfig",
-    "PolicyProblem", "PolicyResult", "RegionState", "Scenario", "ScenarioConfig", "State", "Trajectory", "WorldState",
-    "calibrate", "evaluate", "fit", "forecast", "init_state", "laplace", "load_calibration", "load_dataset", "make_forcing",
-    "optimize", "simulate", "simulate_ensemble", "step", "synthetic_regions",
+    "ARCHETYPES", "CalibrateConfig", "Calibration", "ConfigError", "DataConfig", "DataError", "Dataset", "DriverTerm",
+    "Drivers", "Effects", "Ensemble", "Estimate", "Evaluation", "EvaluationConfig", "FitConfig", "FitResult", "Flows",
+    "Forcing", "Forecast", "Graph", "LEVERS", "Laplace", "Levers", "ModelConfig", "NaturalParams", "Observations",
+    "OptimizeSettings", "Params", "PolicyConfig", "PolicyProblem", "PolicyResult", "RegionState", "Scenario",
+    "ScenarioConfig", "State", "Trajectory", "WorldState", "calibrate", "ensemble_from_calibration", "evaluate", "fit",
+    "forecast", "init_state", "laplace", "lever_forcings", "load_calibration", "load_dataset", "make_forcing",
+    "optimize", "run_ensemble", "simulate", "simulate_ensemble", "step", "synthetic_regions",
 ]

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -19,6 +20,7 @@ from .calibrate import calibrate, load_calibration
 from .comparison import Robust, compare_methods, held_out_comparison
 from .config import CalibrateConfig, ForecastConfig, OptimizeConfig, SimulateConfig, parse_years
 from .data import load_dataset
+from .ensemble import ensemble_from_calibration, lever_forcings, run_ensemble, scenario_label
 from .errors import ConfigError
 from .evaluation import evaluate
 from .files import RunOutputs
@@ -36,7 +38,10 @@ log = logging.getLogger("diffcomm")
 
 
 def run_simulate(cfg: SimulateConfig, out_dir: Path, *, plain_config: dict) -> dict:
-    """Simulate the configured scenario and write its outputs into `out_dir`."""
+    """Simulate the configured scenario and write its outputs into `out_dir` (an ensemble, with
+    `run`, `ensemble.draws` or `ensemble.scenarios`: `_run_ensemble`)."""
+    if cfg.is_ensemble:
+        return _run_ensemble(cfg, out_dir, plain_config=plain_config)
     params = Params.from_natural(cfg.model.num_domains, **cfg.model.params)
     scenario, forcing = scenario_from_config(params, cfg.scenario)
     started = time.perf_counter()
@@ -51,6 +56,45 @@ def run_simulate(cfg: SimulateConfig, out_dir: Path, *, plain_config: dict) -> d
         summary = writers.write_simulation(out, scenario, traj, cfg.output, title=cfg.scenario.name, seconds=seconds,
                                            config=plain_config, shock=window)
     log.info("wrote %d rows of trajectories -> %s", summary["rows"], out_dir)
+    return summary
+
+
+def _run_ensemble(cfg: SimulateConfig, out_dir: Path, *, plain_config: dict) -> dict:
+    """Every scenario of `ensemble.scenarios` (lever settings on top of `scenario.levers`, with
+    `scenario.shock`) under `ensemble.draws` parameter draws of the calibrated run `run` from its
+    last year on, or the synthetic regions of `scenario` under `model.params`, in one compiled
+    call per chunk of draws (`ensemble.py`)."""
+    settings = list(cfg.ensemble.scenarios) or [{}]
+    labels = tuple(scenario_label(setting) for setting in settings)
+    years, e = cfg.scenario.years, cfg.ensemble
+    shock, window = cfg.scenario.shock, np.zeros(years)
+    window[shock.start - 1 : shock.start - 1 + shock.duration] = shock.intensity
+    started = time.perf_counter()
+    if cfg.run is not None:
+        calibration = load_calibration(Path(cfg.run))
+        data = load_dataset(calibration.config.data)
+        forcings = lever_forcings(settings, cfg.scenario.levers, years, data.num_regions,
+                                  jnp.asarray(np.repeat(window[:, None], data.num_regions, axis=1)))
+        log.info("ensemble: %d scenarios x %d draws x %d calibrated regions x %d years", len(labels), max(e.draws, 1),
+                 data.num_regions, years)
+        ensemble = ensemble_from_calibration(calibration, data, forcings, scenarios=labels, draws=e.draws,
+                                             key=jax.random.key(e.seed), chunk=e.chunk)
+        source = ("NUTS posterior" if calibration.posterior is not None else "Laplace approximation") if e.draws else "estimate"
+        title = f"{len(data.names)} calibrated regions ({cfg.run}) after {data.years[-1]}"
+    else:
+        params = Params.from_natural(cfg.model.num_domains, **cfg.model.params)
+        scenario, forcing = scenario_from_config(params, cfg.scenario)
+        forcings = lever_forcings(settings, cfg.scenario.levers, years, scenario.num_regions, forcing.shock)
+        log.info("ensemble: %d scenarios x %d synthetic regions x %d years", len(labels), scenario.num_regions, years)
+        ensemble = run_ensemble(jax.tree_util.tree_map(lambda x: x[None], params), scenario.initial, scenario.drivers,
+                                scenario.graph, forcings, scenarios=labels, regions=scenario.region_names,
+                                years=np.arange(1, years + 1), draws_mapped=False, chunk=e.chunk)
+        source, title = "model.params", f"{scenario.num_regions} synthetic regions ({cfg.scenario.name})"
+    seconds = time.perf_counter() - started
+    log.info("ensemble simulated in %.1f s (compilation included)", seconds)
+    with RunOutputs(out_dir) as out:
+        summary = writers.write_ensemble(out, ensemble, title=title, draws_from=source, seconds=seconds, config=plain_config)
+    log.info("wrote ensemble.csv, ensemble_regions.csv and ensemble.png -> %s", out_dir)
     return summary
 
 

@@ -56,7 +56,9 @@ GROUPS = {"simulate": ("model", "scenario", "experiment"), "calibrate": ("model"
 EXAMPLES = {
     "simulate": ["diffcomm simulate scenario.years=30 scenario.levers.middleground=1",
                  "diffcomm simulate experiment=disruption",
-                 "diffcomm simulate -m scenario.shock.intensity=0,0.5,1"],
+                 "diffcomm simulate -m scenario.shock.intensity=0,0.5,1",
+                 "diffcomm simulate run=outputs/calibrate/<time> ensemble.draws=200 scenario.years=10 "
+                 "'ensemble.scenarios=[{},{middleground:1}]'"],
     "calibrate": ["diffcomm calibrate fit.restarts=8 fit.steps=2000",
                   "diffcomm calibrate \"data.regions=[41860,41940,'00901']\" evaluation.rolling_origin=true",
                   "diffcomm calibrate optimizer=lbfgs hydra.run.dir=outputs/my_run"],
@@ -280,6 +282,7 @@ def _task(command: str) -> Callable[[DictConfig], None]:
         try:
             typed = to_typed(cfg, command)
             x64 = typed.x64 if command == "forecast" else typed.model.x64
+            x64 = x64 or (command == "simulate" and typed.run is not None)  # a calibration's regions: as calibrated
             kwargs = dict(plain_config=plain)
             if command == "calibrate":
                 try:

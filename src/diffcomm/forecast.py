@@ -25,7 +25,7 @@ from .config import ForecastConfig
 from .effects import Estimate, national_effects
 from .errors import ConfigError
 from .filtering import Level, filter_level
-from .inputs import Drivers, Graph
+from .inputs import Drivers
 from .laplace import Laplace, draw_estimates
 from .observation import knowledge_growth, national_factor, sample_counts
 from .simulate import (
@@ -186,28 +186,31 @@ def _predictive_band(means, dispersion, key, probabilities: tuple[float, ...]) -
                 totals=jnp.quantile(jnp.sum(counts, axis=-1), q, axis=0))
 
 
-def calibrated_regions(calibration: Calibration, data: Dataset, draws: Estimate | None = None
-                       ) -> tuple[State, Drivers, Graph]:
+def calibrated_regions(calibration: Calibration, data: Dataset, draws: Estimate | None = None, *,
+                       with_factor: bool = False) -> tuple:
     """The calibrated regions in the data's last year, as a policy starts from them: the state the
     model reaches with the fitted effects, knowledge restarted from each region's filtered level
     (as a forecast from there would), and the drivers with the latent region effects added.
+    **Returns:** `(state, drivers, graph)`, and with `with_factor` also the log factor that turns
+    the model's expected patents into counts at the last year's national level (`_restarted`).
 
     `draws`: a stacked `Estimate` (leading axis S, e.g. `laplace.draw_estimates`): the regions
-    under each draw instead, state and drivers with a leading axis S; every draw restarts from
-    the same filtered level (read at the estimate), each along its own path and national factor.
+    under each draw instead, state, drivers and factor with a leading axis S; every draw restarts
+    from the same filtered level (read at the estimate), each along its own path and national factor.
     """
     estimate, observed = calibration.estimate, data.observed_patents()
     years = observed.shape[0]
     filtered, expected = origin_level(estimate, data, observed)
     counts = jnp.asarray(filtered.counts(expected))
 
-    def at_origin(one: Estimate) -> tuple[State, Drivers]:
-        eta = national_effects(one.params.natural(), _innovations(one, years, None))
-        state, _, _ = _restarted(one, data, years, counts, eta)
-        return state, region_drivers(one.params, data, one.effects)
+    def at_origin(one: Estimate) -> tuple[State, Drivers, jax.Array]:
+        p = one.params.natural()
+        eta = national_effects(p, _innovations(one, years, None))
+        state, _, growth = _restarted(one, data, years, counts, eta)
+        return state, region_drivers(one.params, data, one.effects), eta[years - 1] - p.patents_knowledge_elasticity * growth
 
-    state, drivers = at_origin(estimate) if draws is None else eqx.filter_jit(jax.vmap(at_origin))(draws)
-    return state, drivers, data.graph
+    state, drivers, factor = at_origin(estimate) if draws is None else eqx.filter_jit(jax.vmap(at_origin))(draws)
+    return (state, drivers, data.graph, factor) if with_factor else (state, drivers, data.graph)
 
 
 @dataclass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from ..archetypes import ARCHETYPES
 from ..inputs import LEVERS
@@ -90,8 +92,44 @@ class OutputConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    draws: int = option(0, "parameter draws of the run (run=...): its NUTS draws if it has them, else Laplace; 0: the estimate")
+    scenarios: list[Any] = option(
+        help="lever settings added to scenario.levers, one scenario each, e.g. [{},{middleground:1}]", factory=list)
+    seed: int = option(0, "seed of the parameter draws")
+    chunk: int | None = option(None, "draws per compiled call; null: as many as keep about 256 MB of trajectories")
+
+    def __post_init__(self):
+        _require(isinstance(self.draws, int) and self.draws >= 0, "ensemble.draws", "a count >= 0", self.draws)
+        _require(self.chunk is None or self.chunk >= 1, "ensemble.chunk", "null or a count >= 1", self.chunk)
+        for i, setting in enumerate(self.scenarios):
+            _require(isinstance(setting, dict), f"ensemble.scenarios[{i}]", "a map of lever -> amount, e.g. {middleground:1}",
+                     setting)
+            for name, value in setting.items():
+                _require(name in LEVERS, f"ensemble.scenarios[{i}].{name}", f"a lever from {list(LEVERS)}", name)
+                _require(_number(value), f"ensemble.scenarios[{i}].{name}", "a finite number", value)
+            _require(setting not in self.scenarios[:i], f"ensemble.scenarios[{i}]", "a setting not given before", setting)
+
+
+@dataclass
 class SimulateConfig:
     model: ModelConfig = option(factory=ModelConfig)
     scenario: ScenarioConfig = option(factory=ScenarioConfig)
+    run: str | None = option(None, "a folder written by diffcomm calibrate: simulate its regions after its last year")
+    ensemble: EnsembleConfig = option(factory=EnsembleConfig)
     output: OutputConfig = option(factory=OutputConfig)
     runtime: RuntimeConfig = option(factory=RuntimeConfig)
+
+    def __post_init__(self):
+        if self.run is not None:
+            _require(Path(self.run).is_dir(), "run", "an existing folder written by diffcomm calibrate", self.run)
+            _require(not self.scenario.shock.archetypes, "scenario.shock.archetypes",
+                     "empty with run=... (calibrated regions have no archetypes; a shock hits every region)",
+                     self.scenario.shock.archetypes)
+        _require(self.run is not None or self.ensemble.draws == 0, "ensemble.draws",
+                 "0 without run=<a calibrated run> (parameter draws come from a calibration)", self.ensemble.draws)
+
+    @property
+    def is_ensemble(self) -> bool:
+        """Whether this run is an ensemble (`ensemble.py`) rather than one simulation with trajectories."""
+        return self.run is not None or self.ensemble.draws > 0 or bool(self.ensemble.scenarios)

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..ensemble import SUMMED, Ensemble
 from ..files import atomic_path
 from ..scenario import Scenario
 from ..simulate import Trajectory
@@ -60,6 +61,34 @@ def plot_archetype_trajectories(scenario: Scenario, traj: Trajectory, path: Path
             ax.set_yscale("log")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), title="mean and 10-90% band of each archetype")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+ENSEMBLE_PANELS = (("patents", "patents (sum over regions)"), ("exports_intensity", "exports intensity (mean)"),
+                   ("nonlocal_share", "non-local share of connections (mean)"), ("development", "development (mean)"))
+
+
+def plot_ensemble(ensemble: Ensemble, path: Path, *, title: str = "") -> None:
+    """One panel per main variable, aggregated over regions; per scenario the median over the
+    draws and its 5-95% band."""
+    fig = Figure(figsize=(12, 7.5), layout="constrained")
+    axes = fig.subplots(2, 2)
+    for ax, (variable, label) in zip(axes.ravel(), ENSEMBLE_PANELS):
+        for s, scenario in enumerate(ensemble.scenarios):
+            values = ensemble.aggregates[variable][s]  # (N, T)
+            (line,) = ax.plot(ensemble.years, np.median(values, axis=0), label=scenario)
+            if ensemble.draws > 1:
+                ax.fill_between(ensemble.years, *np.quantile(values, [0.05, 0.95], axis=0), color=line.get_color(), alpha=0.2)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("year")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if variable in SUMMED:
+            ax.set_yscale("log")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    band = f"median and 5-95% band over {ensemble.draws} parameter draws" if ensemble.draws > 1 else "one parameter set"
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), title=f"scenario: {band}")
     if title:
         fig.suptitle(title)
     _save(fig, path)

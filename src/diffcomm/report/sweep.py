@@ -25,7 +25,12 @@ SWEEP_FILE = "sweep.csv"
 
 
 def _simulate(summary: dict, folder: Path) -> dict:
-    """The mean of every variable in the last year, per archetype (`summary.csv`'s `*_last`)."""
+    """The mean of every variable in the last year, per archetype (`summary.csv`'s `*_last`); of
+    an ensemble, per scenario the last year's total patents (mean and 5-95% over the draws) and
+    its ratio to the first scenario's."""
+    if "ensemble" in summary:
+        return {f"{key}.{row['scenario']}": value for row in summary["ensemble"]["last_year"]
+                for key, value in row.items() if key != "scenario"}
     return {f"{key}.{row['archetype']}": value for row in summary["archetypes"]
             for key, value in row.items() if key.endswith("_last")}
 

@@ -11,6 +11,7 @@ from ..calibrate import POSTERIOR_DRAWS, Calibration, save_calibration
 from ..comparison import ROBUSTNESS_COLUMNS, Robust
 from ..config import CalibrateConfig, OutputConfig
 from ..data import Dataset
+from ..ensemble import Ensemble
 from ..evaluation import MODEL, Evaluation
 from ..files import RunOutputs
 from ..forecast import Forecast
@@ -43,6 +44,27 @@ def write_simulation(out: RunOutputs, scenario: Scenario, traj: Trajectory, outp
     summary = dict(regions=scenario.num_regions, years=int(arrays["patents"].shape[0]),
                    domains=int(arrays["active"].shape[-1]) if "active" in arrays else None, rows=rows, seconds=seconds,
                    archetypes=table.to_dict(orient="records"), config=config,
+                   files=sorted(p.name for p in out.staging.iterdir()) + ["summary.json"])
+    out.finish(summary)
+    return summary
+
+
+def write_ensemble(out: RunOutputs, ensemble: Ensemble, *, title: str, draws_from: str, seconds: float,
+                   config: dict) -> dict:
+    """`ensemble.csv` (`Ensemble.table`), `ensemble_regions.csv` (`Ensemble.region_table`),
+    `ensemble.png` and `summary.json`."""
+    ensemble.table().to_csv(out.path("ensemble.csv"), index=False)
+    check_stop()
+    ensemble.region_table().to_csv(out.path("ensemble_regions.csv"), index=False)
+    figures.plot_ensemble(ensemble, out.path("ensemble.png"), title=title)
+    patents = ensemble.aggregates["patents"][:, :, -1]  # (S, N): the total in the last year
+    ratio = patents / patents[:1]  # each draw's total against the first scenario's under the same draw
+    last = [dict(scenario=name, patents_mean=float(v.mean()), patents_q05=float(np.quantile(v, 0.05)),
+                 patents_q95=float(np.quantile(v, 0.95)), vs_first_mean=float(r.mean()), vs_first_q05=float(np.quantile(r, 0.05)),
+                 vs_first_q95=float(np.quantile(r, 0.95))) for name, v, r in zip(ensemble.scenarios, patents, ratio)]
+    summary = dict(regions=len(ensemble.regions), years=[int(ensemble.years[0]), int(ensemble.years[-1])],
+                   draws=ensemble.draws, parameter_draws=draws_from, scenarios=list(ensemble.scenarios),
+                   ensemble=dict(last_year=last), seconds=seconds, config=config,
                    files=sorted(p.name for p in out.staging.iterdir()) + ["summary.json"])
     out.finish(summary)
     return summary
