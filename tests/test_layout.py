@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[1] / "src" / "diffcomm"
-ORDER = ["errors", "files", "params", "archetypes", "inputs", "effects", "config", "data", "state", "observation", "model",
-         "simulate", "scenario", "loss", "training", "laplace", "fitting", "calibrate", "posterior", "filtering", "forecast",
-         "ensemble", "baselines", "evaluation", "policy", "comparison", "report", "apps", "cli"]
+ORDER = ["errors", "files", "sharding", "params", "archetypes", "inputs", "effects", "config", "data", "state",
+         "observation", "model", "simulate", "scenario", "loss", "training", "laplace", "fitting", "calibrate", "posterior",
+         "filtering", "forecast", "ensemble", "baselines", "evaluation", "policy", "comparison", "report", "apps", "cli"]
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
 
 

@@ -31,6 +31,7 @@ from .policy import PolicyProblem, optimize
 from .posterior import require_sampler, sample_posterior
 from .report import writers
 from .scenario import scenario_from_config
+from .sharding import region_mesh, shard_regions
 from .simulate import simulate
 from .training import claim_run_folder
 
@@ -44,8 +45,10 @@ def run_simulate(cfg: SimulateConfig, out_dir: Path, *, plain_config: dict) -> d
         return _run_ensemble(cfg, out_dir, plain_config=plain_config)
     params = Params.from_natural(cfg.model.num_domains, **cfg.model.params)
     scenario, forcing = scenario_from_config(params, cfg.scenario)
+    inputs = shard_regions((scenario.initial, scenario.drivers, scenario.graph, forcing), region_mesh(cfg.runtime.devices),
+                           scenario.num_regions)
     started = time.perf_counter()
-    _, traj = simulate(params, scenario.initial, scenario.drivers, scenario.graph, forcing)
+    _, traj = simulate(params, *inputs)
     jax.block_until_ready(traj)
     seconds = time.perf_counter() - started
     log.info("simulated %d regions x %d years in %.2f s (compilation included)", scenario.num_regions, cfg.scenario.years,
@@ -73,6 +76,7 @@ def _run_ensemble(cfg: SimulateConfig, out_dir: Path, *, plain_config: dict) -> 
     if cfg.run is not None:
         calibration = load_calibration(Path(cfg.run))
         data = load_dataset(calibration.config.data)
+        data = shard_regions(data, region_mesh(cfg.runtime.devices), data.num_regions)
         forcings = lever_forcings(settings, cfg.scenario.levers, years, data.num_regions,
                                   jnp.asarray(np.repeat(window[:, None], data.num_regions, axis=1)))
         log.info("ensemble: %d scenarios x %d draws x %d calibrated regions x %d years", len(labels), max(e.draws, 1),
@@ -85,9 +89,11 @@ def _run_ensemble(cfg: SimulateConfig, out_dir: Path, *, plain_config: dict) -> 
         params = Params.from_natural(cfg.model.num_domains, **cfg.model.params)
         scenario, forcing = scenario_from_config(params, cfg.scenario)
         forcings = lever_forcings(settings, cfg.scenario.levers, years, scenario.num_regions, forcing.shock)
+        inputs = shard_regions((scenario.initial, scenario.drivers, scenario.graph, forcings), region_mesh(cfg.runtime.devices),
+                               scenario.num_regions)
         log.info("ensemble: %d scenarios x %d synthetic regions x %d years", len(labels), scenario.num_regions, years)
-        ensemble = run_ensemble(jax.tree_util.tree_map(lambda x: x[None], params), scenario.initial, scenario.drivers,
-                                scenario.graph, forcings, scenarios=labels, regions=scenario.region_names,
+        ensemble = run_ensemble(jax.tree_util.tree_map(lambda x: x[None], params), *inputs, scenarios=labels,
+                                regions=scenario.region_names,
                                 years=np.arange(1, years + 1), draws_mapped=False, chunk=e.chunk)
         source, title = "model.params", f"{scenario.num_regions} synthetic regions ({cfg.scenario.name})"
     seconds = time.perf_counter() - started
@@ -109,6 +115,7 @@ def run_calibrate(cfg: CalibrateConfig, out_dir: Path, *, optimizer: optax.Gradi
     data = load_dataset(cfg.data)
     log.info("data: %d regions, years %d-%d (%.1f s to load)", data.num_regions, data.years[0], data.years[-1],
              time.perf_counter() - started)
+    data = shard_regions(data, region_mesh(cfg.runtime.devices), data.num_regions)
     evaluation = None
     if cfg.evaluation.rolling_origin:
         e = cfg.evaluation
@@ -186,6 +193,7 @@ def run_optimize(cfg: OptimizeConfig, out_dir: Path, *, plain_config: dict) -> d
         scenario, _ = scenario_from_config(params, cfg.scenario)
         names, initial, drivers, graph = scenario.region_names, scenario.initial, scenario.drivers, scenario.graph
     problem = PolicyProblem.build(cfg.policy, params, initial, drivers, graph)
+    problem = shard_regions(problem, region_mesh(cfg.runtime.devices), problem.num_regions)
     result = optimize(problem, cfg.optimize, checkpoint_path=out_dir / "checkpoint")
     size = np.asarray(initial.regions.active).sum(-1)
     methods = compare_methods(problem, result, size, seed=cfg.optimize.seed) if cfg.optimize.baselines else \

@@ -61,3 +61,7 @@ class ModelConfig:
 class RuntimeConfig:
     compilation_cache: str | None = option("auto", "folder of compiled programs kept between runs; auto: the "
                                                    "user cache folder; null: none")
+    devices: int = option(1, "devices the regions are split over (jax.sharding); must divide the number of regions")
+
+    def __post_init__(self):
+        _require(isinstance(self.devices, int) and self.devices >= 1, "runtime.devices", "a count >= 1", self.devices)

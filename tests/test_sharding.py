@@ -1,0 +1,95 @@
+"""Regions split over devices compute what one device computes: the simulation, the calibration
+loss and its gradient, the policy objective and its gradient, and the command line. JAX fixes its
+devices when it starts, so each check runs in a fresh process with four forced CPU devices."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+FOUR_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+
+CHECK = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    from diffcomm.calibrate import calibration_prior
+    from diffcomm.config import CalibrateConfig, DataConfig, FitConfig, PolicyConfig
+    from diffcomm.data import load_dataset
+    from diffcomm.effects import Estimate
+    from diffcomm.loss import objective
+    from diffcomm.params import Params
+    from diffcomm.policy import PolicyProblem, evaluate, marginal_values, uniform_allocation
+    from diffcomm.scenario import synthetic_regions
+    from diffcomm.sharding import region_mesh, shard_regions
+    from diffcomm.simulate import make_forcing, simulate
+
+    assert len(jax.devices()) == 4
+    mesh = region_mesh(4)
+
+    def spread(x):  # on how many devices an output lies
+        return len(x.sharding.device_set)
+
+    # the simulation: 12 synthetic regions with cross-local ties, 3 per device
+    params = Params.from_natural(2)
+    sc = synthetic_regions(params, {"world_city": 4, "normal_region": 8}, key=jax.random.key(0), ties_per_region=3)
+    inputs = (sc.initial, sc.drivers, sc.graph, make_forcing(8, sc.num_regions))
+    _, one = simulate(params, *inputs)
+    _, four = simulate(params, *shard_regions(inputs, mesh, sc.num_regions))
+    assert spread(four.observations.patents) == 4
+    for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(four)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-10, atol=1e-12)
+
+    # the calibration loss and its gradient: 20 metros, region and national effects
+    codes = ["10420", "10580", "10740", "12060", "12420", "12580", "14460", "16980", "19100", "19740", "26420",
+             "31100", "33460", "35620", "37980", "41860", "41940", "42660", "47900", "00901"]
+    config = CalibrateConfig(data=DataConfig(regions=codes), fit=FitConfig(region_effects=["attraction", "buzz_quality"]))
+    data, prior = load_dataset(config.data), calibration_prior(config)
+    estimate = Estimate.start(prior.centre, data.num_regions, len(data.years) - 1)
+    estimate = jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(1), x.shape), estimate)
+    value_and_grad = jax.jit(jax.value_and_grad(objective))
+    value, grad = value_and_grad(estimate, data, prior)
+    sharded = shard_regions(data, mesh, data.num_regions)
+    assert spread(sharded.patents) == 4
+    value4, grad4 = value_and_grad(estimate, sharded, prior)
+    np.testing.assert_allclose(float(value4), float(value), rtol=1e-12)
+    for a, b in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(grad4)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-9, atol=1e-12)
+
+    # the policy objective and its gradient (the marginal value of each cell)
+    problem = PolicyProblem.build(PolicyConfig(years=6, budget=30.0), params, sc.initial, sc.drivers, sc.graph)
+    problem4 = shard_regions(problem, mesh, problem.num_regions)
+    spend = uniform_allocation(problem)
+    np.testing.assert_allclose(float(evaluate(problem4, spend)[0]), float(evaluate(problem, spend)[0]), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(marginal_values(problem4, spend)), np.asarray(marginal_values(problem, spend)),
+                               rtol=1e-9, atol=1e-12)
+    print("sharded equals single-device")
+""")
+
+
+@pytest.mark.slow
+def test_sharded_simulation_loss_gradient_and_policy_equal_one_device():
+    done = subprocess.run([sys.executable, "-c", CHECK], env=FOUR_DEVICES, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sharded equals single-device" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_command_line_splits_regions_over_the_devices_it_is_given(tmp_path):
+    def simulate(devices: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "diffcomm.cli", "simulate", "experiment=smoke", f"runtime.devices={devices}",
+                               f"hydra.run.dir={tmp_path / str(devices)}"], env=FOUR_DEVICES, capture_output=True, text=True,
+                              timeout=300)
+
+    assert simulate(1).returncode == 0 and simulate(2).returncode == 0
+    one, two = (pd.read_csv(tmp_path / name / "summary.csv") for name in ("1", "2"))
+    pd.testing.assert_frame_equal(one, two, rtol=1e-6)
+    refused = simulate(4)  # 10 regions do not split over 4 devices
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "diffcomm simulate: error: runtime.devices=4 must divide the number of regions, 10: each device holds as many; "
+        "with the devices here, one of [1, 2]"]
+    assert not (Path(tmp_path / "4") / "summary.json").exists()
