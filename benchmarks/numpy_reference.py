@@ -1,7 +1,10 @@
 """The model's year step in plain NumPy: vectorized over regions, looped over years.
 
-A yardstick for the JAX version (same equations, same order of updates); `bench_simulate.py`
-checks that both give the same numbers before timing them.
+A yardstick for the JAX version: the same equations, the same order of updates and the same
+algebra (log A and log G taken once a year and reused, one exponential per cross-local edge and
+domain, local buzz as one exponential of a sum of logs, no `**`), so that both do the same
+transcendental functions per region-year (`bench_simulate.py` counts them on both sides and
+checks that both give the same numbers before timing them).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ def _sigmoid(x):
 
 
 def _logit(x):
-    return np.log(x) - np.log1p(-x)
+    return np.log(x / (1.0 - x))
 
 
 def _leave(rate):
@@ -52,9 +55,12 @@ def simulate_numpy(p: dict, state: dict, drivers: dict, graph: dict, levers: dic
         A, P, X, G, F = s["active"], s["passive"], s["overlap"], s["knowledge"], s["internationalization"]
         Y, D, S = s["development"], s["disconnection"], s["catchment_share"]
 
-        # cross-local ties
-        sender, receiver = G[src], G[tgt]
-        flow = s["ties"][:, None] * _absorption(p, np.log(sender) - np.log(receiver)) * sender
+        log_A, log_G = np.log(A), np.log(G)
+
+        # cross-local ties: W x exp(1 - x + log G_s), x = relu(log G_s - log G_r) / d*
+        log_sender = log_G[src]
+        x = np.maximum(log_sender - log_G[tgt], 0.0) / p["best_distance"]
+        flow = s["ties"][:, None] * x * np.exp(1.0 - x + log_sender)
         from_ties = np.stack([np.bincount(tgt, flow[:, k], minlength=num_regions) for k in range(num_domains)], 1)
         from_ties = from_ties.astype(G.dtype)
 
@@ -74,7 +80,7 @@ def simulate_numpy(p: dict, state: dict, drivers: dict, graph: dict, levers: dic
         )
         leaving = _leave(act + p["passive_attrition"]) * P
         activation = leaving * act / (act + p["passive_attrition"])
-        switch = _sigmoid(p["critical_mass_steepness"] * (np.log(A) - np.log(p["critical_mass"])))
+        switch = _sigmoid(p["critical_mass_steepness"] * (log_A - np.log(p["critical_mass"])))
         grown = p["reproduction_rate"] * F * switch * A / (1.0 + A / p["carrying_capacity"])
         attrition = p["active_attrition"] * np.exp(-p["amenity_weight"] * amenities)
         A_new = A * np.exp(-col(attrition)) + activation + grown
@@ -86,14 +92,14 @@ def simulate_numpy(p: dict, state: dict, drivers: dict, graph: dict, levers: dic
         ) * col(1.0 - p["shock_on_fairs"] * xi)
         X_new = X * (1.0 - p["overlap_decay"]) + (1.0 - X) * new_overlap
 
-        buzz = (p["buzz_scale"] * A ** p["buzz_elasticity"] * np.exp(p["buzz_specialization_weight"] * drivers["specializing"])
-                * (col(drivers["openness"] + levers["openness"][t]) + X) ** p["lock_in_exponent"])
-        pipeline = (_leave(p["pipeline_scale"] * X * A) * _absorption(p, np.log(s["frontier"]) - np.log(G)) * G
+        buzz = p["buzz_scale"] * np.exp(p["buzz_elasticity"] * log_A + p["buzz_specialization_weight"] * drivers["specializing"]
+                                        + p["lock_in_exponent"] * np.log(col(openness) + X))
+        pipeline = (_leave(p["pipeline_scale"] * X * A) * _absorption(p, np.log(s["frontier"]) - log_G) * G
                     + p["tie_scale"] * from_ties)
         G_new = G * (1.0 - p["ubiquitification"]) + buzz * (1.0 + p["complementarity"] * pipeline / (G + pipeline)) + pipeline
 
         F_new = F * (1.0 - p["export_decay"]) + p["export_rate"] * _sigmoid(
-            p["export_bias"] + p["export_overlap_weight"] * X + p["export_community_weight"] * np.log(A)
+            p["export_bias"] + p["export_overlap_weight"] * X + p["export_community_weight"] * log_A
             + col(p["export_mne_weight"] * drivers["mne_presence"])
         ) * col(1.0 - p["shock_on_exports"] * xi)
         Y_new = (Y * (1.0 - p["development_decay"]) + p["development_decay"]
