@@ -104,21 +104,32 @@ def test_a_sweep_on_the_joblib_launcher_writes_its_table_and_a_restart_skips_fin
     assert len(table) == 3 and (table.status == "finished").all()
     assert list(table["scenario.shock.intensity"]) == [0, 0.5, 1] and (table["scenario.shock.start"] == 2).all()
     for row in table.itertuples():  # the table holds each run's own results
-        own = pd.read_csv(sweep / row.run / "summary.csv").set_index("archetype").exports_intensity_last
+        own = pd.read_csv(sweep / row.folder / "summary.csv").set_index("archetype").exports_intensity_last
         np.testing.assert_allclose(table.loc[row.Index, [f"exports_intensity_last.{a}" for a in own.index]], own, rtol=1e-9)
     exports = table.filter(like="exports_intensity_last.").mean(axis=1)
     assert exports[0] > exports[1] > exports[2]  # a harder shock leaves less exporting
 
     # an interrupted sweep: one run never finished; starting it again with one more value
     # redoes that run, runs the new one, and leaves the finished ones alone
-    (sweep / table.run[1] / "summary.json").unlink()
-    kept = {name: (sweep / name / "summary.json").stat().st_mtime_ns for name in table.run[[0, 2]]}
+    (sweep / table.folder[1] / "summary.json").unlink()
+    kept = {name: (sweep / name / "summary.json").stat().st_mtime_ns for name in table.folder[[0, 2]]}
     assert run("simulate", *common, "scenario.shock.intensity=0,0.5,1,0.25") == 0
     again = pd.read_csv(sweep / "sweep.csv")
     assert len(again) == 4 and (again.status == "finished").all()
     assert {name: (sweep / name / "summary.json").stat().st_mtime_ns for name in kept} == kept
-    assert (sweep / table.run[1] / "summary.json").exists()
-    assert "skipped" in (sweep / table.run[0] / "simulate.log").read_text()
+    assert (sweep / table.folder[1] / "summary.json").exists()
+    assert "skipped" in (sweep / table.folder[0] / "simulate.log").read_text()
+    assert list(again.folder[:3]) == list(table.folder)  # the same folders: named by their overrides, not their order
+
+
+def test_a_run_that_fails_in_a_sweep_is_recorded_and_the_others_go_on(tmp_path):
+    sweep = tmp_path / "sweep"  # 10 regions over 3 devices: that run fails as it starts (on any machine)
+    code = run("simulate", "-m", "experiment=smoke", "runtime.devices=1,3", f"hydra.sweep.dir={sweep}")
+    assert code == 1
+    table = pd.read_csv(sweep / "sweep.csv")
+    assert list(table.status) == ["finished", "failed"] and list(table["runtime.devices"]) == [1, 3]
+    assert table.error[1].startswith("runtime.devices=3")
+    assert not (sweep / table.folder[1] / "summary.json").exists()
 
 
 def test_the_slurm_launcher_config_composes_on_the_submitit_plugin():

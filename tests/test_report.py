@@ -117,10 +117,12 @@ def test_outputs_appear_together_or_not_at_all(tmp_path):
     assert list(failed.iterdir()) == []  # nothing complete-looking is left behind
 
 
-def _run_folder(sweep, name, overrides, summary=None, params=None):
+def _run_folder(sweep, name, overrides, summary=None, params=None, num=None):
     folder = sweep / name
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if num is not None:
+        (folder / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
     if params is not None:
         params.to_csv(folder / "params.csv", index=False)
     if summary is not None:
@@ -133,17 +135,21 @@ def test_the_sweep_table_has_a_row_per_run_with_its_overrides_and_results(tmp_pa
                                      "value": [2.0, w, 0.2], "se": [0.1, 0.05, 0.04]})
     summary = lambda loss: {"loss_per_observation": loss, "fit": {"deviance_explained_vs_constant": 0.9},  # noqa: E731
                             "polish_converged": False, "seconds": 12.5, "config": {"fit": {"seed": 0}}}
-    _run_folder(tmp_path, "10_fit.seed=2", ["fit.seed=2", "+model.params.decay=0.1"])  # started, never finished
-    _run_folder(tmp_path, "9_fit.seed=1", ["fit.seed=1", "+model.params.decay=0.1"], summary(3.1), params(0.7))
-    _run_folder(tmp_path, "0_fit.seed=0", ["fit.seed=0"], summary(3.0), params(0.5))
-    (tmp_path / ".submitit").mkdir()  # the launcher's own folders are not runs
+    _run_folder(tmp_path, "fit.seed=2", ["fit.seed=2", "+model.params.decay=0.1"], num=10)  # started, never finished
+    _run_folder(tmp_path, "fit.seed=1", ["fit.seed=1", "+model.params.decay=0.1"], summary(3.1), params(0.7), num=9)
+    _run_folder(tmp_path, "fit.seed=0", ["fit.seed=0"], summary(3.0), params(0.5), num=0)
+    (_run_folder(tmp_path, "fit.seed=3", ["fit.seed=3"], num=11) / "failed.txt").write_text("data.regions: no such code\n")
+    _run_folder(tmp_path, "run=outputs/calibrate/x", ["run=outputs/calibrate/x"], summary(3.2), params(0.6), num=12)
+    (tmp_path / ".submitit" / "1" / ".hydra").mkdir(parents=True)  # the launcher's own folders are not runs
 
     table = write_sweep_table(tmp_path, "calibrate")
     assert pd.read_csv(tmp_path / "sweep.csv").shape == table.shape
-    assert list(table.run) == ["0_fit.seed=0", "9_fit.seed=1", "10_fit.seed=2"]  # by job number, not by name
-    assert list(table.status) == ["finished", "finished", "unfinished"]
-    assert list(table["fit.seed"]) == ["0", "1", "2"] and table["model.params.decay"].tolist()[1:] == ["0.1", "0.1"]
+    assert list(table.folder) == ["fit.seed=0", "fit.seed=1", "fit.seed=2", "fit.seed=3", "run=outputs/calibrate/x"]  # by job
+    assert list(table.status) == ["finished", "finished", "unfinished", "failed", "finished"]
+    assert table.error[3] == "data.regions: no such code"
+    assert list(table["fit.seed"][:4]) == ["0", "1", "2", "3"] and table["model.params.decay"].tolist()[1:3] == ["0.1", "0.1"]
     assert list(table.loss_per_observation[:2]) == [3.0, 3.1] and np.isnan(table.loss_per_observation[2])
+    assert table.connecting_weight[4] == 0.6  # a run folder nested by a value with a slash
     assert list(table.connecting_weight[:2]) == [0.5, 0.7] and list(table.amenity_weight_se[:2]) == [0.04, 0.04]
     assert "inflow_bias" not in table  # driver weights only
 
@@ -165,6 +171,6 @@ def test_the_sweep_table_of_simulate_reads_archetypes_or_an_ensemble(tmp_path):
                 "config": {}}
     _run_folder(tmp_path, "0_a", ["scenario.years=5"], archetypes)
     _run_folder(tmp_path, "1_b", ["scenario.years=6"], ensemble)
-    table = write_sweep_table(tmp_path, "simulate").set_index("run")
+    table = write_sweep_table(tmp_path, "simulate").set_index("folder")
     assert table.loc["0_a", "patents_last.world_city"] == 5.0 and "patents_first.world_city" not in table
     assert table.loc["1_b", "patents_mean.middleground=1"] == 12.0 and table.loc["1_b", "vs_first_mean.base"] == 1.0

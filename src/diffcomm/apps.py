@@ -163,8 +163,9 @@ def _robust_policy(cfg: OptimizeConfig, calibration, data, at_estimate: PolicyPr
 
     def part(rows: slice) -> PolicyProblem:
         take = lambda tree: jax.tree_util.tree_map(lambda x: x[rows], tree)  # noqa: E731
-        return PolicyProblem.build(settings, take(sampled.params), take(initial), take(drivers), graph,
-                                   draws=rows.stop - rows.start)
+        problem = PolicyProblem.build(settings, take(sampled.params), take(initial), take(drivers), graph,
+                                      draws=rows.stop - rows.start)
+        return shard_regions(problem, region_mesh(cfg.runtime.devices), problem.num_regions)
 
     robust_problem, holdout = part(slice(0, settings.draws)), part(slice(settings.draws, total))
     log.info("optimize: the expected objective over %d %s draws (each step simulates every draw)", settings.draws,

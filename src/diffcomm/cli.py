@@ -42,7 +42,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from . import apps
 from .config import SCHEMAS
 from .errors import ConfigError, DataError
-from .report.sweep import SWEEP_FILE, finished_run, write_sweep_table
+from .report.sweep import FAILED_FILE, SWEEP_FILE, finished_run, write_sweep_table
 from .training import Interrupted, clear_stop, request_stop
 
 COMMANDS = {
@@ -188,7 +188,8 @@ def command_help(command: str) -> str:
     resumes = "; the same folder resumes its checkpoint" if command in ("calibrate", "optimize") else ""
     lines += ["", "also: -m (a sweep: key=a,b,c), --cfg job (print the composed config),",
               f"      hydra.run.dir=<folder> (where the run writes{resumes}),",
-              "      runtime.compilation_cache=<folder>|null (compiled programs kept between runs)", "", "examples:"]
+              "      runtime.compilation_cache=<folder>|null (compiled programs kept between runs),",
+              "      runtime.devices=N (split the regions over N devices)", "", "examples:"]
     lines += [f"  {example}" for example in EXAMPLES[command]]
     return "\n".join(lines)
 
@@ -276,9 +277,11 @@ def _task(command: str) -> Callable[[DictConfig], None]:
         logging.getLogger("jax._src.compilation_cache").setLevel(logging.WARNING)  # and so is its cache reset
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         plain = OmegaConf.to_container(cfg, resolve=True)
-        if HydraConfig.get().mode == RunMode.MULTIRUN and finished_run(out_dir, plain):
+        sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+        if sweep and finished_run(out_dir, plain):
             logging.getLogger("diffcomm").info("%s: finished in an earlier start of this sweep; skipped", out_dir)
             return
+        (out_dir / FAILED_FILE).unlink(missing_ok=True)
         try:
             typed = to_typed(cfg, command)
             x64 = typed.x64 if command == "forecast" else typed.model.x64
@@ -293,6 +296,10 @@ def _task(command: str) -> Callable[[DictConfig], None]:
             with _compilation_cache(typed.runtime.compilation_cache):
                 _work_in_thread(lambda: run(typed, out_dir, **kwargs), x64=x64, staging=out_dir / ".staging")
         except (ConfigError, DataError, FloatingPointError) as error:
+            if sweep:  # the other runs of the sweep go on; sweep.csv marks this one failed
+                _fail(command, f"{out_dir}: {error}")
+                (out_dir / FAILED_FILE).write_text(f"{error}\n")
+                return
             raise SystemExit(_fail(command, str(error))) from None
         except Interrupted as stop:
             if stop.path is None:  # work without checkpoints: nothing to resume
@@ -307,6 +314,9 @@ def _task(command: str) -> Callable[[DictConfig], None]:
     return task
 
 
+_SWEEP_FAILURES: list[str] = []  # what the sweep table found failed, for main()'s exit code
+
+
 class SweepTable(Callback):
     """Hydra callback (in `conf/<command>.yaml`): at the end of a multirun, `sweep.csv` in the
     sweep folder, one row per run with its overrides and key results (`report.sweep`)."""
@@ -317,8 +327,11 @@ class SweepTable(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         folder = Path(config.hydra.sweep.dir)
         table = write_sweep_table(folder, self.command)
-        finished = int((table.status == "finished").sum()) if len(table) else 0
-        logging.getLogger("diffcomm").info("sweep: %d of %d runs finished -> %s", finished, len(table), folder / SWEEP_FILE)
+        counts = table.status.value_counts() if len(table) else {}
+        logging.getLogger("diffcomm").info("sweep: %d of %d runs finished, %d failed -> %s", counts.get("finished", 0),
+                                           len(table), counts.get("failed", 0), folder / SWEEP_FILE)
+        if counts.get("failed", 0):  # main() ends with exit code 1 (Hydra turns a callback's error into a warning)
+            _SWEEP_FAILURES.append(f"{counts['failed']} of {len(table)} runs failed; {folder / SWEEP_FILE} says which and why")
 
 
 @contextlib.contextmanager
@@ -356,12 +369,13 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(command, str(error))
     _register_schemas()
     app = hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")(_task(command))
+    _SWEEP_FAILURES.clear()
     try:
         with _argv([f"diffcomm {command}", *rest]):
             app()
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    return 0
+    return _fail(command, _SWEEP_FAILURES[-1], code=1) if _SWEEP_FAILURES else 0
 
 
 if __name__ == "__main__":

@@ -118,7 +118,8 @@ def run_ensemble(params: Params, initial: State, drivers: Drivers, graph: Graph,
     num_scenarios, num_years, num_regions = forcings.shock.shape
     if chunk is None:
         per_draw = num_scenarios * num_years * num_regions * len(VARIABLES) * jnp.zeros(()).dtype.itemsize
-        chunk = int(max(1, min(num, CHUNK_BYTES // per_draw)))
+        chunk = CHUNK_BYTES // per_draw
+    chunk = int(max(1, min(num, chunk)))
     mapped = (params, initial, drivers) if draws_mapped else (params,)
     parts = []
     for start in range(0, num, chunk):
@@ -153,7 +154,8 @@ def ensemble_from_calibration(calibration: Calibration, data: Dataset, forcings:
     """The calibrated regions from the data's last year on, under `draws` draws of the estimate
     (its NUTS draws where the calibration has them, else its Laplace approximation; 0: the
     estimate alone), for each scenario of `forcings`. Each draw starts from the regions'
-    filtered levels in the last year (`forecast.calibrated_regions`). Patents are the model's,
+    filtered levels in the last year (`forecast.calibrated_regions`; the starting states of all
+    draws are made at once, N x R x the state's size, before the chunks are simulated). Patents are the model's,
     times each draw's national factor held at its value in the last year: at the start they are
     the filtered counts, and their growth is the model's (a forecast with national year effects
     and count noise is `forecast.forecast`)."""

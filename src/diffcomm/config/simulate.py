@@ -126,6 +126,9 @@ class SimulateConfig:
             _require(not self.scenario.shock.archetypes, "scenario.shock.archetypes",
                      "empty with run=... (calibrated regions have no archetypes; a shock hits every region)",
                      self.scenario.shock.archetypes)
+        for i, setting in enumerate(self.ensemble.scenarios):  # a scenario's levers add to scenario.levers
+            total = self.scenario.levers.get("spawning", 0.0) + setting.get("spawning", 0.0)
+            _require(total >= 0, f"ensemble.scenarios[{i}].spawning", ">= 0 with scenario.levers.spawning added", total)
         _require(self.run is not None or self.ensemble.draws == 0, "ensemble.draws",
                  "0 without run=<a calibrated run> (parameter draws come from a calibration)", self.ensemble.draws)
 

@@ -1,16 +1,16 @@
 """The table of a sweep: one row per run of a multirun, its overrides as columns and its key results.
 
-A sweep folder holds one run folder per combination (`<n>_<overrides>/`), each with the overrides
-Hydra recorded (`.hydra/overrides.yaml`) and, once the run has finished, its `summary.json`
-(written last, `files.RunOutputs`). `sweep_table` reads them back, whatever launcher ran the
-runs and however many times the sweep was started; `finished_run` says whether a run folder
-already holds the finished run of a given config, so that a sweep started again skips it.
+A sweep folder holds one run folder per combination (named by its overrides; a value with a `/`,
+such as `run=outputs/calibrate/x`, nests it deeper), each with what Hydra recorded (`.hydra/`) and,
+once the run has finished, its `summary.json` (written last, `files.RunOutputs`), or `failed.txt`
+if it ended in an error. `sweep_table` reads them back, whatever launcher ran the runs and however
+many times the sweep was started; `finished_run` says whether a run folder already holds the
+finished run of a given config, so that a sweep started again skips it.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Callable
 
@@ -19,9 +19,10 @@ import yaml
 
 from ..files import atomic_path
 
-__all__ = ["SWEEP_FILE", "finished_run", "sweep_table", "write_sweep_table"]
+__all__ = ["FAILED_FILE", "SWEEP_FILE", "finished_run", "sweep_table", "write_sweep_table"]
 
 SWEEP_FILE = "sweep.csv"
+FAILED_FILE = "failed.txt"  # in a run folder: the error that ended the run
 
 
 def _simulate(summary: dict, folder: Path) -> dict:
@@ -81,25 +82,35 @@ def _overrides(folder: Path) -> dict[str, str]:
     return {key.lstrip("+"): value for key, value in pairs}
 
 
-def _number(folder: Path) -> int:
-    match = re.match(r"(\d+)_?", folder.name)
-    return int(match.group(1)) if match else -1
+def _job_number(folder: Path) -> int:
+    """The run's job number in the latest start of the sweep (`.hydra/hydra.yaml`), -1 if unknown."""
+    try:
+        return int(yaml.safe_load((folder / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["num"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return -1
+
+
+def _runs(folder: Path) -> list[Path]:
+    """Every run folder under `folder` (one holding `.hydra/`), by job number; not the launcher's own."""
+    runs = [p.parent for p in Path(folder).rglob(".hydra") if p.is_dir() and ".submitit" not in p.relative_to(folder).parts]
+    return sorted(runs, key=lambda p: (_job_number(p), str(p)))
 
 
 def sweep_table(folder: Path, command: str) -> pd.DataFrame:
-    """One row per run folder of the sweep in `folder` (by job number): `run`, `status`
-    (`finished`, or `unfinished` for a run without `summary.json`), the overrides, `seconds`
-    and `command`'s key results (`KEY_RESULTS`)."""
-    runs = [p for p in Path(folder).iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
-    runs.sort(key=lambda p: (_number(p), p.name))
+    """One row per run folder of the sweep in `folder` (by job number): `folder` (relative to
+    `folder`), `status` (`finished`; `failed`, with the error in `error`; or `unfinished`), the
+    overrides, `seconds` and `command`'s key results (`KEY_RESULTS`)."""
+    folder = Path(folder)
     rows = []
-    for run in runs:
-        row = {"run": run.name, "status": "unfinished", **_overrides(run)}
+    for run in _runs(folder):
+        row = {"folder": run.relative_to(folder).as_posix(), "status": "unfinished", **_overrides(run)}
         if (run / "summary.json").exists():
             summary = json.loads((run / "summary.json").read_text())
             row |= {"status": "finished", "seconds": summary.get("seconds"), **KEY_RESULTS[command](summary, run)}
+        elif (run / FAILED_FILE).exists():
+            row |= {"status": "failed", "error": (run / FAILED_FILE).read_text().strip()}
         rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else ["run", "status"])
+    return pd.DataFrame(rows, columns=None if rows else ["folder", "status"])
 
 
 def write_sweep_table(folder: Path, command: str) -> pd.DataFrame:
@@ -112,7 +123,8 @@ def write_sweep_table(folder: Path, command: str) -> pd.DataFrame:
 
 def finished_run(folder: Path, config: dict) -> bool:
     """Whether `folder` holds a finished run (`summary.json`) of exactly `config` (the resolved
-    config of the command, as its `summary.json` stores it)."""
+    config of the command, as its `summary.json` stores it), written after the calibration it
+    read (`run=`, if any) was last saved."""
     path = Path(folder) / "summary.json"
     if not path.exists():
         return False
@@ -120,4 +132,7 @@ def finished_run(folder: Path, config: dict) -> bool:
         stored = json.loads(path.read_text()).get("config")
     except (json.JSONDecodeError, AttributeError):
         return False
+    source = Path(str(config.get("run"))) / "fitted.eqx" if config.get("run") else None
+    if source is not None and source.exists() and source.stat().st_mtime > path.stat().st_mtime:
+        return False  # the calibration it started from has changed since
     return stored == json.loads(json.dumps(config))

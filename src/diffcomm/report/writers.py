@@ -49,6 +49,14 @@ def write_simulation(out: RunOutputs, scenario: Scenario, traj: Trajectory, outp
     return summary
 
 
+def _ratio_summary(ratio: np.ndarray) -> dict:
+    """Mean, 5% and 95% of ratios over the draws; None where a first scenario's total was 0."""
+    if not np.isfinite(ratio).all():
+        return dict(vs_first_mean=None, vs_first_q05=None, vs_first_q95=None)
+    return dict(vs_first_mean=float(ratio.mean()), vs_first_q05=float(np.quantile(ratio, 0.05)),
+                vs_first_q95=float(np.quantile(ratio, 0.95)))
+
+
 def write_ensemble(out: RunOutputs, ensemble: Ensemble, *, title: str, draws_from: str, seconds: float,
                    config: dict) -> dict:
     """`ensemble.csv` (`Ensemble.table`), `ensemble_regions.csv` (`Ensemble.region_table`),
@@ -58,10 +66,11 @@ def write_ensemble(out: RunOutputs, ensemble: Ensemble, *, title: str, draws_fro
     ensemble.region_table().to_csv(out.path("ensemble_regions.csv"), index=False)
     figures.plot_ensemble(ensemble, out.path("ensemble.png"), title=title)
     patents = ensemble.aggregates["patents"][:, :, -1]  # (S, N): the total in the last year
-    ratio = patents / patents[:1]  # each draw's total against the first scenario's under the same draw
+    with np.errstate(divide="ignore", invalid="ignore"):  # each draw's total against the first scenario's, same draw
+        ratio = np.where(patents[:1] > 0, patents / patents[:1], np.nan)
     last = [dict(scenario=name, patents_mean=float(v.mean()), patents_q05=float(np.quantile(v, 0.05)),
-                 patents_q95=float(np.quantile(v, 0.95)), vs_first_mean=float(r.mean()), vs_first_q05=float(np.quantile(r, 0.05)),
-                 vs_first_q95=float(np.quantile(r, 0.95))) for name, v, r in zip(ensemble.scenarios, patents, ratio)]
+                 patents_q95=float(np.quantile(v, 0.95)), **_ratio_summary(r))
+            for name, v, r in zip(ensemble.scenarios, patents, ratio)]
     summary = dict(regions=len(ensemble.regions), years=[int(ensemble.years[0]), int(ensemble.years[-1])],
                    draws=ensemble.draws, parameter_draws=draws_from, scenarios=list(ensemble.scenarios),
                    ensemble=dict(last_year=last), seconds=seconds, config=config,
