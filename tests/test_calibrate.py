@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.flatten_util import ravel_pytree
 
-from diffcomm.calibrate import Calibration, calibrate, calibration_prior, fit, load_calibration, save_calibration
+from diffcomm.calibrate import Calibration, calibrate, calibration_prior, fit, load_calibration, polish, save_calibration
 from diffcomm.config import FitConfig
 from diffcomm.effects import Estimate
 from diffcomm.errors import ConfigError
@@ -196,17 +195,22 @@ def test_the_fit_reaches_the_same_optimum_from_perturbed_data_to_the_precision_o
     np.testing.assert_allclose(calibrate(nudged, config).laplace.natural, calibration.laplace.natural, rtol=1e-5)
 
 
-def test_the_polish_ends_where_the_gradient_of_the_objective_vanishes(fitted_small):
-    """The polish's rounds end at a stationary point of `objective` with the curvature's
-    information held fixed (the gradient Adam follows), far closer to one than the restarts'
-    best; the line search on the objective itself stalled short of it on the metros."""
+def test_the_polish_lowers_the_objective_and_never_raises_it(fitted_small):
+    """The polish returns the objective's value at its estimate, never above its start's; from
+    a start away from the restarts' best, the rounds it keeps lower the objective. (Its rounds
+    minimise the objective with the curvature's information frozen, which need not lower the
+    objective itself: on this fixture's restarts' best, no part of the first round's move does.)"""
     data, config, calibration = fitted_small
     prior = calibration_prior(config)
 
-    def gradient_norm(estimate):
-        free, fixed = eqx.partition(estimate, calibration.mask)
-        grads = jax.grad(lambda f: objective(eqx.combine(f, fixed), data, prior))(free)
-        return float(jnp.linalg.norm(ravel_pytree(grads)[0]))
+    def value(estimate):
+        return float(objective(estimate, data, prior))
 
-    assert calibration.polished.converged
-    assert gradient_norm(calibration.estimate) < 0.1 * gradient_norm(calibration.restarts.estimate)
+    assert value(calibration.estimate) <= value(calibration.restarts.estimate)
+    np.testing.assert_allclose(calibration.polished.best_losses[0], value(calibration.estimate), rtol=1e-12)
+    best = calibration.restarts.estimate
+    start = eqx.tree_at(lambda e: e.params.unconstrained["educating_weight"], best,
+                        best.params.unconstrained["educating_weight"] + 0.5)
+    result = polish(start, data, prior, config.fit)
+    assert result.best_losses[0] < value(start) - 1e-3
+    np.testing.assert_allclose(result.best_losses[0], value(result.estimate), rtol=1e-12)
