@@ -165,11 +165,13 @@ def bench_size(num_regions: int, num_years: int, repeats: int) -> dict:
     jax_obs = forward()
     np_args = numpy_inputs(params, sc, forcing)
     np_obs = simulate_numpy(*np_args)
-    # Both run in float32 here; rounding is amplified near the critical mass over 50 years, so the
-    # check is loose. tests/test_numpy_reference.py checks agreement to 1e-9 in float64.
+    # Both run in float32 here; rounding is amplified near the critical mass over 50 years, and the
+    # sums over regions (the international community) are added in another order by XLA and NumPy,
+    # so the check is loose, more so as R grows. tests/test_numpy_reference.py checks agreement to
+    # 1e-9 in float64.
     rel = np.concatenate([np.ravel(np.abs(np_obs[k] - np.asarray(getattr(jax_obs, k))) / np.abs(np_obs[k])) for k in np_obs])
     worst, typical, off = float(rel.max()), float(np.median(rel)), float(np.mean(rel > 1e-3))
-    if typical > 1e-5 or off > 1e-3:
+    if typical > 1e-4 or off > 1e-2:
         raise SystemExit(f"NumPy and JAX disagree at R={num_regions}: relative difference median {typical:.2e}, "
                          f"{100 * off:.2f}% of values off by more than 1e-3 (max {worst:.2e})")
 
@@ -181,6 +183,7 @@ def bench_size(num_regions: int, num_years: int, repeats: int) -> dict:
                share_off_by_more_than_1e_3=off)
     row["forward_seconds"] = best_time(forward, repeats)
     row["numpy_seconds"] = best_time(lambda: simulate_numpy(*np_args), repeats)
+    row["peak_rss_forward_bytes"] = peak_rss()  # the process so far: inputs, forward and NumPy runs
     if num_regions <= GRADIENT_ABOVE:
         gradient = jax.jit(jax.grad(lambda prm: loss(prm, True)))
         gradient_stored = jax.jit(jax.grad(lambda prm: loss(prm, False)))
@@ -221,9 +224,9 @@ def child(args) -> None:
     else:
         repeats = args.repeats if args.child < 1_000_000 else args.repeats_large
         row = bench_size(args.child, args.years, repeats)
+        row["peak_rss_bytes"] = peak_rss()  # with the gradients, where run
         row["transcendentals_per_s_limit"] = transcendental_rate()
         row["copy_bandwidth_bytes_per_s"] = stream_bandwidth()
-        row["peak_rss_bytes"] = peak_rss()
     row["cores"] = len(os.sched_getaffinity(0))
     print(json.dumps(row))
 
@@ -253,7 +256,7 @@ def main(argv=None) -> int:
     device = jax.devices()[0]
     print(f"device: {device.platform} ({device.device_kind}), cores: {len(os.sched_getaffinity(0))}")
     header = (f"{'cores':>5} {'R':>8} {'fwd ry/s':>10} {'grad ry/s':>10} {'numpy ry/s':>10} {'grad/fwd':>8} {'jax/np':>7} "
-              f"{'tr/ry':>9} {'B/ry':>6} {'%tr':>5} {'%bw':>5} {'peak GB':>7}")
+              f"{'tr/ry':>9} {'B/ry':>6} {'%tr':>5} {'%bw':>5} {'fwd GB':>7} {'peak GB':>7}")
     print(header)
     rows = []
     common = ["--years", str(args.years), "--repeats", str(args.repeats), "--repeats-large", str(args.repeats_large)]
@@ -270,7 +273,8 @@ def main(argv=None) -> int:
                   f"{row.get('gradient_over_forward', float('nan')):>8.2f} {row['jax_over_numpy_speedup']:>7.2f} "
                   f"{row['transcendentals_per_region_year']:>4.0f}/{row['numpy_transcendentals_per_region_year']:<4.0f} "
                   f"{row['bytes_per_region_year']:>6.0f} {100 * row['fraction_of_transcendental_limit']:>4.0f}% "
-                  f"{100 * row['fraction_of_bandwidth']:>4.0f}% {row['peak_rss_bytes'] / 1e9:>7.2f}", flush=True)
+                  f"{100 * row['fraction_of_bandwidth']:>4.0f}% {row['peak_rss_forward_bytes'] / 1e9:>7.2f} "
+                  f"{row['peak_rss_bytes'] / 1e9:>7.2f}", flush=True)
     memory = run_child("--child", "100000", "--years", "200", "--gradient-memory")
     print(f"gradient at R=1e5, T=200: peak {memory['peak_rss_bytes'] / 1e9:.2f} GB ({memory['seconds']:.1f} s with compilation)")
     largest = max(rows, key=lambda r: (r["regions"], r["cores"]))
