@@ -199,3 +199,22 @@ def test_ensemble_over_initial_states_equals_separate_runs(scenario):
     for i, start in enumerate(starts):
         _, single = simulate(params, start, sc.drivers, sc.graph, forcing, record_states=False)
         np.testing.assert_allclose(traj.observations.patents[i], single.observations.patents, rtol=1e-12)
+
+
+def test_a_long_checkpointed_simulation_has_the_gradient_of_the_stored_one(key, x64):
+    """From `NESTED_CHECKPOINT_YEARS` on, a checkpointed simulation runs in checkpointed blocks of
+    about sqrt(T) years (less memory); its value and gradient are those of the plain scan."""
+    years = 75  # 8 blocks of 8 years, then 11 years more
+    assert years >= importlib.import_module("diffcomm.simulate").NESTED_CHECKPOINT_YEARS
+    params = Params.from_natural(2)
+    sc = synthetic_regions(params, {"world_city": 2, "normal_region": 4}, key=key, ties_per_region=2)
+    forcing = make_forcing(years, sc.num_regions, shock=jnp.zeros((years, sc.num_regions)).at[30:32].set(0.5))
+
+    def loss(p, checkpoint):
+        _, traj = simulate(p, sc.initial, sc.drivers, sc.graph, forcing, record_states=False, checkpoint=checkpoint)
+        return jnp.mean(jnp.log(traj.observations.patents)) + jnp.mean(traj.observations.nonlocal_share[::7])
+
+    stored, blocked = (jax.value_and_grad(loss)(params, c) for c in (False, True))
+    np.testing.assert_allclose(blocked[0], stored[0], rtol=1e-13)
+    for a, b in zip(jax.tree_util.tree_leaves(stored[1]), jax.tree_util.tree_leaves(blocked[1])):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-14)

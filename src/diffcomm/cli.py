@@ -132,7 +132,7 @@ def _composition_message(error: Exception) -> str:
     elif cause is not None and "could not be converted" in str(cause) or "is not a valid" in str(cause or ""):
         message = f"{message.rstrip('.')}: {_first_line(cause)}"  # the type the key takes
     elif "hydra/launcher/submitit" in message:  # hydra/launcher=slurm without the plugin it extends
-        message = f"{message}: the SLURM launcher needs Hydra's submitit plugin: pip install 'diffcomm[cluster]'"
+        message = f"{message.rstrip('.')}: the SLURM launcher needs Hydra's submitit plugin: pip install 'diffcomm[cluster]'"
     elif "Could not find '" in message:  # a group option that does not exist: name the ones that do
         group = message.split("Could not find '")[1].split("/")[0]
         options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))

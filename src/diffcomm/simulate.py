@@ -8,6 +8,7 @@ year, and a restart of knowledge from the counts observed at a forecast origin.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import equinox as eqx
@@ -25,6 +26,7 @@ from .state import Flows, RegionState, State
 if TYPE_CHECKING:  # the data set is only read here; data/ builds it
     from .data import Dataset
 
+NESTED_CHECKPOINT_YEARS = 64  # from this many years a checkpointed simulation keeps O(sqrt(T)) states
 
 class Trajectory(eqx.Module):
     """What a simulation records, with leading axes (T, R).
@@ -73,10 +75,37 @@ def _simulate(
             return new_state, (observations, new_state.regions, flows)
         return new_state, (observations, None, None)
 
-    if checkpoint:  # recompute each year's internals on the backward pass instead of storing them
-        one_year = jax.checkpoint(one_year)
-    final, (observations, regions, flows) = jax.lax.scan(one_year, initial, (forcing.levers, forcing.shock))
+    inputs = (forcing.levers, forcing.shock)
+    if not checkpoint:
+        final, (observations, regions, flows) = jax.lax.scan(one_year, initial, inputs)
+    else:  # recompute each year's internals on the backward pass instead of storing them
+        final, (observations, regions, flows) = _checkpointed_scan(jax.checkpoint(one_year), initial, inputs)
     return final, Trajectory(observations, regions, flows)
+
+
+def _checkpointed_scan(body, initial: State, inputs):
+    """`lax.scan(body, initial, inputs)` for a checkpointed `body`. Up to `NESTED_CHECKPOINT_YEARS`
+    years the backward pass keeps each year's state; beyond, the years run in blocks of about
+    sqrt(T), each block checkpointed too, so that it keeps the state at each block's start and,
+    while it differentiates one block, that block's years: O(sqrt(T)) states instead of O(T), for
+    one more forward pass."""
+    num_years = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+    if num_years < NESTED_CHECKPOINT_YEARS:
+        return jax.lax.scan(body, initial, inputs)
+    size = math.isqrt(num_years)
+    blocks = num_years // size
+
+    @jax.checkpoint
+    def block(state, block_inputs):
+        return jax.lax.scan(body, state, block_inputs)
+
+    head = jax.tree_util.tree_map(lambda x: x[: blocks * size].reshape(blocks, size, *x.shape[1:]), inputs)
+    state, outputs = jax.lax.scan(block, initial, head)
+    outputs = jax.tree_util.tree_map(lambda y: y.reshape(blocks * size, *y.shape[2:]), outputs)
+    if blocks * size == num_years:
+        return state, outputs
+    state, rest = jax.lax.scan(body, state, jax.tree_util.tree_map(lambda x: x[blocks * size :], inputs))
+    return state, jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), outputs, rest)
 
 
 _simulate_jit = eqx.filter_jit(_simulate)
