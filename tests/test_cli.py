@@ -158,6 +158,7 @@ def test_the_slurm_launcher_config_composes_on_the_submitit_plugin():
         ("simulate", "ensemble.draws=3", "ensemble.draws must be 0 without run=<a calibrated run>"),
         ("simulate", "ensemble.scenarios=[{nope:1}]", "ensemble.scenarios[0].nope must be a lever from"),
         ("simulate", "ensemble.scenarios=[{},{}]", "ensemble.scenarios[1] must be a setting not given before"),
+        ("simulate", "ensemble.scenarios=[{spawning:-1}]", "ensemble.scenarios[0].spawning must be >= 0 with scenario.levers"),
         ("simulate", "run=/no/such/run", "run must be an existing folder written by diffcomm calibrate"),
         ("simulate", "experiment=disruption scenario.shock.start=500", "scenario.shock.start must be a year within the 5"),
         ("simulate", "scenario.shock.intensity=1 scenario.shock.duration=0", "scenario.shock.duration must be >= 1 year"),
