@@ -30,7 +30,7 @@ from .params import Params
 from .policy import PolicyProblem, optimize
 from .posterior import require_sampler, sample_posterior
 from .report import writers
-from .scenario import scenario_from_config
+from .scenario import scenario_from_config, shock_window
 from .sharding import region_mesh, shard_regions
 from .simulate import simulate
 from .training import claim_run_folder
@@ -70,15 +70,13 @@ def _run_ensemble(cfg: SimulateConfig, out_dir: Path, *, plain_config: dict) -> 
     settings = list(cfg.ensemble.scenarios) or [{}]
     labels = tuple(scenario_label(setting) for setting in settings)
     years, e = cfg.scenario.years, cfg.ensemble
-    shock, window = cfg.scenario.shock, np.zeros(years)
-    window[shock.start - 1 : shock.start - 1 + shock.duration] = shock.intensity
     started = time.perf_counter()
     if cfg.run is not None:
         calibration = load_calibration(Path(cfg.run))
         data = load_dataset(calibration.config.data)
         data = shard_regions(data, region_mesh(cfg.runtime.devices), data.num_regions)
         forcings = lever_forcings(settings, cfg.scenario.levers, years, data.num_regions,
-                                  jnp.asarray(np.repeat(window[:, None], data.num_regions, axis=1)))
+                                  jnp.asarray(np.repeat(shock_window(cfg.scenario)[:, None], data.num_regions, axis=1)))
         log.info("ensemble: %d scenarios x %d draws x %d calibrated regions x %d years", len(labels), max(e.draws, 1),
                  data.num_regions, years)
         ensemble = ensemble_from_calibration(calibration, data, forcings, scenarios=labels, draws=e.draws,

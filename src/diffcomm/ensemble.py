@@ -26,7 +26,7 @@ from .forecast import calibrated_regions
 from .inputs import LEVERS, Graph, Levers
 from .laplace import draw_estimates
 from .observation import Observations
-from .simulate import make_forcing, simulate
+from .simulate import make_forcing, simulate, stack
 from .state import State
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def lever_forcings(settings: list[dict[str, float]], base: dict[str, float], num
     for setting in settings:
         values = {name: base.get(name, 0.0) + setting.get(name, 0.0) for name in LEVERS}
         forcings.append(make_forcing(num_years, num_regions, levers=Levers(**values), shock=shock))
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *forcings)
+    return stack(forcings)
 
 
 def ensemble_from_calibration(calibration: Calibration, data: Dataset, forcings: Forcing, *, scenarios: tuple[str, ...],

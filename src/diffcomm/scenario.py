@@ -150,6 +150,13 @@ def _random_ties(k_edges, k_aff, connecting, ties_per_region: int) -> Graph:
     return Graph(source.reshape(-1), target.reshape(-1), affinity)
 
 
+def shock_window(config: ScenarioConfig) -> np.ndarray:
+    """The shock's intensity in each of `config.years` years (0 outside its window)."""
+    window = np.zeros(config.years)
+    window[config.shock.start - 1 : config.shock.start - 1 + config.shock.duration] = config.shock.intensity
+    return window
+
+
 def scenario_from_config(params: Params, config: ScenarioConfig) -> tuple[Scenario, Forcing]:
     """The synthetic regions of a `ScenarioConfig` and their forcing: its levers in every region
     and year, and its shock window (in the regions of the archetypes it names, or all)."""
@@ -162,8 +169,7 @@ def scenario_from_config(params: Params, config: ScenarioConfig) -> tuple[Scenar
     if config.shock.archetypes:
         chosen = [i for i, name in enumerate(scenario.archetype_names) if name in config.shock.archetypes]
         hit = np.isin(scenario.archetype, chosen)
-    window = np.zeros(config.years)
-    window[config.shock.start - 1 : config.shock.start - 1 + config.shock.duration] = config.shock.intensity
+    window = shock_window(config)
     levers = Levers(**{name: config.levers.get(name, 0.0) for name in LEVERS})
     forcing = make_forcing(config.years, scenario.num_regions, levers=levers, shock=jnp.asarray(window[:, None] * hit[None, :]))
     return scenario, forcing

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the data set is only read here; data/ builds it
 
 NESTED_CHECKPOINT_YEARS = 64  # from this many years a checkpointed simulation keeps O(sqrt(T)) states
 
+
 class Trajectory(eqx.Module):
     """What a simulation records, with leading axes (T, R).
 
