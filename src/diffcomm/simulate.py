@@ -197,6 +197,19 @@ def initial_state_from_data(params: Params, data: Dataset) -> State:
     return init_state(params, data.graph, active=active, knowledge=knowledge, internationalization=internationalization)
 
 
+def initial_state(params: Params, data: Dataset, drivers: Drivers, *, checkpoint: bool = False) -> State:
+    """The state a simulation of the data starts from: `initial_state_from_data`, or, with
+    `data.spin_up_years`, the state after that many years under `drivers` (no policy, no shock)
+    with knowledge set back to the first year's counts: members, overlap and internationalization
+    near what the drivers sustain, knowledge at its observed level."""
+    state = initial_state_from_data(params, data)
+    if not data.spin_up_years:
+        return state
+    state, _ = simulate(params, state, drivers, data.graph, make_forcing(data.spin_up_years, data.num_regions),
+                        record_states=False, checkpoint=checkpoint)
+    return restart_knowledge(params, state, data.first_patents)
+
+
 def region_drivers(params: Params, data: Dataset, effects: Effects | None = None) -> Drivers:
     """The data's drivers, with the latent region effects added where `effects` are given."""
     return data.drivers if effects is None else with_region_effects(params.natural(), data.drivers, effects)
@@ -213,8 +226,9 @@ def simulate_from_data(params: Params, data: Dataset, num_years: int, *, effects
     **Returns:** the final state and the observations of every year, leading axes (T, R).
     """
     forcing = make_forcing(num_years, data.num_regions)
-    final, traj = simulate(params, initial_state_from_data(params, data), region_drivers(params, data, effects), data.graph,
-                           forcing, record_states=False, checkpoint=checkpoint)
+    drivers = region_drivers(params, data, effects)
+    final, traj = simulate(params, initial_state(params, data, drivers, checkpoint=checkpoint), drivers, data.graph, forcing,
+                           record_states=False, checkpoint=checkpoint)
     return final, traj.observations
 
 

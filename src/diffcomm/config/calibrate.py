@@ -78,6 +78,9 @@ class DataConfig:
     edge_period: str = option("2000-2023", "the period of the tie edges")
     first_year: int = option(2000, "first year: sets the initial state; later years are fitted")
     last_year: int = option(2010, "last year fitted")
+    spin_up_years: int = option(0, "years the model runs with the first year's drivers before the first year, so that "
+                                   "communities start near what their drivers sustain; knowledge is then set from the first "
+                                   "year's counts (0: start from the data)")
     min_edge_weight: float = option(1.0, "ties with fewer transfers are dropped")
     max_patents: float = option(1e6, "largest plausible patent count of one region-year; larger cells are refused")
     regions: list[str] = option(help="region codes to keep (5 digits, quoted); empty: all", factory=list)
@@ -90,6 +93,8 @@ class DataConfig:
         _require(self.first_year < self.last_year, "data.last_year", f"after data.first_year ({self.first_year})", self.last_year)
         duplicates = self.covariate_duplicates
         _require(duplicates in ("error", "first"), "data.covariate_duplicates", "error or first", duplicates)
+        spin = self.spin_up_years
+        _require(isinstance(spin, int) and 0 <= spin <= 500, "data.spin_up_years", "an integer in 0-500", spin)
         weight = self.min_edge_weight
         _require(_number(weight) and weight >= 0, "data.min_edge_weight", ">= 0", weight)
         _require(_number(self.max_patents) and self.max_patents > 0, "data.max_patents", "> 0", self.max_patents)

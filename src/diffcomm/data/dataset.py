@@ -43,6 +43,7 @@ class Dataset(eqx.Module):
     names: tuple[str, ...] = eqx.field(static=True)
     years: tuple[int, ...] = eqx.field(static=True)  # T + 1 consecutive years
     notes: tuple[str, ...] = eqx.field(static=True)  # every fill and drop made in building it
+    spin_up_years: int = eqx.field(static=True, default=0)  # years run before the first (`simulate.initial_state`)
 
     @property
     def num_regions(self) -> int:
@@ -104,7 +105,7 @@ def load_dataset(config: DataConfig) -> Dataset:
                             panel.years, panel.counts[:, keep])
     return build_dataset(panel, covariates, specialization, linkage, edges, config.drivers,
                          first_year=config.first_year, last_year=config.last_year,
-                         min_edge_weight=config.min_edge_weight, notes=tuple(notes))
+                         min_edge_weight=config.min_edge_weight, notes=tuple(notes), spin_up_years=config.spin_up_years)
 
 
 def build_dataset(
@@ -119,6 +120,7 @@ def build_dataset(
     last_year: int,
     min_edge_weight: float = 1.0,
     notes: tuple[str, ...] = (),
+    spin_up_years: int = 0,
 ) -> Dataset:
     """Assemble the calibration data set for the regions of the patent panel.
 
@@ -176,6 +178,7 @@ def build_dataset(
         names=names,
         years=tuple(int(y) for y in panel.years),
         notes=tuple(notes),
+        spin_up_years=spin_up_years,
     )
 
 
