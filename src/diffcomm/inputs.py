@@ -103,6 +103,11 @@ LEVERS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Levers))
 """The names of the policy levers, in declaration order: the one list of them."""
 
 
+INITIAL_TIE = 0.05
+"""Every tie's strength in the first year (`model.init_state`), or the mean of those strengths when an
+earlier period of transfers sets them (`DataConfig.initial_tie_period`)."""
+
+
 class Graph(eqx.Module):
     """Cross-local ties as a directed edge list; knowledge flows from `source` to `target`."""
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .inputs import Drivers, Graph, Levers
+from .inputs import INITIAL_TIE, Drivers, Graph, Levers
 from .observation import Observations, observe
 from .params import NaturalParams, Params
 from .state import Flows, RegionState, State, WorldState
@@ -36,7 +36,7 @@ def init_state(
     development: Float[Array, " r"] | float = 1.0,
     local_connectedness: Float[Array, " r"] | float = 0.6,
     catchment_share: Float[Array, " r"] | float = 0.3,
-    ties: Float[Array, " e"] | float = 0.05,
+    ties: Float[Array, " e"] | float = INITIAL_TIE,
 ) -> State:
     """The state at the first year. Scalars broadcast; `passive` defaults to `active`.
 

@@ -194,7 +194,9 @@ def initial_state_from_data(params: Params, data: Dataset) -> State:
     knowledge = first_knowledge(params, data)[:, None] / num_domains * jnp.ones((1, num_domains))
     active = data.initial_active[:, None] / num_domains * jnp.ones((1, num_domains))
     internationalization = jnp.clip(data.initial_internationalization, 0.01, 0.99)[:, None] * jnp.ones((1, num_domains))
-    return init_state(params, data.graph, active=active, knowledge=knowledge, internationalization=internationalization)
+    ties = {} if data.initial_ties is None else dict(ties=data.initial_ties)
+    return init_state(params, data.graph, active=active, knowledge=knowledge, internationalization=internationalization,
+                      **ties)
 
 
 def initial_state(params: Params, data: Dataset, drivers: Drivers, *, checkpoint: bool = False) -> State:

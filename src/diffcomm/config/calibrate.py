@@ -76,6 +76,9 @@ class DataConfig:
     linkage_period: str = option("2000-2023", "the period of the linkage counts")
     edges: str | None = option("us_msa_transfers/intercity_edges.csv", "cross-local ties; null: none")
     edge_period: str = option("2000-2023", "the period of the tie edges")
+    initial_tie_period: str | None = option(None, "a period of the edge file whose transfers set each tie's strength in "
+                                                  "the first year (log1p of the transfers, scaled to a mean of 0.05); "
+                                                  "null: every tie starts at 0.05")
     first_year: int = option(2000, "first year: sets the initial state; later years are fitted")
     last_year: int = option(2010, "last year fitted")
     spin_up_years: int = option(0, "years the model runs with the first year's drivers before the first year, so that "

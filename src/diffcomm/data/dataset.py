@@ -16,7 +16,7 @@ from jaxtyping import Array, Float
 
 from ..config import DataConfig, DriverTerm
 from ..errors import DataError
-from ..inputs import Drivers, Graph
+from ..inputs import INITIAL_TIE, Drivers, Graph
 from .drivers import drivers_from_covariates
 from .tables import PatentPanel, load_covariates, load_edges, load_linkage_counts, load_patents, load_specialization, resolve
 
@@ -44,6 +44,7 @@ class Dataset(eqx.Module):
     years: tuple[int, ...] = eqx.field(static=True)  # T + 1 consecutive years
     notes: tuple[str, ...] = eqx.field(static=True)  # every fill and drop made in building it
     spin_up_years: int = eqx.field(static=True, default=0)  # years run before the first (`simulate.initial_state`)
+    initial_ties: Float[Array, " e"] | None = None  # each tie's strength in the first year; None: `INITIAL_TIE` on every tie
 
     @property
     def num_regions(self) -> int:
@@ -69,6 +70,8 @@ class Dataset(eqx.Module):
         return eqx.tree_at(lambda d: (d.patents_mask, d.window), self, (self.patents_mask * window[:, None], window))
 
 
+MAX_INITIAL_TIE = 0.95  # the largest first-year strength of a tie set from an earlier period
+
 INITIAL_STATE_COLUMNS = ("population", "share_bachelor_plus", "exports_share_gdp_2017")
 """Covariates the initial state reads: active members from graduates (population x share with a
 bachelor's), internationalization from the exports share of GDP."""
@@ -87,10 +90,15 @@ def load_dataset(config: DataConfig) -> Dataset:
                                         on_duplicate=config.covariate_duplicates)
     specialization = load_specialization(config.clusters) if config.clusters else pd.Series(dtype=float)
     linkage = load_linkage_counts(config.linkages, period=config.linkage_period) if config.linkages else None
-    edges = None
+    edges = earlier = None
     if config.edges:
         known = set(panel.codes) | set(covariates.index) | (set(linkage.index) if linkage is not None else set())
         edges = load_edges(config.edges, known_codes=known, period=config.edge_period)
+        if config.initial_tie_period:
+            earlier = load_edges(config.edges, known_codes=known, period=config.initial_tie_period)
+            if not len(earlier):
+                raise DataError(f"data.initial_tie_period={config.initial_tie_period!r}: {resolve(config.edges)} has no "
+                                "edges for that period")
     for key in ("first_year", "last_year"):
         year = getattr(config, key)
         if year not in panel.years:
@@ -105,7 +113,8 @@ def load_dataset(config: DataConfig) -> Dataset:
                             panel.years, panel.counts[:, keep])
     return build_dataset(panel, covariates, specialization, linkage, edges, config.drivers,
                          first_year=config.first_year, last_year=config.last_year,
-                         min_edge_weight=config.min_edge_weight, notes=tuple(notes), spin_up_years=config.spin_up_years)
+                         min_edge_weight=config.min_edge_weight, notes=tuple(notes), spin_up_years=config.spin_up_years,
+                         earlier_edges=earlier)
 
 
 def build_dataset(
@@ -121,6 +130,7 @@ def build_dataset(
     min_edge_weight: float = 1.0,
     notes: tuple[str, ...] = (),
     spin_up_years: int = 0,
+    earlier_edges: pd.DataFrame | None = None,
 ) -> Dataset:
     """Assemble the calibration data set for the regions of the patent panel.
 
@@ -128,7 +138,9 @@ def build_dataset(
     it). Initial active members: bachelor holders in units of 10,000 (population x share with a
     bachelor's / 1e4), or the median where covariates are missing. Initial internationalization:
     the exports share of GDP (median where missing). Edge affinity: log1p(transfers) scaled to
-    (0, 1]; edges touching regions outside the panel are dropped and counted in the notes.
+    (0, 1]; edges touching regions outside the panel are dropped and counted in the notes. With
+    `earlier_edges` (an earlier period's edge list), each tie's strength in the first year is
+    log1p of its earlier transfers scaled to a mean of `INITIAL_TIE` (0 for a tie absent then).
     """
     notes = list(notes) + _panel_notes(panel, first_year, last_year)
     panel = panel.window(first_year, last_year)
@@ -158,7 +170,7 @@ def build_dataset(
     if np.isnan(exports).any():
         notes.append(f"initial internationalization: {int(np.isnan(exports).sum())} regions without exports take the median")
         exports = np.where(np.isnan(exports), np.nanmedian(exports), exports)
-    graph = _ties(codes, edges, min_edge_weight, notes)
+    graph, initial_ties = _ties(codes, edges, min_edge_weight, notes, earlier_edges)
     nonlocal_count, total, linkage_mask = _linkages(codes, linkage, notes)
 
     later = counts[1:]
@@ -179,6 +191,7 @@ def build_dataset(
         years=tuple(int(y) for y in panel.years),
         notes=tuple(notes),
         spin_up_years=spin_up_years,
+        initial_ties=initial_ties,
     )
 
 
@@ -196,20 +209,30 @@ def _panel_notes(panel: PatentPanel, first_year: int, last_year: int) -> list[st
     return notes
 
 
-def _ties(codes: tuple[str, ...], edges: pd.DataFrame | None, min_edge_weight: float, notes: list[str]) -> Graph:
+def _ties(codes: tuple[str, ...], edges: pd.DataFrame | None, min_edge_weight: float, notes: list[str],
+          earlier: pd.DataFrame | None = None) -> tuple[Graph, Array | None]:
+    """The tie graph, and each tie's strength in the first year from `earlier` edges (None without)."""
     if edges is None or not len(edges):
-        return Graph.empty()
+        return Graph.empty(), None
     index = {code: i for i, code in enumerate(codes)}
     inside = edges.source.isin(index) & edges.target.isin(index) & (edges.weight >= min_edge_weight)
     kept = edges[inside]
     notes.append(f"ties: {int(inside.sum())} edges kept, {int((~inside).sum())} dropped (outside the regions or below "
                  f"{min_edge_weight})")
     affinity = np.log1p(kept.weight.to_numpy()) / np.log1p(kept.weight.max())
-    return Graph(
+    graph = Graph(
         jnp.asarray(kept.source.map(index).to_numpy(dtype=int)),
         jnp.asarray(kept.target.map(index).to_numpy(dtype=int)),
         jnp.asarray(affinity, dtype=float),
     )
+    if earlier is None:
+        return graph, None
+    then = kept.merge(earlier, on=["source", "target"], how="left", suffixes=("", "_then")).weight_then.fillna(0.0)
+    strength = np.log1p(then.to_numpy(dtype=float))
+    initial = np.minimum(INITIAL_TIE * strength / strength.mean(), MAX_INITIAL_TIE)
+    notes.append(f"ties: first-year strength from the earlier period's transfers; {int((strength > 0).sum())} of "
+                 f"{len(strength)} ties had transfers then, the others start at 0")
+    return graph, jnp.asarray(initial, dtype=float)
 
 
 def _linkages(codes: tuple[str, ...], linkage: pd.DataFrame | None, notes: list[str]):
