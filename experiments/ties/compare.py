@@ -1,10 +1,10 @@
 """The calibration with the observed tie graph (experiments/us_metros/run), without it
-(run_no_ties) and with its strength fitted (run_tie_scale): fit, estimates and rolling-origin
-scores side by side.
+(run_no_ties), with its strength fitted (run_tie_scale) and with each tie's first-year strength
+from its 1976-1999 transfers (run_earlier_ties): fit, estimates and rolling-origin scores side by side.
 
     python experiments/ties/compare.py experiments/ties
 
-Writes `comparison.csv` (`origin,method,measure,with_ties,without_ties,tie_scale_fitted`),
+Writes `comparison.csv` (`origin,method,measure,with_ties,without_ties,tie_scale_fitted,earlier_ties`),
 `fit.csv` and `params.csv` into the folder.
 """
 
@@ -21,7 +21,7 @@ MEASURES = ["male", "mae", "rmse", "interval_90", "coverage_90", "interval_50", 
 
 def main(folder: Path) -> None:
     runs = {"with_ties": folder.parent / "us_metros" / "run", "without_ties": folder / "run_no_ties",
-            "tie_scale_fitted": folder / "run_tie_scale"}
+            "tie_scale_fitted": folder / "run_tie_scale", "earlier_ties": folder / "run_earlier_ties"}
     summaries = {name: json.loads((run / "summary.json").read_text()) for name, run in runs.items()}
     fit = pd.DataFrame({name: {"loss_per_observation": s["loss_per_observation"], "observations": s["observations"],
                                "deviance_explained_vs_region_mean": s["fit"]["deviance_explained_vs_region_mean"],
