@@ -37,6 +37,7 @@ from .calibrate import Calibration, calibrate
 from .config import CalibrateConfig
 from .errors import ConfigError
 from .forecast import INTERVALS, forecast_patents
+from .posterior import sample_posterior
 
 if TYPE_CHECKING:
     from .data import Dataset
@@ -48,6 +49,10 @@ MODEL = "model"
 LEVEL_HELD = "model level held (diagnostic)"
 """The model's filtered level at the origin held flat: the model without its dynamics ahead, to
 show how much of the forecast error the mechanism's own dynamics add (no intervals)."""
+LAPLACE = "model, Laplace draws"
+"""With `inference=nuts` the model's forecast draws its parameters from each origin's NUTS draws;
+this row is the same fit's forecast from its Laplace approximation, for comparison."""
+DIAGNOSTICS = (LEVEL_HELD, LAPLACE)  # rows of the model itself, not baselines
 
 
 def scores(observed: np.ndarray, mean: np.ndarray, quantiles: dict[float, np.ndarray] | None) -> dict[str, float]:
@@ -86,7 +91,7 @@ class Evaluation:
         rows = []
         for origin, group in self.table.groupby("origin"):
             model = group[group.method == MODEL].iloc[0]
-            others = group[~group.method.isin([MODEL, LEVEL_HELD])]
+            others = group[~group.method.isin([MODEL, *DIAGNOSTICS])]
             rows.append(dict(origin=origin, male=bool((model.male < others.male).all()),
                              interval_90=bool((model.interval_90 < others.interval_90).all()),
                              coverage_90_in_85_95=bool(0.85 <= model.coverage_90 <= 0.95)))
@@ -125,9 +130,20 @@ def evaluate(
         stem = None if checkpoint is None else Path(f"{checkpoint}_{origin}")
         fitted = calibrate(data.through(origin), config, optimizer=optimizer, checkpoint=stem, phase=f"origin {origin}: ")
         truth = observed[o:o + horizon]
-        band = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, o + horizon,
-                                key=jax.random.key(config.fit.seed + origin), draws=draws, level=0.9,
-                                history=observed[:o])
+
+        def model_forecast(posterior=None):
+            return forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, o + horizon,
+                                    key=jax.random.key(config.fit.seed + origin), draws=draws, level=0.9,
+                                    history=observed[:o], posterior=posterior)
+
+        band = model_forecast()
+        if config.inference == "nuts":  # the NUTS forecast is the model's; the Laplace one a diagnostic
+            sampled = sample_posterior(fitted, data.through(origin), config.nuts, progress=config.fit.progress,
+                                       checkpoint=None if stem is None else Path(f"{stem}_nuts"))
+            fitted.posterior = sampled.draws.reshape(-1, sampled.draws.shape[-1])
+            diagnostics.append(dict(origin=origin, method=LAPLACE, **scores(truth, band["mean"][o:],
+                                                                            {p: q[o:] for p, q in band["quantiles"].items()})))
+            band = model_forecast(fitted.posterior)
         forecasts[origin], bands[origin] = {MODEL: band["mean"][o:]}, band
         rows.append(dict(origin=origin, method=MODEL, **scores(truth, band["mean"][o:],
                                                                {p: q[o:] for p, q in band["quantiles"].items()})))
@@ -147,5 +163,9 @@ def evaluate(
         log.info("origin %d: model MALE %.4f (best baseline %.4f; level held %.4f), 90%% coverage %.3f (%.0f s)", origin,
                  model["male"], min(r["male"] for r in rows[-len(methods):]), diagnostics[-1]["male"], model["coverage_90"],
                  time.perf_counter() - began)
+        if config.inference == "nuts":
+            laplace_row = diagnostics[-2]
+            log.info("origin %d: with Laplace draws instead of NUTS: MALE %.4f, 90%% interval score %.3f (NUTS %.3f)", origin,
+                     laplace_row["male"], laplace_row["interval_90"], model["interval_90"])
     return Evaluation(pd.DataFrame(rows + diagnostics), forecasts, bands, calibrations)
 
