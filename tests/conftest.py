@@ -1,5 +1,6 @@
 """Shared fixtures: a PRNG key, double precision where a test asks for it, small simulations and
-synthetic calibration data, and a clean command line for the CLI tests.
+synthetic calibration data, and a clean command line for the CLI tests; and how the test files
+are shared out between the two worker processes.
 
 Precision is not switched for the whole suite: the library's float32 path (the simulate default)
 is what the tests without the `x64` fixture run.
@@ -8,6 +9,7 @@ is what the tests without the `x64` fixture run.
 import dataclasses
 import logging
 import sys
+from pathlib import Path
 
 import absl.logging
 import jax
@@ -26,6 +28,47 @@ from diffcomm.simulate import make_forcing, simulate
 # stream; Hydra's logging set-up closes every handler, and absl's then closes that stream.
 # Pointing it at the real stderr (which absl never closes) keeps pytest's capture intact.
 absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
+# -- sharing the files out between the workers (`-n 2 --dist loadfile`, pyproject.toml) -------------
+
+SHARED_CALIBRATION = ("test_calibrate.py", "test_evaluation.py", "test_forecast.py", "test_posterior.py")
+"""The files that read `fitted_small`: one worker runs them one after the other, so that the
+calibration is fitted once in the session, not once in each worker."""
+
+LONGEST_FIRST = ("test_cli.py", "shared calibration", "test_readme.py", "test_policy.py", "test_loss.py",
+                 "test_simulate.py", "test_recovery.py", "test_sharding.py")
+"""The work units that take longest (most of it compiling), longest first. Handed out first, they
+leave the short files to fill in at the end, and the two workers finish about together (handed
+out by the number of tests, as xdist does, the single-test subprocess files came last)."""
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` with the files of `SHARED_CALIBRATION` as one unit of work and the
+    units of `LONGEST_FIRST` handed out first; any other `--dist` is xdist's own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    def rank(scope):
+        name = scope if scope == "shared calibration" else Path(scope).name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            path = super()._split_scope(nodeid)
+            return "shared calibration" if Path(path).name in SHARED_CALIBRATION else path
+
+        def _assign_work_unit(self, node):
+            first = min(self.workqueue, key=rank)  # the first of equal rank: xdist's order among the rest
+            self.workqueue.move_to_end(first, last=False)
+            super()._assign_work_unit(node)
+
+    return Scheduling(config, log)
+
+
+# -- fixtures -------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module", autouse=True)

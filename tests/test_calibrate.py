@@ -1,5 +1,6 @@
 """Calibration: recovery of known parameters, resume after interruption, seeds, compiled once, Laplace."""
 
+import contextlib
 import dataclasses
 import json
 
@@ -29,6 +30,7 @@ def adam(steps):
 
 
 ADAM_40 = adam(40)  # one object: the fits below share one compiled step
+JAXPR_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"  # what JAX records of each trace (jax.monitoring)
 
 
 def per_observation(estimate, data):
@@ -94,46 +96,57 @@ def test_a_fixed_seed_gives_the_same_numbers_twice_and_another_seed_other_starts
     assert not np.array_equal(runs[0].history["loss"][0], runs[2].history["loss"][0])
 
 
+@contextlib.contextmanager
+def traced_programs():
+    """The names of the programs JAX traces inside the block (each trace precedes a compilation).
+    Counted from JAX's own record of its traces, so that a test can ask it of programs another
+    test compiled, where wrapping a function to count its calls would compile it anew."""
+    names = []
+
+    def listener(event, duration, *, fun_name="?", **kwargs):
+        if event == JAXPR_TRACE_EVENT:
+            names.append(fun_name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_traced_programs_sees_a_new_program_and_not_one_compiled_before():
+    """The instrument of the two tests below: it counts a trace, and none for a program already compiled."""
+    double = jax.jit(lambda x: 2.0 * x)
+    with traced_programs() as first:
+        double(jnp.ones(3))
+    with traced_programs() as again:
+        double(jnp.zeros(3))  # the same shapes
+    assert len(first) >= 1 and again == []
+
+
 def test_the_step_is_compiled_once_for_data_of_the_same_shape(small):
-    """A second fit on other data of the same shape (the rolling origin) reuses the compiled step."""
+    """A second fit on other data of the same shape (the rolling origin) reuses the compiled step.
+    (The first fit's step is the one the resume test compiled: the same loss, optimizer and shapes.)"""
     data, start, free = small
-    traces = []
-
-    def counted(estimate, data, prior):
-        traces.append(1)  # runs only while the step is traced
-        return objective(estimate, data, prior)
-
-    prior = Prior(start.params, tuple(free), 1.0)
-    config = settings(free, restarts=2, steps=3)
-    optimizer = optax.adam(0.01)
-    fit(counted, start, (data, prior), optimizer, config)
-    after_first = len(traces)
-    fit(counted, start, (data.through(2004), prior), optimizer, config)  # later years held out, same shapes
-    fit(counted, start, (dataclasses.replace(data, patents=data.patents + 1.0), prior), optimizer, config)
-    assert after_first >= 1 and len(traces) == after_first
+    config = settings(free, restarts=3, steps=3)
+    fit(per_observation, start, (data,), ADAM_40, config)
+    held_out, moved = data.through(2004), dataclasses.replace(data, patents=data.patents + 1.0)  # the same shapes
+    with traced_programs() as traced:
+        fit(per_observation, start, (held_out,), ADAM_40, config)
+        fit(per_observation, start, (moved,), ADAM_40, config)
+    assert traced == []
 
 
-def test_calibrate_and_its_rolling_origin_refit_compile_once(fitted_small, monkeypatch):
-    """The refit on the same data with later years held out traces no program again, warm-started or not."""
-    import importlib
-
+def test_calibrate_and_its_rolling_origin_refit_compile_once(fitted_small):
+    """The refit on the same data with later years held out traces no program again, warm-started
+    or not. (The first calibration compiles its programs unless the shared one already has.)"""
     data, config, _ = fitted_small
-    module = importlib.import_module("diffcomm.calibrate")  # the module (diffcomm.calibrate is the function)
-    traces = []
-
-    def counted(function):
-        def traced(*args):
-            traces.append(function.__name__)  # runs only while a program is traced
-            return function(*args)
-        return traced
-
-    for name in ("objective", "frozen_objective", "curvature_information"):  # new functions: fresh compiled programs
-        monkeypatch.setattr(module, name, counted(getattr(module, name)))
     first_fit = calibrate(data, config)
-    first = len(traces)
-    calibrate(data.through(2004), config)
-    calibrate(data.through(2004), config, start=first_fit.estimate)
-    assert first >= 2 and len(traces) == first  # restarts and polish reused
+    held_out = data.through(2004)
+    with traced_programs() as traced:
+        calibrate(held_out, config)
+        calibrate(held_out, config, start=first_fit.estimate)
+    assert traced == []  # restarts, polish and Laplace approximation reused
 
 
 def test_calibrate_refuses_a_precision_it_was_not_given(fitted_small):

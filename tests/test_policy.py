@@ -44,6 +44,14 @@ def steps(n, **changes):
     return OptimizeSettings(steps=n, progress=False, **changes)
 
 
+@pytest.fixture(scope="module")
+def default_problem():
+    """`problem_for()`, built once for the tests that take it as it is (a problem is immutable):
+    its no-policy baseline and the programs of its steps are compiled once."""
+    with jax.enable_x64(True):
+        return problem_for()
+
+
 @pytest.mark.parametrize("cap", [None, 1.2])  # 105 cells x 1.2 >= 100
 def test_projection_is_exactly_feasible(cap):
     y = jax.random.normal(jax.random.key(1), (3, 7, 5)) * 4.0
@@ -74,8 +82,8 @@ def test_projection_with_region_caps_is_exactly_feasible_and_optimal(cap):
         assert float(jnp.sum((x - y) ** 2)) <= float(jnp.sum((z - y) ** 2)) + 1e-9
 
 
-def test_optimized_allocation_beats_every_baseline_and_stays_feasible():
-    problem = problem_for()
+def test_optimized_allocation_beats_every_baseline_and_stays_feasible(default_problem):
+    problem = default_problem
     result = optimize(problem, steps(60))
     spend = result.spend
     assert spend.min() >= 0.0
@@ -141,13 +149,13 @@ def test_doubling_the_budget_does_not_lower_the_objective():
     assert large.objective >= small.objective
 
 
-def test_interrupted_optimization_resumes_to_the_same_allocation(tmp_path):
-    problem = problem_for()
-    whole = optimize(problem, steps(20))
+def test_interrupted_optimization_resumes_to_the_same_allocation(default_problem, tmp_path):
+    problem = default_problem  # and the steps of the first test: its compiled step serves
+    whole = optimize(problem, steps(60))
     ckpt = tmp_path / "checkpoint"
     with pytest.raises(Interrupted):
-        optimize(problem, steps(20, checkpoint_every=4, stop_after=9), checkpoint_path=ckpt)
-    resumed = optimize(problem, steps(20), checkpoint_path=ckpt)
+        optimize(problem, steps(60, checkpoint_every=4, stop_after=9), checkpoint_path=ckpt)
+    resumed = optimize(problem, steps(60), checkpoint_path=ckpt)
     np.testing.assert_array_equal(resumed.spend, whole.spend)
     assert resumed.history == whole.history
 
@@ -190,8 +198,8 @@ def test_the_critical_mass_part_uses_the_models_own_switch():
     assert abs(sharp - soft) > 1e-2  # changing the model's steepness changes the objective
 
 
-def test_the_parts_computed_are_the_parts_a_config_may_weight():
-    problem = problem_for()
+def test_the_parts_computed_are_the_parts_a_config_may_weight(default_problem):
+    problem = default_problem
     value, parts = evaluate(problem, uniform_allocation(problem))
     assert set(parts) == set(OBJECTIVE_PARTS)
     np.testing.assert_allclose(value, objective(problem, uniform_allocation(problem)), rtol=1e-12)
@@ -211,10 +219,17 @@ def problem_under_draws(values, **changes):
     return together, alone
 
 
-def test_under_draws_the_objective_is_the_mean_of_each_draws_own_objective():
+@pytest.fixture(scope="module")
+def three_draws():
+    """`problem_under_draws` of three draws, built once for the two tests that read it."""
+    with jax.enable_x64(True):
+        return problem_under_draws([(0.3, 1.0), (1.2, 3.0), (0.7, 8.0)])
+
+
+def test_under_draws_the_objective_is_the_mean_of_each_draws_own_objective(three_draws):
     """Each draw is judged against its own no-policy baseline; the objective and its gradient are
     the mean over draws, one vmap."""
-    together, alone = problem_under_draws([(0.3, 1.0), (1.2, 3.0), (0.7, 8.0)])
+    together, alone = three_draws
     value, gradient = eqx.filter_jit(objective), eqx.filter_jit(jax.grad(objective, argnums=1))  # one program each
     spend = project(jax.random.uniform(jax.random.key(4), together.shape) * 5.0, together.budget)
     each = np.array([float(value(p, spend)) for p in alone])
@@ -227,8 +242,8 @@ def test_under_draws_the_objective_is_the_mean_of_each_draws_own_objective():
                                np.mean([evaluate(p, spend)[1]["development"] for p in alone]), rtol=1e-10)
 
 
-def test_the_robust_allocation_is_judged_on_draws_it_was_not_chosen_on():
-    together, alone = problem_under_draws([(0.3, 1.0), (1.2, 3.0), (0.7, 8.0)])
+def test_the_robust_allocation_is_judged_on_draws_it_was_not_chosen_on(three_draws):
+    together, alone = three_draws
     holdout, _ = problem_under_draws([(0.5, 2.0), (0.9, 5.0), (1.1, 1.5), (0.2, 6.0)])
     robust = optimize(together, steps(30)).spend
     at_estimate = optimize(alone[0], steps(30)).spend
