@@ -20,6 +20,8 @@ from .calibrate import calibrate, load_calibration
 from .comparison import Robust, compare_methods, held_out_comparison
 from .config import CalibrateConfig, ForecastConfig, OptimizeConfig, SimulateConfig, parse_years
 from .data import load_dataset
+from .data.panel import load_domain_dataset
+from .domains import calibrate_panel, check_panel, evaluate_panel
 from .ensemble import ensemble_from_calibration, lever_forcings, run_ensemble, scenario_label
 from .errors import ConfigError
 from .evaluation import evaluate
@@ -106,6 +108,8 @@ def run_calibrate(cfg: CalibrateConfig, out_dir: Path, *, optimizer: optax.Gradi
                   plain_config: dict) -> dict:
     """Calibrate and report into `out_dir`; with `evaluation.rolling_origin`, first calibrate at each
     origin and score the forecasts against the baselines. Checkpoints there are resumed."""
+    if cfg.data.domain_panel is not None:
+        return _run_calibrate_panel(cfg, out_dir, optimizer=optimizer, plain_config=plain_config)
     if cfg.inference == "nuts":
         require_sampler()  # before anything is written or fitted
     claim_run_folder(out_dir, cfg, ignore=("fit.stop_after", "fit.progress"))
@@ -130,6 +134,32 @@ def run_calibrate(cfg: CalibrateConfig, out_dir: Path, *, optimizer: optax.Gradi
         summary = writers.write_calibration(out, cfg, data, calibration, band, evaluation,
                                             seconds=time.perf_counter() - started, plain=plain_config, posterior=posterior)
     log.info("calibrated in %.0f s; loss per observation %.4f; deviance explained %.3f -> %s", summary["seconds"],
+             summary["loss_per_observation"], summary["fit"]["deviance_explained_vs_constant"], out_dir)
+    return summary
+
+
+def _run_calibrate_panel(cfg: CalibrateConfig, out_dir: Path, *, optimizer: optax.GradientTransformation | None,
+                         plain_config: dict) -> dict:
+    """Calibrate K fields to a state x domain panel (`domains.py`) and report into `out_dir`; with
+    `evaluation.rolling_origin`, first at each origin against persistence and national drift."""
+    if cfg.inference != "laplace":
+        raise ConfigError("inference=nuts is not built for a domain panel (data.domain_panel); use inference=laplace")
+    claim_run_folder(out_dir, cfg, ignore=("fit.stop_after", "fit.progress"))
+    started = time.perf_counter()
+    data = load_domain_dataset(cfg.data)
+    log.info("data: %d states x %d fields, periods %d-%d", data.num_regions, len(data.domains), data.periods[0],
+             data.periods[-1])
+    check_panel(data, cfg)
+    if cfg.runtime.devices != 1:
+        raise ConfigError("runtime.devices must be 1 for a domain panel (50 states do not need splitting)")
+    evaluation = None
+    if cfg.evaluation.rolling_origin:
+        evaluation = evaluate_panel(data, cfg, optimizer=optimizer, checkpoint=out_dir / "checkpoint_origin")
+    calibration = calibrate_panel(data, cfg, optimizer=optimizer, checkpoint=out_dir / "checkpoint")
+    with RunOutputs(out_dir) as out:
+        summary = writers.write_panel_calibration(out, cfg, data, calibration, evaluation,
+                                                  seconds=time.perf_counter() - started, plain=plain_config)
+    log.info("calibrated in %.0f s; loss per observation %.4f; inventors' deviance explained %.3f -> %s", summary["seconds"],
              summary["loss_per_observation"], summary["fit"]["deviance_explained_vs_constant"], out_dir)
     return summary
 

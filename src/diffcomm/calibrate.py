@@ -13,7 +13,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import equinox as eqx
 import jax
@@ -55,8 +55,23 @@ def _objective(estimate: Estimate, data: Dataset, prior: Prior) -> jax.Array:
     return objective(estimate, data, prior)
 
 
+class Problem(NamedTuple):
+    """What `polish` minimises: the objective (compiled), the same with the latent curvature's
+    information held (a pure function, the loss of `fitting.fit`), and that information (compiled),
+    each of `(estimate, data, prior)`; and what is free (`mask(estimate, fit_config)`, None: `fit`'s default)."""
+
+    objective: Callable
+    frozen: Callable
+    information: Callable
+    mask: Callable | None = None
+
+
+METROS = Problem(_objective, frozen_objective, _information)
+"""The metro calibration's problem (`loss.py`)."""
+
+
 def polish(start: Estimate, data: Dataset, prior: Prior, config: FitConfig, *, phase: str = "polish",
-           checkpoint: Path | None = None) -> FitResult:
+           checkpoint: Path | None = None, problem: Problem = METROS) -> FitResult:
     """L-BFGS from `start` until the estimate is a fixed point of the curvature's information.
 
     The objective holds the latent curvature's information fixed for its gradient
@@ -79,22 +94,24 @@ def polish(start: Estimate, data: Dataset, prior: Prior, config: FitConfig, *, p
     estimate returned, never above the start's.
 
     `checkpoint`: round i keeps `<checkpoint><i>.eqx/.json`; a finished round is read back.
+    `problem`: the objective and its parts (`METROS`, or a panel's, `domains.PANEL`).
     """
     settings = dataclasses.replace(config, restarts=1, steps=config.polish_steps, spread=0.0,
                                    patience=POLISH_PATIENCE, tolerance=POLISH_TOLERANCE, stop_after=None)
     history: dict[str, list] = {"loss": [], "grad_norm": []}
     steps, seconds, converged, ending = 0, 0.0, False, "round limit reached"
-    loss = float(_objective(start, data, prior))
+    loss = float(problem.objective(start, data, prior))
+    mask = None if problem.mask is None else problem.mask(start, config)
     for round_ in range(1, POLISH_ROUNDS + 1):
-        information = _information(start, data, prior)
-        result = fit(frozen_objective, start, (data, prior, information), POLISH, settings,
+        information = problem.information(start, data, prior)
+        result = fit(problem.frozen, start, (data, prior, information), POLISH, settings,
                      phase=f"{phase} (L-BFGS), round {round_}",
-                     checkpoint_path=None if checkpoint is None else Path(f"{checkpoint}{round_}"))
+                     checkpoint_path=None if checkpoint is None else Path(f"{checkpoint}{round_}"), mask=mask)
         for key in history:
             history[key] += result.history[key]
         steps, seconds = steps + result.steps, seconds + result.seconds
         before = result.history["loss"][0][0]  # the round's start, where the frozen objective is the objective
-        kept, after = _descent(start, result.estimate, loss, data, prior)
+        kept, after = _descent(start, result.estimate, loss, data, prior, problem.objective)
         if kept is None:  # the frozen objective fell but the objective did not, even part of the way
             ending = f"round {round_} did not lower the objective ({loss:.6g} -> {after:.6g} at best), so it was not kept"
             break
@@ -106,13 +123,14 @@ def polish(start: Estimate, data: Dataset, prior: Prior, config: FitConfig, *, p
     return FitResult(start, history, np.array([loss]), 0, steps, converged, seconds)
 
 
-def _descent(start: Estimate, end: Estimate, loss: float, data: Dataset, prior: Prior) -> tuple[Estimate | None, float]:
+def _descent(start: Estimate, end: Estimate, loss: float, data: Dataset, prior: Prior,
+             objective_of: Callable) -> tuple[Estimate | None, float]:
     """The first of `start + t (end - start)`, t = 1, 1/2, 1/4, 1/8, whose objective is below
     `loss` (the objective at `start`), with that objective; (None, the lowest tried) if none is."""
     tried = []
     for t in DESCENT_FRACTIONS:
         candidate = jax.tree_util.tree_map(lambda a, b: a + t * (b - a), start, end)
-        value = float(_objective(candidate, data, prior))
+        value = float(objective_of(candidate, data, prior))
         if value < loss:
             return candidate, value
         tried.append(value)
@@ -256,6 +274,13 @@ def load_calibration(folder: Path) -> Calibration:
     Raises `ConfigError` in one line if the folder holds no finished calibration or a damaged one.
     """
     folder = Path(folder)
+    try:
+        kind = json.loads((folder / "calibration.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None  # missing or damaged: said below
+    if kind == "domain_panel":
+        raise ConfigError(f"run={folder} is a calibration on a state x domain panel (data.domain_panel); forecast, "
+                          "simulate and optimize read calibrations on the metros")
     missing = [name for name in ("summary.json", *FILES) if not (folder / name).exists()]
     if missing:
         raise ConfigError(f"run={folder} is not a finished calibration: missing {', '.join(missing)}")

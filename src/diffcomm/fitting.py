@@ -113,6 +113,7 @@ def fit(
     *,
     phase: str = "fit",
     checkpoint_path: Path | None = None,
+    mask=None,
 ) -> FitResult:
     """Minimise `loss(estimate, *args)` over the free part of an estimate from `config.restarts` starts.
 
@@ -127,12 +128,17 @@ def fit(
       `checkpoint_every`, `stop_after`, `progress`.
     - `phase`: the name shown in progress and logs.
     - `checkpoint_path`: where to keep the fit's state; an existing checkpoint is resumed.
+    - `mask`: what is free, a filter spec of `start` for `eqx.partition`; None: `laplace.estimate_mask`
+      from `config` (for an `Estimate`). Any estimate with a `params` field fits; only its
+      parameters are perturbed between starts.
 
     **Returns:** a `FitResult`. Raises `training.Interrupted` (after checkpointing) on
     `stop_after`, Ctrl-C or `training.request_stop()`.
     """
     optimizer = optax.with_extra_args_support(optimizer)
-    free, fixed = eqx.partition(start, estimate_mask(start, config.free, config.region_effects, config.national_effects))
+    if mask is None:
+        mask = estimate_mask(start, config.free, config.region_effects, config.national_effects)
+    free, fixed = eqx.partition(start, mask)
     batch = _starts(free, key=jax.random.key(config.seed), restarts=config.restarts, spread=config.spread)
     state = _FitState(batch, strongly_typed(jax.vmap(optimizer.init)(batch)), batch, jnp.full(config.restarts, jnp.inf), 0,
                       {"loss": [], "grad_norm": []})

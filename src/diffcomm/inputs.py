@@ -121,7 +121,9 @@ class Graph(eqx.Module):
 
 
 class Forcing(eqx.Module):
-    """What changes from year to year: policy levers and disruption shocks (leading axis T)."""
+    """What changes from year to year: policy levers, disruption shocks and, where the data
+    observe them by period, the drivers themselves (leading axis T)."""
 
     levers: Levers  # each field (T, R)
     shock: Float[Array, "t r"]  # xi in [0, 1]
+    drivers: Drivers | None = None  # each field (T, R, ...): the year's drivers; None: the simulation's constant ones

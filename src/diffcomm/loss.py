@@ -166,13 +166,20 @@ def latent_curvature(estimate: Estimate, data: Dataset, prior: Prior, patents: A
         precision = jnp.eye(len(prior.region_effects)) + scales[:, None] * information.region * scales[None, :]
         total = total + 0.5 * jnp.sum(jnp.linalg.slogdet(precision)[1])
     if prior.national:
-        num_years = estimate.effects.year.shape[0]
-        lag = jnp.arange(num_years)[:, None] - jnp.arange(num_years)[None, :]
-        mapping = jnp.where(lag >= 0, p.national_shock_scale * p.national_persistence ** jnp.maximum(lag, 0), 0.0)
-        year_information = jnp.sum(information.counts, axis=1)
-        precision = jnp.eye(num_years) + mapping.T @ (year_information[:, None] * mapping)
-        total = total + 0.5 * jnp.linalg.slogdet(precision)[1]
+        total = total + national_curvature(p, jnp.sum(information.counts, axis=1))
     return total
+
+
+def national_curvature(p: NaturalParams, year_information: Float[Array, " t"]) -> Float[Array, ""]:
+    """1/2 log det of the posterior precision of the national innovations eps_1..eps_T, given the
+    Fisher information about each year's national effect `year_information` (T,) (the sum over
+    regions of the counts' weights, since d log mu_rt / d eta_t = 1), mapped to the innovations
+    through the AR(1) recursion (`effects.national_effects`)."""
+    num_years = year_information.shape[0]
+    lag = jnp.arange(num_years)[:, None] - jnp.arange(num_years)[None, :]
+    mapping = jnp.where(lag >= 0, p.national_shock_scale * p.national_persistence ** jnp.maximum(lag, 0), 0.0)
+    precision = jnp.eye(num_years) + mapping.T @ (year_information[:, None] * mapping)
+    return 0.5 * jnp.linalg.slogdet(precision)[1]
 
 
 class Prior(eqx.Module):

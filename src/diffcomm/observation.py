@@ -118,6 +118,24 @@ def beta_binomial_nll(
     return -jnp.sum(jnp.where(mask > 0, log_p, 0.0))
 
 
+def dirichlet_multinomial_nll(share: Float[Array, "p k"], counts: Float[Array, "p k"], concentration: Array,
+                              mask: Float[Array, " p"]) -> Float[Array, ""]:
+    """-log DirichletMultinomial(counts | total, mean shares `share`, concentration), summed over the
+    rows (e.g. periods) where mask is 1: how a total splits over K categories (e.g. patents over
+    technology fields), the shares varying around `share` as Dirichlet(c share); as c grows this
+    becomes the multinomial, far too sure of counts in the tens of thousands that move together."""
+    a = concentration * share
+    total = jnp.sum(counts, axis=-1)
+    log_p = (
+        gammaln(total + 1.0)
+        - jnp.sum(gammaln(counts + 1.0), axis=-1)
+        + gammaln(concentration)
+        - gammaln(total + concentration)
+        + jnp.sum(gammaln(counts + a) - gammaln(a), axis=-1)
+    )
+    return -jnp.sum(jnp.where(mask > 0, log_p, 0.0))
+
+
 def sample_counts(key: jax.Array, mean: Array, dispersion: Array) -> Array:
     """Counts drawn from NB(mean, size = dispersion), as a gamma-Poisson mixture."""
     k_gamma, k_poisson = jax.random.split(key)

@@ -47,15 +47,17 @@ def make_forcing(
     *,
     levers: Levers | None = None,
     shock: Float[Array, "t r"] | None = None,
+    drivers: Drivers | None = None,
 ) -> Forcing:
-    """Forcing for `num_years` years; levers and shocks broadcast to (T, R), default zero."""
+    """Forcing for `num_years` years; levers and shocks broadcast to (T, R), default zero;
+    `drivers` (leading axes (T, R)), where they change from year to year."""
     shape = (num_years, num_regions)
     if levers is None:
         levers = Levers.zeros(shape)
     else:
         levers = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(jnp.asarray(x, dtype=float), shape), levers)
     shock = jnp.zeros(shape) if shock is None else jnp.broadcast_to(jnp.asarray(shock, dtype=float), shape)
-    return Forcing(levers=levers, shock=shock)
+    return Forcing(levers=levers, shock=shock, drivers=drivers)
 
 
 def _simulate(
@@ -70,13 +72,14 @@ def _simulate(
     p = params.natural()
 
     def one_year(state: State, inputs):
-        levers, shock = inputs
-        new_state, observations, flows = step(p, state, drivers, graph, levers, shock)
+        levers, shock, year_drivers = inputs
+        new_state, observations, flows = step(p, state, drivers if year_drivers is None else year_drivers, graph, levers,
+                                              shock)
         if record_states:
             return new_state, (observations, new_state.regions, flows)
         return new_state, (observations, None, None)
 
-    inputs = (forcing.levers, forcing.shock)
+    inputs = (forcing.levers, forcing.shock, forcing.drivers)
     if not checkpoint:
         final, (observations, regions, flows) = jax.lax.scan(one_year, initial, inputs)
     else:  # recompute each year's internals on the backward pass instead of storing them
@@ -130,7 +133,8 @@ def simulate(
     - `initial`: state at the start (`init_state`).
     - `drivers`: region drivers, leading axis R.
     - `graph`: cross-local tie graph.
-    - `forcing`: levers and shocks, leading axes (T, R); T is the number of years simulated.
+    - `forcing`: levers, shocks and (optionally) the drivers of each year, leading axes (T, R); T is
+      the number of years simulated. Drivers in the forcing replace `drivers`.
     - `record_states`: also return the regional state and flows every year.
     - `checkpoint`: under reverse-mode differentiation, recompute each year's intermediate values
       instead of storing them (`jax.checkpoint`): memory O(T R) instead of O(T R x internals).

@@ -68,6 +68,8 @@ class DataConfig:
     to the data shipped in the package (`diffcomm/datasets`) unless absolute or existing."""
 
     name: str = option("us_cbsa", "a label for the data")
+    domain_panel: str | None = option(None, "a state x domain panel (columns of us_state_tech/panel.csv): calibrate K "
+                                            "domains to it (data=us_state_tech); the metro files below are then unused")
     patents: str = option("us_cbsa/patents.csv", "long CSV with columns cbsa_code, cbsa_name, year, patents")
     covariates: str = option("us_cbsa/covariates.csv", "one row per region (cbsa_code and covariate columns)")
     covariate_duplicates: str = option("first", "a repeated region in the covariates: error, or first (keep the first)")
@@ -109,7 +111,8 @@ class DataConfig:
                      "(specializing comes from data.clusters)", driver)
         self.drivers = {driver: [_driver_term(f"data.drivers.{driver}[{i}]", term) for i, term in enumerate(terms)]
                         for driver, terms in self.drivers.items()}
-        for key in ("patents", "covariates", "clusters", "linkages", "edges"):  # a file found from here stays found
+        # a file found from here stays found
+        for key in ("patents", "covariates", "clusters", "linkages", "edges", "domain_panel"):
             path = getattr(self, key)
             if path and Path(path).expanduser().exists():
                 setattr(self, key, str(Path(path).expanduser().resolve()))
@@ -216,8 +219,12 @@ class CalibrateConfig:
     def __post_init__(self):
         _require(self.inference in INFERENCE, "inference", " or ".join(INFERENCE), self.inference)
         d, e = self.data, self.evaluation
-        _require(self.model.num_domains == 1, "model.num_domains", "1 for calibration (the data count all of a region's "
-                 "patents together, so more domains would be copies of one)", self.model.num_domains)
+        if d.domain_panel is None:
+            _require(self.model.num_domains == 1, "model.num_domains", "1 for calibration on the metros (the data count all "
+                     "of a region's patents together, so more domains would be copies of one)", self.model.num_domains)
+        else:
+            _require(not self.fit.region_effects, "fit.region_effects", "[] with data.domain_panel (latent state effects are "
+                     "not part of the panel's model)", self.fit.region_effects)
         for origin in e.origins:  # checked whether or not the evaluation runs: an impossible origin is a mistake either way
             _require(d.first_year + 2 <= origin <= d.last_year - e.horizon, "evaluation.origins",
                      f"years from data.first_year + 2 ({d.first_year + 2}) to data.last_year - evaluation.horizon "

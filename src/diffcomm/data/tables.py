@@ -272,22 +272,28 @@ def load_edges(
 
 @dataclass(frozen=True)
 class DomainPanel:
-    """A multi-domain panel: `inventors[p, s, k]` for period p, state s, domain k (NaN when suppressed)."""
+    """A multi-domain panel: `inventors[p, s, k]` for period p, state s, domain k (NaN when suppressed
+    or absent), and the patents of each state and of each domain per period."""
 
     states: tuple[str, ...]
+    state_names: tuple[str, ...]
     domains: tuple[str, ...]
-    periods: np.ndarray
-    inventors: np.ndarray
-    foreign_origin_share: np.ndarray  # in [0, 1]
-    onshored_patents: np.ndarray
+    periods: np.ndarray  # the first year of each period
+    inventors: np.ndarray  # (P, S, K)
+    foreign_origin_share: np.ndarray  # (P, S, K), in [0, 1]; NaN where inventors are
+    onshored_patents: np.ndarray  # (P, S, K); NaN where the file has no row
+    state_patents: np.ndarray  # (P, S): all of a state's patents in the period
+    domain_patents: np.ndarray  # (P, K): all patents of a technology group in the period
 
 
 def load_state_tech(path: str | Path) -> DomainPanel:
-    """The state x technology-group panel (inventors, foreign-origin share, onshored patents)."""
+    """The state x technology-group panel (inventors, foreign-origin share, onshored patents, and the
+    state's and the group's patents, each constant within its state-period or group-period)."""
     frame = read_table(
         path,
-        {"state": "text", "tech_group": "text", "period_start": "year", "inventors": "count",
-         "foreign_origin_inventor_pct": "number", "onshored_patents": "count"},
+        {"state": "text", "state_name": "text", "tech_group": "text", "period_start": "year", "inventors": "count",
+         "foreign_origin_inventor_pct": "number", "onshored_patents": "count", "state_patents": "count",
+         "tech_group_patents": "count"},
     )
     _no_duplicates(path, frame, ["state", "tech_group", "period_start"])
     pct = frame.foreign_origin_inventor_pct
@@ -303,5 +309,22 @@ def load_state_tech(path: str | Path) -> DomainPanel:
         series = frame.set_index(["period_start", "state", "tech_group"])[column].reindex(index)
         return series.to_numpy(dtype=float).reshape(len(periods), len(states), len(domains))
 
-    return DomainPanel(tuple(states), tuple(domains), periods, cube("inventors"),
-                       cube("foreign_origin_inventor_pct") / 100.0, cube("onshored_patents"))
+    def margin(column, key, labels):
+        for name in (column, "state_name") if key == "state" else (column,):
+            varying = frame.groupby(["period_start", key])[name].transform("nunique") > 1
+            if varying.any():
+                line = varying.idxmax()
+                where = f"{key}={frame.loc[line, key]!r}, period_start={frame.loc[line, 'period_start']}"
+                raise DataError(f"{resolve(path)}:{line}: column {name!r}: expected one value per {key} and period, "
+                                f"found several for {where}")
+        if frame[column].isna().any():
+            line = frame[column].isna().idxmax()
+            raise DataError(f"{resolve(path)}:{line}: column {column!r}: expected a count, got an empty cell")
+        first = frame.groupby(["period_start", key])[column].first()
+        return first.reindex(pd.MultiIndex.from_product([periods, labels])).to_numpy(dtype=float).reshape(len(periods),
+                                                                                                           len(labels))
+
+    names = frame.groupby("state").state_name.first().reindex(states)
+    return DomainPanel(tuple(states), tuple(names), tuple(domains), periods, cube("inventors"),
+                       cube("foreign_origin_inventor_pct") / 100.0, cube("onshored_patents"),
+                       margin("state_patents", "state", states), margin("tech_group_patents", "tech_group", domains))

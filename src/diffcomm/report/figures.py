@@ -260,3 +260,47 @@ def plot_evaluation(table, path: Path) -> None:
     fig.legend(handles, labels, loc="outside lower center", ncols=len(methods), fontsize=9)
     fig.suptitle("Rolling origin: forecasts of the next years from each origin (lower is better; coverage target shaded)")
     _save(fig, path)
+
+
+def plot_communities(observed: np.ndarray, fitted: np.ndarray, states, fields, path: Path, *, period: str) -> None:
+    """Community size by field and state in one period: observed and fitted inventors (log colour
+    scale, one shared scale; empty cells blank) and their log ratio."""
+    fig = Figure(figsize=(15, 10), layout="constrained")
+    axes = fig.subplots(1, 3, sharey=True)
+    shown = np.where(np.isfinite(observed), fitted, np.nan)
+    low, high = np.log10(np.nanmin(observed)), np.log10(max(np.nanmax(observed), np.nanmax(fitted)))
+    for ax, values, title in ((axes[0], observed, "observed inventors"), (axes[1], shown, "fitted (where observed)")):
+        image = ax.imshow(np.log10(values), aspect="auto", cmap="viridis", vmin=low, vmax=high, interpolation="none")
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=axes[:2], label="log10 inventors", shrink=0.6, location="bottom")
+    ratio = np.log(shown / observed)
+    limit = np.nanmax(np.abs(ratio))
+    image = axes[2].imshow(ratio, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="none")
+    axes[2].set_title("log(fitted / observed)", fontsize=10)
+    fig.colorbar(image, ax=axes[2], shrink=0.6, location="bottom")
+    for ax in axes:
+        ax.set_xticks(np.arange(len(fields)), [f[:22] for f in fields], rotation=70, ha="right", fontsize=7)
+    axes[0].set_yticks(np.arange(len(states)), states, fontsize=7)
+    fig.suptitle(f"Community size by field and state, period starting {period} (blank: fewer than 30 inventors)")
+    _save(fig, path)
+
+
+def plot_field_paths(periods, observed: np.ndarray, fitted: np.ndarray, fields, path: Path) -> None:
+    """Per field, inventors summed over the states observed in each period: observed (dots) and
+    fitted (line)."""
+    columns = 4
+    rows = -(-len(fields) // columns)
+    fig = Figure(figsize=(15, 3 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    seen = np.isfinite(observed)
+    for k, (ax, field) in enumerate(zip(axes, fields)):
+        ax.plot(periods, np.where(seen[:, :, k], observed[:, :, k], 0).sum(1), "o", color="k", ms=4, label="observed")
+        ax.plot(periods, np.where(seen[:, :, k], fitted[:, :, k], 0).sum(1), color="C0", lw=1.5, label="fitted")
+        ax.set_title(field, fontsize=9)
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+    for ax in axes[len(fields):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=9)
+    fig.suptitle("Inventors per field, summed over the states observed in each period")
+    _save(fig, path)

@@ -87,3 +87,43 @@ def policy_report(summary: dict) -> str:
                   "Robust spending by lever: " + ", ".join(f"{k} {v:.3g}" for k, v in robust["spend_by_lever_robust"].items())
                   + "."]
     return "\n".join(lines) + "\n"
+
+
+def panel_report(summary: dict, table: pd.DataFrame) -> str:
+    """A readable account of a calibration on a state x domain panel."""
+    fit = summary["fit"]
+    lines = [
+        "# Calibration report: state x domain panel", "",
+        f"{summary['regions']} states x {len(summary['domains'])} fields, periods {summary['periods'][0]}-"
+        f"{summary['periods'][-1]} (the first sets the initial state), {summary['observations']} observations; loss per "
+        f"observation {summary['loss_per_observation']:.4f}.",
+        f"Restarts reached {', '.join(f'{x:.4f}' for x in summary['restart_losses'])} ({summary['steps']} steps); "
+        f"L-BFGS polish: {summary['polish_steps']} steps. Laplace approximation positive definite: "
+        f"{summary['laplace_positive_definite']}.", "",
+        "## Fitted parameters (natural scale; standard errors and 95% intervals from the Laplace approximation)", "",
+        "A per-field parameter names its field. A standard error near the prior's (about the value's distance to the "
+        "edge of one prior sd) means the data say little about it.", "",
+        "| parameter | field | value | se | 95% interval | meaning |", "|---|---|---|---|---|---|",
+    ]
+    for row in table.itertuples(index=False):
+        interval = f"[{row.lower95:.3g}, {row.upper95:.3g}]"
+        domain = row.domain if isinstance(row.domain, str) else ""
+        lines.append(f"| {row.parameter} | {domain} | {row.value:.4g} | {row.se:.3g} | {interval} | {row.meaning} |")
+    lines += [
+        "", "## Fit of the inventor counts", "",
+        f"- deviance explained vs. one constant mean: {fit['deviance_explained_vs_constant']:.4f}",
+        f"- deviance explained vs. each community's own mean: {fit['deviance_explained_vs_region_mean']:.4f}",
+        "- mean absolute log error by period: " + ", ".join(f"{p} {v:.3f}" for p, v in summary["male_by_period"].items()),
+    ]
+    if "evaluation" in summary:
+        lines += ["", "## Rolling origin: inventors forecast from each origin", "",
+                  "Calibrated on the periods up to the origin; scored over the state-field cells observed at the origin "
+                  "and in the next period. MALE: mean absolute error of log(1 + count); interval scores on that scale.", "",
+                  "| origin | method | cells | MALE | MAE | RMSE | IS 50% | IS 90% | cover 50% | cover 90% |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in summary["evaluation"]:
+            lines.append(f"| {r['origin']} | {r['method']} | {r['cells']} | {r['male']:.4f} | {r['mae']:.1f} | {r['rmse']:.1f} | "
+                         + " | ".join(_number(r[k], 3) for k in ("interval_50", "interval_90", "coverage_50", "coverage_90"))
+                         + " |")
+    lines += ["", "## Data notes", ""] + [f"- {n}" for n in summary["notes"]]
+    return "\n".join(lines) + "\n"

@@ -108,13 +108,19 @@ def archetype_summary(scenario: Scenario, traj: Trajectory) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def parameter_table(approx: Laplace) -> pd.DataFrame:
-    """Fitted parameters on their natural scale: value, delta-method standard error, and the
-    95% interval mapped from the unconstrained scale (so it respects each constraint)."""
+def parameter_table(approx: Laplace, domains: tuple[str, ...] = ("all",)) -> pd.DataFrame:
+    """Fitted parameters on their natural scale: value, delta-method standard error, the 95%
+    interval mapped from the unconstrained scale (so it respects each constraint), and the domain
+    of a per-domain parameter (`domains`, by index; empty for a shared parameter)."""
     docs = {name: meta["doc"] for name, meta in Params.describe().items()}
     lower, upper = approx.interval(0.95)
+
+    def domain(name: str) -> str:
+        return domains[int(name.split("[")[1].rstrip("]"))] if "[" in name else ""
+
     return pd.DataFrame({
-        "parameter": approx.parameter_names, "value": approx.natural, "se": approx.natural_se, "lower95": lower, "upper95": upper,
+        "parameter": approx.parameter_names, "domain": [domain(n) for n in approx.parameter_names], "value": approx.natural,
+        "se": approx.natural_se, "lower95": lower, "upper95": upper,
         "meaning": [docs.get(name.split("[")[0], "") for name in approx.parameter_names],
     })
 

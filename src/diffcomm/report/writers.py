@@ -11,6 +11,8 @@ from ..calibrate import POSTERIOR_DRAWS, Calibration, save_calibration
 from ..comparison import ROBUSTNESS_COLUMNS, Robust
 from ..config import CalibrateConfig, OutputConfig
 from ..data import Dataset
+from ..data.panel import DomainDataset
+from ..domains import PanelCalibration, fitted_inventors, save_panel_calibration
 from ..ensemble import Ensemble
 from ..evaluation import MODEL, Evaluation
 from ..files import RunOutputs
@@ -22,7 +24,7 @@ from ..simulate import Trajectory
 from ..training import check_stop
 from . import figures
 from . import posterior as inference
-from .markdown import calibration_report, policy_report
+from .markdown import calibration_report, panel_report, policy_report
 from .tables import archetype_summary, fit_summary, parameter_table, region_effects_table, trajectory_arrays, write_trajectories
 
 
@@ -117,6 +119,67 @@ def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, c
         write_posterior(out, data, calibration, posterior, summary)
     summary["seconds"], summary["config"] = seconds, plain
     (out.path("report.md")).write_text(calibration_report(summary, table))
+    out.finish(summary)
+    return summary
+
+
+def write_panel_calibration(out: RunOutputs, config: CalibrateConfig, data: DomainDataset, calibration: PanelCalibration,
+                            evaluation: pd.DataFrame | None, *, seconds: float, plain: dict) -> dict:
+    """A calibration on a state x domain panel: `calibration.json`, `fitted.eqx`, `params.csv`
+    (with each per-field parameter's field), `fit.csv` (observed and fitted inventors, tidy),
+    `effects.csv` (each community's latent attraction), `history.csv`, `loss.png`, `fit.png`
+    (inventors per field over the periods), `communities.png` (by field and state, last period),
+    with an evaluation `evaluation.csv` and `evaluation.png`; then `report.md` and `summary.json`."""
+    save_panel_calibration(calibration, out.staging)
+    noise = calibration.noise.assign(domain="")
+    spread = np.exp(1.959964 * noise.se / noise.value)
+    noise = noise.assign(lower95=noise.value / spread, upper95=noise.value * spread)
+    table = pd.concat([parameter_table(calibration.laplace, data.domains), noise[["parameter", "domain", "value", "se", "lower95",
+                                                                                  "upper95", "meaning"]]], ignore_index=True)
+    table.to_csv(out.path("params.csv"), index=False)
+    observed, fitted = data.observed_inventors(), fitted_inventors(calibration.estimate, data)
+    periods = np.asarray(data.periods[1:])
+    num_periods, num_states, num_fields = observed.shape
+    pd.DataFrame({
+        "period_start": np.repeat(periods, num_states * num_fields),
+        "state": np.tile(np.repeat(data.codes, num_fields), num_periods),
+        "field": np.tile(data.domains, num_periods * num_states),
+        "observed": observed.ravel(), "fitted": fitted.ravel(),
+    }).to_csv(out.path("fit.csv"), index=False)
+    z = np.asarray(calibration.estimate.effects.attraction)
+    scale = float(calibration.params.natural().attraction_scale)
+    pd.DataFrame({"state": np.repeat(data.codes, num_fields), "field": np.tile(data.domains, num_states),
+                  "attraction_z": z.ravel(), "attraction": scale * z.ravel()}).to_csv(out.path("effects.csv"), index=False)
+    restarts = calibration.restarts
+    pd.DataFrame(
+        [(s + 1, r, loss, grad) for s, (losses, grads) in enumerate(zip(restarts.history["loss"], restarts.history["grad_norm"]))
+         for r, (loss, grad) in enumerate(zip(losses, grads))],
+        columns=["step", "restart", "loss", "grad_norm"],
+    ).to_csv(out.path("history.csv"), index=False)
+    figures.plot_loss_history(restarts.history, out.path("loss.png"), final=calibration.result.best_loss)
+    figures.plot_field_paths(periods, observed, fitted, data.domains, out.path("fit.png"))
+    figures.plot_communities(observed[-1], fitted[-1], data.codes, data.domains, out.path("communities.png"),
+                             period=str(periods[-1]))
+    seen = np.isfinite(observed).reshape(num_periods, -1).any(axis=0)  # communities observed at least once
+    flat_observed, flat_fitted = observed.reshape(num_periods, -1)[:, seen], fitted.reshape(num_periods, -1)[:, seen]
+    dispersion = float(calibration.noise.set_index("parameter").value["inventors_dispersion"])
+    summary = dict(
+        regions=data.num_regions, domains=list(data.domains), periods=list(data.periods),
+        observations=int(data.num_observations), loss_per_observation=calibration.result.best_loss,
+        restart_losses=restarts.best_losses.tolist(), steps=restarts.steps,
+        polish_steps=calibration.polished.steps if calibration.polished else 0,
+        laplace_positive_definite=calibration.laplace.positive_definite,
+        fit=fit_summary(flat_observed, flat_fitted, dispersion),
+        male_by_period={int(p): float(np.nanmean(np.abs(np.log1p(f) - np.log1p(o)))) for p, o, f in
+                        zip(periods, flat_observed, flat_fitted)},
+        notes=list(data.notes),
+    )
+    if evaluation is not None:
+        evaluation.to_csv(out.path("evaluation.csv"), index=False)
+        figures.plot_evaluation(evaluation, out.path("evaluation.png"))
+        summary["evaluation"] = evaluation.to_dict(orient="records")
+    summary["seconds"], summary["config"] = seconds, plain
+    out.path("report.md").write_text(panel_report(summary, table))
     out.finish(summary)
     return summary
 
