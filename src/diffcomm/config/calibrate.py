@@ -223,8 +223,9 @@ class CalibrateConfig:
             _require(self.model.num_domains == 1, "model.num_domains", "1 for calibration on the metros (the data count all "
                      "of a region's patents together, so more domains would be copies of one)", self.model.num_domains)
         else:
-            _require(not self.fit.region_effects, "fit.region_effects", "[] with data.domain_panel (latent state effects are "
-                     "not part of the panel's model)", self.fit.region_effects)
+            _require(not self.fit.region_effects, "fit.region_effects", "[] with data.domain_panel (the panel always "
+                     "estimates each state-field community's attraction; the key names the metros' region effects)",
+                     self.fit.region_effects)
         for origin in e.origins:  # checked whether or not the evaluation runs: an impossible origin is a mistake either way
             _require(d.first_year + 2 <= origin <= d.last_year - e.horizon, "evaluation.origins",
                      f"years from data.first_year + 2 ({d.first_year + 2}) to data.last_year - evaluation.horizon "

@@ -311,12 +311,13 @@ def load_state_tech(path: str | Path) -> DomainPanel:
 
     def margin(column, key, labels):
         for name in (column, "state_name") if key == "state" else (column,):
-            varying = frame.groupby(["period_start", key])[name].transform("nunique") > 1
+            first = frame.groupby(["period_start", key])[name].transform("first")
+            varying = (frame[name] != first) & frame[name].notna()  # the first row that differs from its group's first
             if varying.any():
                 line = varying.idxmax()
                 where = f"{key}={frame.loc[line, key]!r}, period_start={frame.loc[line, 'period_start']}"
                 raise DataError(f"{resolve(path)}:{line}: column {name!r}: expected one value per {key} and period, "
-                                f"found several for {where}")
+                                f"found {frame.loc[line, name]!r} and {first[line]!r} for {where}")
         if frame[column].isna().any():
             line = frame[column].isna().idxmax()
             raise DataError(f"{resolve(path)}:{line}: column {column!r}: expected a count, got an empty cell")
