@@ -276,7 +276,7 @@ def test_calibrate_writes_every_output_with_its_columns(calibrated):
                  "calibrate.log"):
         assert (calibrated / name).exists(), name
     params = pd.read_csv(calibrated / "params.csv")
-    assert list(params.columns[:3]) == ["parameter", "value", "se"]
+    assert list(params.columns[:4]) == ["parameter", "domain", "value", "se"]
     assert {"educating_weight", "nonlocal_concentration"} <= set(params.parameter)
     summary = json.loads((calibrated / "summary.json").read_text())
     positive = params[params.parameter.isin(["buzz_scale", "patents_dispersion", "nonlocal_concentration"])]

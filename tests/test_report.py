@@ -43,12 +43,14 @@ def test_the_tidy_table_holds_every_value_once(small_run, tmp_path, form):
 
 
 def test_parameter_table_maps_intervals_through_each_constraint():
-    approx = Laplace(names=["buzz_scale", "educating_weight"], mean=np.array([np.log(np.expm1(0.08)), 1.0]),
-                     covariance=np.diag([4.0, 0.25]), natural=np.array([0.08, 1.0]), natural_se=np.array([0.15, 0.5]),
+    approx = Laplace(names=["buzz_scale", "educating_weight", "critical_mass[0]", "critical_mass[1]"],
+                     mean=np.array([np.log(np.expm1(0.08)), 1.0, 10.0, 20.0]), covariance=np.diag([4.0, 0.25, 1.0, 1.0]),
+                     natural=np.array([0.08, 1.0, 10.0, 20.0]), natural_se=np.array([0.15, 0.5, 1.0, 1.0]),
                      positive_definite=True, region_effects=[], region_mean=np.zeros((3, 0)),
-                     region_precision=np.zeros((3, 0, 0)), cross=np.zeros((2, 3, 0)))
-    table = parameter_table(approx)
-    assert list(table.columns) == ["parameter", "value", "se", "lower95", "upper95", "meaning"]
+                     region_precision=np.zeros((3, 0, 0)), cross=np.zeros((4, 3, 0)))
+    table = parameter_table(approx, domains=("Transport", "Instruments"))
+    assert list(table.columns) == ["parameter", "domain", "value", "se", "lower95", "upper95", "meaning"]
+    assert list(table.domain) == ["", "", "Transport", "Instruments"]  # a per-domain parameter names its domain
     buzz, weight = table.iloc[0], table.iloc[1]
     assert 0 < buzz.lower95 < 0.08 < buzz.upper95  # positive, and asymmetric as softplus makes it
     assert weight.lower95 == pytest.approx(1.0 - 1.959964 * 0.5, rel=1e-6)

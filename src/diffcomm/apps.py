@@ -17,14 +17,14 @@ import numpy as np
 import optax
 
 from .calibrate import calibrate, load_calibration
+from .calibrate_domains import calibrate_panel, check_panel
 from .comparison import Robust, compare_methods, held_out_comparison
 from .config import CalibrateConfig, ForecastConfig, OptimizeConfig, SimulateConfig, parse_years
 from .data import load_dataset
 from .data.panel import load_domain_dataset
-from .domains import calibrate_panel, check_panel, evaluate_panel
 from .ensemble import ensemble_from_calibration, lever_forcings, run_ensemble, scenario_label
 from .errors import ConfigError
-from .evaluation import evaluate
+from .evaluation import evaluate, evaluate_panel
 from .files import RunOutputs
 from .forecast import calibrated_regions, forecast, forecast_patents
 from .laplace import draw_estimates

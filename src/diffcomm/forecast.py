@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jaxtyping import Array
 
 from .calibrate import Calibration
 from .config import ForecastConfig
+from .domains import PanelEstimate, expected, years_of
 from .effects import Estimate, national_effects
 from .errors import ConfigError
 from .filtering import Level, filter_level
@@ -40,6 +42,7 @@ from .state import State
 
 if TYPE_CHECKING:
     from .data import Dataset
+    from .data.panel import DomainDataset
 
 MAX_HORIZON = 50  # years after the data that a forecast may reach
 INTERVALS = (0.5, 0.9)  # central intervals every forecast also reports (for interval scores and coverage)
@@ -264,3 +267,28 @@ def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year
     shown[: min(len(years), len(observed))] = observed[: len(years)]
     return Forecast(data.codes, data.names, years, first_year, start + origin, shown, band["mean"], band["lower"],
                     band["upper"], (band["total_lower"], band["total_upper"]))
+
+
+# --------------------------------------------------------------------------------------------
+# Inventors on a state x domain panel (`domains.py`)
+# --------------------------------------------------------------------------------------------
+
+
+def forecast_inventors(estimate: PanelEstimate, data: DomainDataset, origin: int, ahead: tuple[int, ...]) -> Array:
+    """Expected inventors (H, R, K) in the later periods `ahead` (indices) from the period `origin`
+    (an index), as the fit expects every period (`domains.expected`): the community is set to the
+    inventors observed at each period up to the origin, and from the origin the model runs free,
+    with every driver held at the origin's values (later drivers are not known at the origin). The
+    national effect follows its path ahead (`effects.national_effects`; the innovations of years
+    after the fitted ones are the prior's, zero at the estimate)."""
+    rows = jnp.minimum(jnp.arange(data.num_years), data.observed_at[origin])
+    held = eqx.tree_at(lambda d: d.yearly, data.through(data.periods[origin + 1]), years_of(data.yearly, rows))
+    return expected(estimate, held).inventors[jnp.asarray(ahead)]
+
+
+@eqx.filter_jit
+def predictive_inventors(draws: PanelEstimate, data: DomainDataset, origin: int, ahead: tuple[int, ...], key: jax.Array):
+    """Expected inventors under each parameter draw, and counts drawn around them."""
+    means = eqx.filter_vmap(lambda e: forecast_inventors(e, data, origin, ahead))(draws)
+    dispersion = jnp.exp(draws.noise.inventors_dispersion)[:, None, None, None]
+    return means, sample_counts(key, means, dispersion)

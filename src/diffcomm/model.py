@@ -14,6 +14,8 @@ current value and a target inside (0, 1).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -221,6 +223,32 @@ def disconnection_update(p: NaturalParams, s: RegionState, d: Drivers) -> Array:
         + p.policy_renewal * jax.nn.softplus(d.place_policy)
     )
     return s.disconnection * jnp.exp(-renewal) + s.local_connectedness * _leave(erosion)
+
+
+def balance(p: NaturalParams, s: RegionState, d: Drivers, members: Array) -> tuple[RegionState, Array]:
+    """One region's state in balance at its active members, and the inflow offset that holds it
+    there (K,), from the model's own yearly flows  with no shock:
+
+    - overlap X* = new / (delta_X + new) and internationalization F* = gain / delta_F, the fixed
+      points of their updates;
+    - active members lose A leave(attrition) a year and gain reproduction; activation must make
+      up the difference (at least 1% of the loss: a community above its critical mass that grows
+      by itself keeps growing), which takes P* = activation / (leave(a + delta_P) a / (a + delta_P))
+      passive members, fed by an inflow of P* leave(a + delta_P);
+    - the offset is log of that inflow less log of the inflow the drivers give.
+    """
+    zero = jnp.zeros(())
+    new_overlap = overlap_formation(p, s, d, members, zero)
+    s = dataclasses.replace(s, overlap=new_overlap / (p.overlap_decay + new_overlap))
+    log_active = jnp.log(s.active)
+    s = dataclasses.replace(s, internationalization=internationalization_target(p, s, d, zero, log_active) / p.export_decay)
+    lost = s.active * -jnp.expm1(-attrition_rate(p, s, d))
+    activation = jnp.maximum(lost - reproduction(p, s, log_active), 0.01 * lost)
+    rate = activation_rate(p, s, d)
+    leaving = -jnp.expm1(-(rate + p.passive_attrition))
+    passive = activation * (rate + p.passive_attrition) / (leaving * rate)
+    offset = jnp.log(passive * leaving) - jnp.log(inflow_of_new_members(p, s, d, zero))
+    return dataclasses.replace(s, passive=passive), offset
 
 
 def region_step(

@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 
 from ..calibrate import POSTERIOR_DRAWS, Calibration, save_calibration
+from ..calibrate_domains import PanelCalibration, save_panel_calibration
 from ..comparison import ROBUSTNESS_COLUMNS, Robust
 from ..config import CalibrateConfig, OutputConfig
 from ..data import Dataset
 from ..data.panel import DomainDataset
-from ..domains import PanelCalibration, fitted_inventors, save_panel_calibration
+from ..domains import fitted_inventors
 from ..ensemble import Ensemble
 from ..evaluation import MODEL, Evaluation
 from ..files import RunOutputs
