@@ -36,7 +36,7 @@ SHARED_CALIBRATION = ("test_calibrate.py", "test_evaluation.py", "test_forecast.
 """The files that read `fitted_small`: one worker runs them one after the other, so that the
 calibration is fitted once in the session, not once in each worker."""
 
-LONGEST_FIRST = ("test_cli.py", "shared calibration", "test_readme.py", "test_policy.py", "test_loss.py",
+LONGEST_FIRST = ("test_cli.py", "shared calibration", "test_readme.py", "test_policy.py", "test_domains.py", "test_loss.py",
                  "test_simulate.py", "test_recovery.py", "test_sharding.py")
 """The work units that take longest (most of it compiling), longest first. Handed out first, they
 leave the short files to fill in at the end, and the two workers finish about together (handed

@@ -4,6 +4,7 @@ likelihood, and `diffcomm calibrate data=us_state_tech` end to end."""
 import dataclasses
 import json
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,8 +18,10 @@ from diffcomm.calibrate_domains import check_panel
 from diffcomm.config import CalibrateConfig, DataConfig, FitConfig, ModelConfig
 from diffcomm.data import DataError
 from diffcomm.data.panel import INVENTORS_PER_MEMBER, load_domain_dataset
+from diffcomm.domains import PanelEstimate, expected
 from diffcomm.errors import ConfigError
 from diffcomm.evaluation import PANEL_LEVEL_HELD
+from diffcomm.forecast import forecast_inventors
 from diffcomm.observation import dirichlet_multinomial_nll
 from diffcomm.params import Params
 from diffcomm.simulate import make_forcing, simulate
@@ -144,3 +147,28 @@ def test_calibrate_data_us_state_tech_end_to_end(tmp_path):
         assert (folder / name).stat().st_size > 0, name
     with pytest.raises(ConfigError, match="state x domain panel"):  # forecast and optimize read metro runs
         load_calibration(folder)
+
+
+def test_each_period_is_expected_from_the_counts_of_the_one_before(panel, x64):
+    estimate = PanelEstimate.start(Params.from_natural(13), panel)
+    base = np.asarray(expected(estimate, panel).inventors)
+    doubled = eqx.tree_at(lambda d: d.inventors, panel, panel.inventors.at[3].multiply(2.0))
+    moved = np.asarray(expected(estimate, doubled).inventors)
+    np.testing.assert_allclose(moved[:4], base[:4], rtol=1e-12)  # the counts of period 3 do not move its own expectation
+    seen = np.asarray(panel.inventors_mask[3]) > 0
+    ratio = moved[4][seen] / base[4][seen]  # but the next period starts from them (and relaxes a little in 3 years)
+    assert ratio.min() > 1.1 and np.median(ratio) > 1.5
+    held = panel.through(panel.periods[3])  # later periods 3 on held out: the model runs free past period 2
+    np.testing.assert_allclose(np.asarray(expected(estimate, eqx.tree_at(lambda d: d.inventors, held,
+                                                                           held.inventors.at[3].multiply(2.0))).inventors),
+                               np.asarray(expected(estimate, held).inventors), rtol=1e-12)
+
+
+def test_a_forecast_does_not_read_drivers_after_its_origin(panel, x64):
+    estimate = PanelEstimate.start(Params.from_natural(13), panel)
+    origin, ahead = panel.period_index(2009), (panel.period_index(2012),)
+    later = np.arange(panel.num_years) > panel.observed_at[origin]
+    changed = eqx.tree_at(lambda d: d.yearly.migrating, panel,
+                          panel.yearly.migrating + 2.0 * jnp.asarray(later, dtype=float)[:, None, None])
+    np.testing.assert_allclose(np.asarray(forecast_inventors(estimate, changed, origin, ahead)),
+                               np.asarray(forecast_inventors(estimate, panel, origin, ahead)), rtol=1e-12)
