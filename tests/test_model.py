@@ -255,3 +255,16 @@ def test_shock_dents_flows_and_recovers_knowledge_barely_moves(run):
     assert np.max(np.abs(g_dent)) < 0.4 * np.max(np.abs(f_dent))
     assert np.max(np.abs(g_dent)) < 0.1 * np.max(np.abs(inflow_dent))
     assert abs(g_dent[-1]) < 0.3 * np.max(np.abs(g_dent))  # and it recovers too
+
+
+def test_the_nonlocal_share_reads_the_tie_graph_only_through_its_slope(run):
+    """Region 0 has three ties (in and out), region 2 none; all else is equal. At the default
+    slope 0 the graph does not move the non-local share; a positive slope raises the share of the
+    region with the stronger ties."""
+    graph = Graph(source=jnp.array([0, 0, 1]), target=jnp.array([1, 1, 0]), affinity=jnp.ones(3))
+    drivers = Drivers.uniform(3, 2)
+    flat = run(Params.from_natural(2), drivers, years=3, graph=graph)[1].observations.nonlocal_share
+    np.testing.assert_allclose(flat[:, 0], flat[:, 2], rtol=1e-6)
+    sloped = run(Params.from_natural(2, nonlocal_tie_slope=1.0), drivers, years=3, graph=graph)[1].observations.nonlocal_share
+    assert np.all(np.asarray(sloped[:, 0]) > np.asarray(sloped[:, 2]) + 0.01)
+    np.testing.assert_allclose(sloped[:, 2], flat[:, 2], rtol=1e-6)  # no ties: as without the slope

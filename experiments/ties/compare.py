@@ -1,10 +1,11 @@
 """The calibration with the observed tie graph (experiments/us_metros/run), without it
 (run_no_ties), with its strength fitted (run_tie_scale) and with each tie's first-year strength
-from its 1976-1999 transfers (run_earlier_ties): fit, estimates and rolling-origin scores side by side.
+from its 1976-1999 transfers (run_earlier_ties), and with the non-local share reading the graph
+(run_tie_share, `nonlocal_tie_slope` fitted): fit, estimates and rolling-origin scores side by side.
 
     python experiments/ties/compare.py experiments/ties
 
-Writes `comparison.csv` (`origin,method,measure,with_ties,without_ties,tie_scale_fitted,earlier_ties`),
+Writes `comparison.csv` (`origin,method,measure,with_ties,without_ties,tie_scale_fitted,earlier_ties,tie_share_fitted`),
 `fit.csv` and `params.csv` into the folder.
 """
 
@@ -21,7 +22,8 @@ MEASURES = ["male", "mae", "rmse", "interval_90", "coverage_90", "interval_50", 
 
 def main(folder: Path) -> None:
     runs = {"with_ties": folder.parent / "us_metros" / "run", "without_ties": folder / "run_no_ties",
-            "tie_scale_fitted": folder / "run_tie_scale", "earlier_ties": folder / "run_earlier_ties"}
+            "tie_scale_fitted": folder / "run_tie_scale", "earlier_ties": folder / "run_earlier_ties",
+            "tie_share_fitted": folder / "run_tie_share"}
     summaries = {name: json.loads((run / "summary.json").read_text()) for name, run in runs.items()}
     fit = pd.DataFrame({name: {"loss_per_observation": s["loss_per_observation"], "observations": s["observations"],
                                "deviance_explained_vs_region_mean": s["fit"]["deviance_explained_vs_region_mean"],
@@ -40,7 +42,9 @@ def main(folder: Path) -> None:
     model = long[long.method == "model"].pivot(index="measure", columns="origin", values=list(runs))
     print(fit.to_string())
     print(model.loc[MEASURES].round(4).to_string())
-    weights = [p for p in params.index if p.endswith("_weight")] + ["tie_scale", "tie_formation"]
+    weights = [p for p in params.index if p.endswith("_weight")] + ["tie_scale", "tie_formation", "nonlocal_intercept",
+                                                                     "nonlocal_connectedness_slope", "nonlocal_overlap_slope",
+                                                                     "nonlocal_tie_slope"]
     print(params.loc[[w for w in weights if w in params.index]].round(3).to_string())
 
 

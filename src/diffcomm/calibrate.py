@@ -248,6 +248,7 @@ def calibrate(
 # --------------------------------------------------------------------------------------------
 
 FILES = ("calibration.json", "fitted.eqx", "laplace.npz")
+FORMAT = 3  # of `calibration.json` and `fitted.eqx`; 3: the parameter `nonlocal_tie_slope` was added
 POSTERIOR_DRAWS = "posterior_draws.npy"  # with inference=nuts: every chain's draws of the free entries, flat
 _LAPLACE_ARRAYS = ("mean", "covariance", "natural", "natural_se", "region_mean", "region_precision", "cross")
 
@@ -258,7 +259,7 @@ def save_calibration(calibration: Calibration, folder: Path) -> None:
     estimate = calibration.estimate
     precision = str(jax.tree_util.tree_leaves(estimate)[0].dtype)
     shape = dict(regions=int(estimate.effects.attraction.shape[0]), years=int(estimate.effects.year.shape[0]))
-    write_json(folder / "calibration.json", dict(format=2, precision=precision, shape=shape,
+    write_json(folder / "calibration.json", dict(format=FORMAT, precision=precision, shape=shape,
                                                  config=dataclasses.asdict(calibration.config)))
     with atomic_path(folder / "fitted.eqx") as tmp:
         eqx.tree_serialise_leaves(tmp, estimate)
@@ -286,9 +287,9 @@ def load_calibration(folder: Path) -> Calibration:
         raise ConfigError(f"run={folder} is not a finished calibration: missing {', '.join(missing)}")
     try:
         stored = json.loads((folder / "calibration.json").read_text())
-        if stored.get("format") != 2:
+        if stored.get("format") != FORMAT:
             raise ConfigError(f"run={folder} was written by an earlier diffcomm (calibration format "
-                              f"{stored.get('format')}, this one reads 2): calibrate again")
+                              f"{stored.get('format')}, this one reads {FORMAT}): calibrate again")
         config = from_dict(CalibrateConfig, stored["config"])
         with jax.enable_x64(stored["precision"] == "float64"):  # read in the precision it was written in
             like = Estimate.start(Params.from_natural(config.model.num_domains, **config.model.params),

@@ -20,7 +20,7 @@ import optax
 import pandas as pd
 from jax.flatten_util import ravel_pytree
 
-from .calibrate import FitResult, Problem, calibration_prior, polish
+from .calibrate import FORMAT, FitResult, Problem, calibration_prior, polish
 from .config import CalibrateConfig
 from .data.panel import DomainDataset
 from .domains import (
@@ -195,7 +195,7 @@ def save_panel_calibration(calibration: PanelCalibration, folder: Path) -> None:
     """Write the configuration (`calibration.json`) and the estimate (`fitted.eqx`) into `folder`."""
     estimate = calibration.estimate
     precision = str(jax.tree_util.tree_leaves(estimate)[0].dtype)
-    write_json(Path(folder) / "calibration.json", dict(format=2, kind=KIND, precision=precision,
+    write_json(Path(folder) / "calibration.json", dict(format=FORMAT, kind=KIND, precision=precision,
                                                        config=dataclasses.asdict(calibration.config)))
     with atomic_path(Path(folder) / "fitted.eqx") as tmp:
         eqx.tree_serialise_leaves(tmp, estimate)

@@ -336,6 +336,12 @@ def tie_knowledge(p: NaturalParams, knowledge: Float[Array, "r k"], graph: Graph
     return jax.ops.segment_sum(flow, graph.target, num_segments=knowledge.shape[0])
 
 
+def tie_strength(graph: Graph, ties: Float[Array, " e"], num_regions: int) -> Float[Array, " r"]:
+    """The summed strength of each region's cross-local ties, incoming and outgoing (`segment_sum`)."""
+    return (jax.ops.segment_sum(ties, graph.source, num_segments=num_regions)
+            + jax.ops.segment_sum(ties, graph.target, num_segments=num_regions))
+
+
 def international_members(p: NaturalParams, regions: RegionState) -> Float[Array, "k"]:
     """N_k = N0_k + sum_r X_rk A_rk: the international community of each domain."""
     return p.international_base + jnp.sum(regions.overlap * regions.active, axis=0)
@@ -383,5 +389,6 @@ def step(
         p, regions, effective, shock, from_ties, state.world
     )
     world = world_step(p, state.world, new_regions, graph)
-    observations = jax.vmap(observe, in_axes=(None, 0))(p, new_regions)
+    strength = tie_strength(graph, world.ties, regions.active.shape[0])
+    observations = jax.vmap(observe, in_axes=(None, 0, 0))(p, new_regions, strength)
     return State(new_regions, world), observations, flows

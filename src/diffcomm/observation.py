@@ -10,7 +10,9 @@ counts, a sampler of counts, and the deviance used to report a fit.
   national effects carry the national level of grants, the model each region's share of it
   (`national_factor`). `observe` gives the model's own patents, exp(θ0 + θG log Σ_k G_k).
 - Non-local connections of a region ~ BetaBinomial(total, mean share, concentration), the share
-  `σ(θn0 + θn1 logit(1 − Lc) + θn2 logit mean_k X_k)` averaged over the fitted years.
+  `σ(θn0 + θn1 logit(1 − Lc) + θn2 logit mean_k X_k + θn3 log(1 + Σ W))` averaged over the fitted
+  years, Σ W the strength of the region's cross-local ties, in and out (θn3 = 0 by default: the
+  share then does not read the graph).
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ class Observations(eqx.Module):
     development: Float[Array, ""]  # regional development
 
 
-def observe(p: NaturalParams, s: RegionState) -> Observations:
-    """The expected observations of one region's state."""
+def observe(p: NaturalParams, s: RegionState, tie_strength: Array | float = 0.0) -> Observations:
+    """The expected observations of one region's state; `tie_strength`: the summed strength of
+    its cross-local ties, in and out (`model.tie_strength`), which raises the non-local share at
+    slope `nonlocal_tie_slope` on log(1 + strength)."""
     logit_overlap = jax.scipy.special.logit(jnp.mean(s.overlap))
     # logit(1 - Lc); under sustained renewal with no erosion 1 - Lc decays geometrically and can
     # underflow to 0 in float32 after a century or so: read that limit as the smallest normal number
@@ -49,6 +53,7 @@ def observe(p: NaturalParams, s: RegionState) -> Observations:
             p.nonlocal_intercept
             + p.nonlocal_connectedness_slope * logit_nonlocal
             + p.nonlocal_overlap_slope * logit_overlap
+            + p.nonlocal_tie_slope * jnp.log1p(tie_strength)
         ),
         exports_intensity=jnp.mean(s.internationalization),
         development=s.development,

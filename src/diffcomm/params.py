@@ -125,6 +125,8 @@ class NaturalParams(eqx.Module):
     nonlocal_intercept: Float[Array, ""] = parameter(REAL, 0.0, "theta_n0: logit non-local connection share")
     nonlocal_connectedness_slope: Float[Array, ""] = parameter(REAL, 1.0, "theta_n1: response to logit (1 - Lc)")
     nonlocal_overlap_slope: Float[Array, ""] = parameter(REAL, 0.5, "theta_n2: response to logit overlap")
+    nonlocal_tie_slope: Float[Array, ""] = parameter(REAL, 0.0, "theta_n3: response to log(1 + the strength of the "
+                                                                "region's cross-local ties)")
     nonlocal_concentration: Float[Array, ""] = parameter(POSITIVE, 20.0, "beta-binomial concentration of connection counts")
 
     @property
