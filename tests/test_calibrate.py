@@ -227,3 +227,11 @@ def test_the_polish_lowers_the_objective_and_never_raises_it(fitted_small):
     result = polish(start, data, prior, config.fit)
     assert result.best_losses[0] < value(start) - 1e-3
     np.testing.assert_allclose(result.best_losses[0], value(result.estimate), rtol=1e-12)
+
+
+def test_a_calibration_of_an_earlier_format_is_refused_in_one_line(tmp_path):
+    for name in ("summary.json", "fitted.eqx", "laplace.npz"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "calibration.json").write_text('{"format": 2, "precision": "float64", "config": {}}')
+    with pytest.raises(ConfigError, match=r"calibration format 2, this one reads 3\): calibrate again"):
+        load_calibration(tmp_path)
