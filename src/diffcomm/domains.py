@@ -37,10 +37,10 @@ from .data.panel import INVENTORS_PER_MEMBER, DomainDataset
 from .effects import Effects, national_effects, standard_normal_prior
 from .inputs import Drivers
 from .loss import Prior, gaussian_prior, national_curvature
-from .model import balance, init_state
+from .model import balance, init_state, step
 from .observation import dirichlet_multinomial_nll, knowledge_from_patents, national_factor, negative_binomial_nll
 from .params import NaturalParams, Params, free_mask
-from .simulate import make_forcing, simulate
+from .simulate import make_forcing
 from .state import State
 
 NOISE = {
@@ -144,24 +144,25 @@ def expected(estimate: PanelEstimate, data: DomainDataset) -> Expected:
     p = params.natural()
     state, yearly = initial_state(params, data, estimate.effects.attraction)
     eta = national_effects(p, estimate.effects.year)
-    start, active, patents, knowledge = 0, [], [], []
-    for index, at in enumerate(data.observed_at):
-        years = at + 1 - start
-        forcing = make_forcing(years, data.num_regions, drivers=years_of(yearly, slice(start, at + 1)))
-        state, traj = simulate(params, state, data.drivers, data.graph, forcing, checkpoint=True)
-        active.append(state.regions.active)
-        knowledge.append(state.regions.knowledge)
-        patents.append(traj.observations.patents)
-        observed = data.inventors_mask[index] > 0
-        restarted = jnp.where(observed, data.inventors[index] / (INVENTORS_PER_MEMBER * jnp.exp(eta[at])), state.regions.active)
-        state = eqx.tree_at(lambda s: s.regions.active, state, restarted)
-        start = at + 1
     at = jnp.asarray(data.observed_at)
-    factor = national_factor(p, jnp.concatenate(patents), knowledge_from_patents(p, data.first_patents), eta[:start])
-    by_field = jnp.sum(jnp.stack(knowledge), axis=1)
-    inventors = INVENTORS_PER_MEMBER * jnp.stack(active) * jnp.exp(eta[at])[:, None, None]
-    return Expected(inventors, jnp.concatenate(patents)[at] * jnp.exp(factor[at])[:, None],
-                    by_field / jnp.sum(by_field, axis=-1, keepdims=True))
+    shape = (data.num_years, *data.inventors.shape[1:])
+    observed = jnp.zeros(shape, bool).at[at].set(data.inventors_mask > 0)  # the years a community is set to its count
+    members = jnp.zeros(shape).at[at].set(data.inventors) / (INVENTORS_PER_MEMBER * jnp.exp(eta)[:, None, None])
+    forcing = make_forcing(data.num_years, data.num_regions)
+
+    def one_year(state: State, inputs):  # one scan over the years, not one per period: a program a ninth the size
+        drivers, levers, shock, reset, counted = inputs
+        new, observations, _ = step(p, state, drivers, data.graph, levers, shock)
+        active = new.regions.active
+        new = eqx.tree_at(lambda s: s.regions.active, new, jnp.where(reset, counted, active))
+        return new, (active, new.regions.knowledge, observations.patents)
+
+    inputs = (yearly, forcing.levers, forcing.shock, observed, members)
+    _, (active, knowledge, patents) = jax.lax.scan(jax.checkpoint(one_year), state, inputs)
+    factor = national_factor(p, patents, knowledge_from_patents(p, data.first_patents), eta)
+    by_field = jnp.sum(knowledge[at], axis=1)
+    inventors = INVENTORS_PER_MEMBER * active[at] * jnp.exp(eta[at])[:, None, None]
+    return Expected(inventors, patents[at] * jnp.exp(factor[at])[:, None], by_field / jnp.sum(by_field, axis=-1, keepdims=True))
 
 
 def negative_log_likelihood(estimate: PanelEstimate, data: DomainDataset, out: Expected | None = None) -> Float[Array, ""]:
