@@ -122,12 +122,13 @@ def test_the_panel_needs_its_own_number_of_fields(panel):
 
 @pytest.mark.slow
 def test_calibrate_data_us_state_tech_end_to_end(tmp_path):
-    """The command of the issue, cut short: one start, few steps, one origin, few draws."""
+    """The command of the issue, cut short: one start, few steps, no polish (its programs take
+    another 30 s to compile; experiments/state_tech runs it), one origin, few draws."""
     from hydra.core.global_hydra import GlobalHydra
 
     folder = tmp_path / "run"
     GlobalHydra.instance().clear()
-    assert cli.main(["calibrate", "data=us_state_tech", "fit.restarts=1", "fit.steps=40", "fit.polish_steps=5",
+    assert cli.main(["calibrate", "data=us_state_tech", "fit.restarts=1", "fit.steps=40", "fit.polish_steps=0",
                      "evaluation.origins=[2012]", "evaluation.draws=20", "fit.progress=false", f"hydra.run.dir={folder}"]) == 0
     GlobalHydra.instance().clear()
     params = pd.read_csv(folder / "params.csv")
