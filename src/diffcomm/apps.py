@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from .calibrate import calibrate, load_calibration
-from .calibrate_domains import calibrate_panel, check_panel
+from .calibrate_domains import calibrate_panel
 from .comparison import Robust, compare_methods, held_out_comparison
 from .config import CalibrateConfig, ForecastConfig, OptimizeConfig, SimulateConfig, parse_years
 from .data import load_dataset
@@ -142,16 +142,11 @@ def _run_calibrate_panel(cfg: CalibrateConfig, out_dir: Path, *, optimizer: opta
                          plain_config: dict) -> dict:
     """Calibrate K fields to a state x domain panel (`domains.py`) and report into `out_dir`; with
     `evaluation.rolling_origin`, first at each origin against persistence and national drift."""
-    if cfg.inference != "laplace":
-        raise ConfigError("inference=nuts is not built for a domain panel (data.domain_panel); use inference=laplace")
     claim_run_folder(out_dir, cfg, ignore=("fit.stop_after", "fit.progress"))
     started = time.perf_counter()
     data = load_domain_dataset(cfg.data)
     log.info("data: %d states x %d fields, periods %d-%d", data.num_regions, len(data.domains), data.periods[0],
              data.periods[-1])
-    check_panel(data, cfg)
-    if cfg.runtime.devices != 1:
-        raise ConfigError("runtime.devices must be 1 for a domain panel (50 states do not need splitting)")
     evaluation = None
     if cfg.evaluation.rolling_origin:
         evaluation = evaluate_panel(data, cfg, optimizer=optimizer, checkpoint=out_dir / "checkpoint_origin")

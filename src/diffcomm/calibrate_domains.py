@@ -58,7 +58,7 @@ class PanelCalibration:
     config: CalibrateConfig
     estimate: PanelEstimate
     laplace: Laplace
-    noise: pd.DataFrame  # parameter, value, se
+    noise: pd.DataFrame  # parameter, value, se, lower95, upper95, meaning
     restarts: FitResult
     polished: FitResult | None
 
@@ -130,7 +130,7 @@ def laplace(estimate: PanelEstimate, data: DomainDataset, prior: Prior, mask: Pa
     term the Hessian of the joint density is indefinite along the attraction's scale (the funnel
     of a scale and its standardized effects; one negative eigenvalue on the panel). NaN
     covariance and errors where it is still not positive definite. Also the noise parameters'
-    values and delta-method errors."""
+    values, delta-method errors and 95% intervals."""
     free, fixed = eqx.partition(estimate, mask)
     flat, hessian, natural, jacobian = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=float),
                                                               _curvature(free, fixed, data, prior))
@@ -142,11 +142,12 @@ def laplace(estimate: PanelEstimate, data: DomainDataset, prior: Prior, mask: Pa
     approx = Laplace(names, flat, covariance, natural, se, positive, [], np.zeros((data.num_regions, 0)),
                      np.zeros((data.num_regions, 0, 0)), np.zeros((len(names), data.num_regions, 0)))
     noise_rows = []
-    for name in NOISE:
+    for name in NOISE:  # on the log scale, as fitted: the interval is exp(log value +- 1.96 sd)
         i = names.index(name)
+        sd = float(np.sqrt(max(covariance[i, i], 0.0))) if positive else float("nan")
         value = float(np.exp(flat[i]))
-        noise_rows.append(dict(parameter=name, value=value, se=value * float(np.sqrt(max(covariance[i, i], 0.0)))
-                               if positive else float("nan"), meaning=NOISE[name][1]))
+        noise_rows.append(dict(parameter=name, value=value, se=value * sd, lower95=value * np.exp(-1.959964 * sd),
+                               upper95=value * np.exp(1.959964 * sd), meaning=NOISE[name][1]))
     return approx, pd.DataFrame(noise_rows)
 
 

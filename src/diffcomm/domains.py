@@ -258,6 +258,9 @@ def compiled_information(estimate: PanelEstimate, data: DomainDataset, prior: Pr
     return information_of(estimate, data, expected(estimate, data))
 
 
+_compiled_expected = eqx.filter_jit(expected)  # one wrapper, so that its compiled program is kept between calls
+
+
 def fitted_inventors(estimate: PanelEstimate, data: DomainDataset) -> np.ndarray:
     """The model's expected inventors of every later period (P, R, K), for reports."""
-    return np.asarray(eqx.filter_jit(expected)(estimate, data).inventors)
+    return np.asarray(_compiled_expected(estimate, data).inventors)

@@ -38,7 +38,7 @@ from .calibrate_domains import calibrate_panel, check_panel, draw_panel_estimate
 from .config import CalibrateConfig
 from .effects import national_effects
 from .errors import ConfigError
-from .forecast import INTERVALS, forecast_inventors, forecast_patents, predictive_inventors
+from .forecast import INTERVALS, forecast_inventors, forecast_patents, interval_probabilities, predictive_inventors
 from .posterior import sample_posterior
 
 if TYPE_CHECKING:
@@ -206,7 +206,7 @@ def evaluate_panel(data: DomainDataset, config: CalibrateConfig, *, optimizer: o
         truth = np.where(np.isfinite(observed[o])[None], observed[list(ahead)], np.nan)
         draws = draw_panel_estimates(fitted, key=jax.random.key(config.fit.seed + origin), num=e.draws)
         means, counts = predictive_inventors(draws, data, o, ahead, jax.random.key(origin))
-        probabilities = sorted({round(q, 9) for c in INTERVALS for q in ((1 - c) / 2, (1 + c) / 2)})
+        probabilities = interval_probabilities(*INTERVALS)
         model_quantiles = np.quantile(np.asarray(counts).reshape(e.draws, len(ahead), -1), probabilities, axis=0)
         central = np.asarray(forecast_inventors(fitted.estimate, data, o, ahead)).reshape(len(ahead), -1)
         cells = int(np.isfinite(truth).sum())

@@ -48,6 +48,12 @@ MAX_HORIZON = 50  # years after the data that a forecast may reach
 INTERVALS = (0.5, 0.9)  # central intervals every forecast also reports (for interval scores and coverage)
 
 
+def interval_probabilities(*levels: float) -> list[float]:
+    """The lower and upper probabilities of the central intervals `levels`, sorted, rounded so that
+    a key like 0.05 is found again."""
+    return sorted({round(p, 9) for c in levels for p in ((1 - c) / 2, (1 + c) / 2)})
+
+
 def _innovations(estimate: Estimate, num_years: int, key: jax.Array | None, spread=1.0) -> jax.Array:
     """The national innovations of `num_years` years: the fitted ones, then fresh N(0, spread^2)
     draws (zeros with `key=None`: the central path)."""
@@ -170,7 +176,7 @@ def forecast_patents(
         means = means.at[:, origin:].multiply(jnp.asarray(walk, means.dtype))
     if not bool(jnp.all(jnp.isfinite(means))):
         raise FloatingPointError("the forecast has non-finite values: the fitted parameters leave the model's stable range")
-    probabilities = sorted({round(p, 9) for c in (level, *INTERVALS) for p in ((1 - c) / 2, (1 + c) / 2)})
+    probabilities = interval_probabilities(level, *INTERVALS)
     band = _predictive_band(means[1:], dispersion[1:], k_counts, tuple(probabilities))
     quantiles = dict(zip(probabilities, np.asarray(band.pop("quantiles"))))
     totals = dict(zip(probabilities, np.asarray(band.pop("totals"))))
@@ -274,6 +280,7 @@ def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year
 # --------------------------------------------------------------------------------------------
 
 
+@eqx.filter_jit
 def forecast_inventors(estimate: PanelEstimate, data: DomainDataset, origin: int, ahead: tuple[int, ...]) -> Array:
     """Expected inventors (H, R, K) in the later periods `ahead` (indices) from the period `origin`
     (an index), as the fit expects every period (`domains.expected`): the community is set to the

@@ -226,6 +226,10 @@ class CalibrateConfig:
             _require(not self.fit.region_effects, "fit.region_effects", "[] with data.domain_panel (the panel always "
                      "estimates each state-field community's attraction; the key names the metros' region effects)",
                      self.fit.region_effects)
+            _require(self.inference == "laplace", "inference", "laplace with data.domain_panel (NUTS is not built for the "
+                     "panel)", self.inference)
+            _require(self.runtime.devices == 1, "runtime.devices", "1 with data.domain_panel (its 50 states need no "
+                     "splitting)", self.runtime.devices)
         for origin in e.origins:  # checked whether or not the evaluation runs: an impossible origin is a mistake either way
             _require(d.first_year + 2 <= origin <= d.last_year - e.horizon, "evaluation.origins",
                      f"years from data.first_year + 2 ({d.first_year + 2}) to data.last_year - evaluation.horizon "

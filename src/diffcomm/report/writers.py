@@ -82,6 +82,15 @@ def write_ensemble(out: RunOutputs, ensemble: Ensemble, *, title: str, draws_fro
     return summary
 
 
+def history_table(history: dict[str, list]) -> pd.DataFrame:
+    """A fit's history (`FitResult.history`) as `step, restart, loss, grad_norm`, one row per start and step."""
+    return pd.DataFrame(
+        [(s + 1, r, loss, grad) for s, (losses, grads) in enumerate(zip(history["loss"], history["grad_norm"]))
+         for r, (loss, grad) in enumerate(zip(losses, grads))],
+        columns=["step", "restart", "loss", "grad_norm"],
+    )
+
+
 def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, calibration: Calibration,
                       band: dict[str, np.ndarray], evaluation: Evaluation | None, *, seconds: float, plain: dict,
                       posterior: Posterior | None = None) -> dict:
@@ -94,11 +103,7 @@ def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, c
     region_effects_table(calibration, data).to_csv(out.path("effects.csv"), index=False)
     result = calibration.result
     restarts = calibration.restarts or result  # a warm-started calibration has only its polish
-    pd.DataFrame(
-        [(s + 1, r, loss, grad) for s, (losses, grads) in enumerate(zip(restarts.history["loss"], restarts.history["grad_norm"]))
-         for r, (loss, grad) in enumerate(zip(losses, grads))],
-        columns=["step", "restart", "loss", "grad_norm"],
-    ).to_csv(out.path("history.csv"), index=False)
+    history_table(restarts.history).to_csv(out.path("history.csv"), index=False)
     figures.plot_loss_history(restarts.history, out.path("loss.png"), final=result.best_loss)
     observed, years, level = data.observed_patents(), np.asarray(data.years[1:]), config.evaluation.level
     figures.plot_observed_vs_model(years, observed, band["fitted"], band["lower"], band["upper"], data.names,
@@ -132,11 +137,8 @@ def write_panel_calibration(out: RunOutputs, config: CalibrateConfig, data: Doma
     (inventors per field over the periods), `communities.png` (by field and state, last period),
     with an evaluation `evaluation.csv` and `evaluation.png`; then `report.md` and `summary.json`."""
     save_panel_calibration(calibration, out.staging)
-    noise = calibration.noise.assign(domain="")
-    spread = np.exp(1.959964 * noise.se / noise.value)
-    noise = noise.assign(lower95=noise.value / spread, upper95=noise.value * spread)
-    table = pd.concat([parameter_table(calibration.laplace, data.domains), noise[["parameter", "domain", "value", "se", "lower95",
-                                                                                  "upper95", "meaning"]]], ignore_index=True)
+    table = parameter_table(calibration.laplace, data.domains)
+    table = pd.concat([table, calibration.noise.assign(domain="")[list(table.columns)]], ignore_index=True)
     table.to_csv(out.path("params.csv"), index=False)
     observed, fitted = data.observed_inventors(), fitted_inventors(calibration.estimate, data)
     periods = np.asarray(data.periods[1:])
@@ -152,18 +154,14 @@ def write_panel_calibration(out: RunOutputs, config: CalibrateConfig, data: Doma
     pd.DataFrame({"state": np.repeat(data.codes, num_fields), "field": np.tile(data.domains, num_states),
                   "attraction_z": z.ravel(), "attraction": scale * z.ravel()}).to_csv(out.path("effects.csv"), index=False)
     restarts = calibration.restarts
-    pd.DataFrame(
-        [(s + 1, r, loss, grad) for s, (losses, grads) in enumerate(zip(restarts.history["loss"], restarts.history["grad_norm"]))
-         for r, (loss, grad) in enumerate(zip(losses, grads))],
-        columns=["step", "restart", "loss", "grad_norm"],
-    ).to_csv(out.path("history.csv"), index=False)
+    history_table(restarts.history).to_csv(out.path("history.csv"), index=False)
     figures.plot_loss_history(restarts.history, out.path("loss.png"), final=calibration.result.best_loss)
     figures.plot_field_paths(periods, observed, fitted, data.domains, out.path("fit.png"))
     figures.plot_communities(observed[-1], fitted[-1], data.codes, data.domains, out.path("communities.png"),
                              period=str(periods[-1]))
     seen = np.isfinite(observed).reshape(num_periods, -1).any(axis=0)  # communities observed at least once
     flat_observed, flat_fitted = observed.reshape(num_periods, -1)[:, seen], fitted.reshape(num_periods, -1)[:, seen]
-    dispersion = float(calibration.noise.set_index("parameter").value["inventors_dispersion"])
+    dispersion = float(calibration.estimate.noise.natural()["inventors_dispersion"])
     summary = dict(
         regions=data.num_regions, domains=list(data.domains), periods=list(data.periods),
         observations=int(data.num_observations), loss_per_observation=calibration.result.best_loss,
