@@ -10,6 +10,7 @@ import pytest
 from diffcomm.effects import national_effects
 from diffcomm.errors import ConfigError
 from diffcomm.forecast import calibrated_regions, expected_path, forecast, forecast_patents
+from diffcomm.loss import expected_patents
 from diffcomm.simulate import simulate_from_data
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -67,6 +68,17 @@ def test_the_filtered_level_restarts_the_path_at_the_origin(fitted_small):
     restarted = np.asarray(expected_path(fitted.estimate, data, 6, 4, jax.numpy.asarray(counts)))
     np.testing.assert_allclose(band["fitted"], restarted, rtol=1e-9)
     np.testing.assert_allclose(band["fitted"][:4], path, rtol=1e-9)  # before the origin: the fit
+
+
+def test_one_step_ahead_the_forecast_restarts_from_the_origins_counts_as_the_fit_does(fitted_small):
+    data, _, fitted = fitted_small
+    ahead = dataclasses.replace(data, one_step_ahead=True)
+    band = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, ahead, 6, key=jax.random.key(2), draws=20,
+                            level=0.9, history=ahead.observed_patents()[:4])
+    assert "level" not in band  # no filtered level: the counts themselves
+    fit = np.asarray(expected_patents(fitted.estimate, ahead)[0])  # every year one step ahead of the year before's count
+    np.testing.assert_allclose(band["fitted"][:5], fit[:5], rtol=1e-9)  # the first year ahead included
+    assert not np.allclose(band["fitted"][5], fit[5])  # two years ahead: from the forecast's own year 5, not the count
 
 
 def test_without_a_usable_covariance_only_count_noise_remains(fitted_small):

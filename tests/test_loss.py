@@ -50,6 +50,35 @@ def test_masked_cells_change_neither_value_nor_gradient(synthetic):
                                rtol=1e-12)
 
 
+def test_one_step_ahead_each_year_starts_from_the_counts_of_the_year_before(synthetic):
+    truth = Params.from_natural(1)
+    data = synthetic(jax.random.key(4), truth, num_regions=20, num_years=6)
+    year = 0.3 * jax.random.normal(jax.random.key(1), (6,))
+    estimate = at(truth, data, dataclasses.replace(Effects.zeros(20, 6), year=year))
+    free = expected_patents(estimate, data)[0]
+    ahead = dataclasses.replace(data, one_step_ahead=True)
+    expected = eqx.filter_jit(expected_patents)  # one program for the four data sets below
+    # restarted from no count, the path is the free one: a restart's jump is not counted as the model's growth
+    np.testing.assert_allclose(expected(estimate, dataclasses.replace(ahead, patents_mask=0 * data.patents_mask))[0], free,
+                               rtol=1e-12)
+    base = expected(estimate, ahead)[0]
+    assert np.mean(np.abs(np.log(base[1:]) - np.log(data.patents[:-1] + 0.5))) < 0.5 * np.mean(
+        np.abs(np.log(free[1:]) - np.log(data.patents[:-1] + 0.5)))  # near the counts a year before
+    moved = expected(estimate, dataclasses.replace(ahead, patents=ahead.patents.at[2, 5].multiply(3.0)))[0]
+    change = np.abs(np.log(moved) - np.log(base))
+    assert change[:3].max() == 0.0  # the years up to the count do not read it
+    assert change[3, 5] > 0.5 and np.delete(change[3], 5).max() < 0.01  # the next year does, in its region
+    # a masked cell is not restarted from (its count is read as NaN there): its count reaches
+    # neither value nor gradient, and the gradient stays finite
+    clean = dataclasses.replace(ahead, patents_mask=ahead.patents_mask.at[2, :5].set(0.0))
+    garbage = dataclasses.replace(clean, patents=clean.patents.at[2, :5].set(1e6))
+    value_and_grad = eqx.filter_jit(jax.value_and_grad(negative_log_likelihood))
+    a, b = value_and_grad(estimate, clean), value_and_grad(estimate, garbage)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        assert np.all(np.isfinite(x))
+        np.testing.assert_allclose(x, y)
+
+
 def test_holding_out_later_years_is_fitting_the_earlier_ones(synthetic):
     """`Dataset.through` masks the later years: the loss equals that of the shorter data set."""
     truth = Params.from_natural(1)

@@ -139,20 +139,23 @@ def evaluate(
                                     key=jax.random.key(config.fit.seed + origin), draws=draws, level=0.9,
                                     history=observed[:o], posterior=posterior)
 
-        band = model_forecast()
+        band, laplace_row, held_row = model_forecast(), None, None
         if config.inference == "nuts":  # the NUTS forecast is the model's; the Laplace one a diagnostic
             sampled = sample_posterior(fitted, data.through(origin), config.nuts, progress=config.fit.progress,
                                        checkpoint=None if stem is None else Path(f"{stem}_nuts"))
             fitted.posterior = sampled.draws.reshape(-1, sampled.draws.shape[-1])
-            diagnostics.append(dict(origin=origin, method=LAPLACE, **scores(truth, band["mean"][o:],
-                                                                            {p: q[o:] for p, q in band["quantiles"].items()})))
+            laplace_row = dict(origin=origin, method=LAPLACE, **scores(truth, band["mean"][o:],
+                                                                       {p: q[o:] for p, q in band["quantiles"].items()}))
+            diagnostics.append(laplace_row)
             band = model_forecast(fitted.posterior)
         forecasts[origin], bands[origin] = {MODEL: band["mean"][o:]}, band
         rows.append(dict(origin=origin, method=MODEL, **scores(truth, band["mean"][o:],
                                                                {p: q[o:] for p, q in band["quantiles"].items()})))
-        held = np.repeat(band["level"].counts(band["fitted"][o - 1])[None], horizon, axis=0)  # a diagnostic, no intervals
-        forecasts[origin][LEVEL_HELD] = held
-        diagnostics.append(dict(origin=origin, method=LEVEL_HELD, **scores(truth, held, None)))
+        if "level" in band:  # a filtered level (not with `data.one_step_ahead`, which restarts from the counts)
+            held = np.repeat(band["level"].counts(band["fitted"][o - 1])[None], horizon, axis=0)  # a diagnostic, no intervals
+            forecasts[origin][LEVEL_HELD] = held
+            held_row = dict(origin=origin, method=LEVEL_HELD, **scores(truth, held, None))
+            diagnostics.append(held_row)
         history = np.vstack([first, observed[:o]])
         probabilities = sorted(band["quantiles"])
         for name, method in methods.items():
@@ -163,11 +166,11 @@ def evaluate(
             rows.append(dict(origin=origin, method=name, **scores(truth, mean, quantiles)))
         calibrations[origin] = fitted
         model = rows[-len(methods) - 1]
-        log.info("origin %d: model MALE %.4f (best baseline %.4f; level held %.4f), 90%% coverage %.3f (%.0f s)", origin,
-                 model["male"], min(r["male"] for r in rows[-len(methods):]), diagnostics[-1]["male"], model["coverage_90"],
+        held = "" if held_row is None else f"; level held {held_row['male']:.4f}"
+        log.info("origin %d: model MALE %.4f (best baseline %.4f%s), 90%% coverage %.3f (%.0f s)", origin,
+                 model["male"], min(r["male"] for r in rows[-len(methods):]), held, model["coverage_90"],
                  time.perf_counter() - began)
-        if config.inference == "nuts":
-            laplace_row = diagnostics[-2]
+        if laplace_row is not None:
             log.info("origin %d: with Laplace draws instead of NUTS: MALE %.4f, 90%% interval score %.3f (NUTS %.3f)", origin,
                      laplace_row["male"], laplace_row["interval_90"], model["interval_90"])
     return Evaluation(pd.DataFrame(rows + diagnostics), forecasts, bands, calibrations)

@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .filtering import Level, filter_level
 from .inputs import Drivers
 from .laplace import Laplace, draw_estimates
+from .loss import conditioned_path, observed_counts
 from .observation import knowledge_growth, national_factor, sample_counts
 from .simulate import (
     first_knowledge,
@@ -77,6 +78,8 @@ def expected_path(estimate: Estimate, data: Dataset, num_years: int, origin_year
     params = estimate.params
     p = params.natural()
     eta = national_effects(p, _innovations(estimate, num_years, key, spread))
+    if data.one_step_ahead:
+        return conditioned_path(estimate, data, _restart_counts(data, num_years, origin_years, origin_counts), eta)[3]
     if origin_counts is None or origin_years == num_years:
         own = simulate_from_data(params, data, num_years, effects=estimate.effects)[1].patents
         return own * jnp.exp(national_factor(p, own, first_knowledge(params, data), eta))[:, None]
@@ -89,11 +92,25 @@ def expected_path(estimate: Estimate, data: Dataset, num_years: int, origin_year
     return jnp.concatenate([before, later.observations.patents * jnp.exp(factor_later)[:, None]])
 
 
+def _restart_counts(data: Dataset, num_years: int, origin_years: int, origin_counts) -> jax.Array:
+    """With `data.one_step_ahead`, the counts knowledge restarts from in each of `num_years`
+    years (NaN: none): the data's up to the origin, `origin_counts` (where given) at the origin,
+    none after it (`loss.conditioned_path`)."""
+    counts = observed_counts(data)[:origin_years]
+    if origin_counts is not None:
+        counts = counts.at[-1].set(origin_counts)
+    return jnp.concatenate([counts, jnp.full((num_years - origin_years, data.num_regions), jnp.nan, counts.dtype)])
+
+
 def _restarted(estimate: Estimate, data: Dataset, origin_years: int, origin_counts, eta) -> tuple[State, jax.Array, jax.Array]:
     """Simulate `origin_years` years and restart knowledge from `origin_counts`, read at the
     origin's national factor. **Returns:** the restarted state, the expected patents up to the
     origin with their national factor (origin_years, R), and the knowledge growth at the origin."""
     params, p = estimate.params, estimate.params.natural()
+    if data.one_step_ahead:  # every year restarted, the origin's from `origin_counts`
+        counts = _restart_counts(data, origin_years, origin_years, origin_counts)
+        state, growth, _, before, _ = conditioned_path(estimate, data, counts, eta[:origin_years])
+        return state, before, growth
     state, before = simulate_from_data(params, data, origin_years, effects=estimate.effects)
     growth = knowledge_growth(p, before.patents, first_knowledge(params, data))
     factor = eta[:origin_years] - p.patents_knowledge_elasticity * growth
@@ -141,7 +158,8 @@ def forecast_patents(
     With `history`, the counts (O, R) observed in the O years after the first up to an origin,
     the forecast conditions on them: knowledge restarts at the origin from each region's level
     filtered from its counts (`origin_level`), and the deviation from the path goes on as a
-    random walk. Years up to the origin are the model's fit.
+    random walk; with `data.one_step_ahead`, from the origin's counts themselves, as the fit
+    restarted it every year. Years up to the origin are the model's fit.
 
     **Arguments:** the estimate, its Laplace approximation and the mask of what was fitted
     (`Calibration.mask`); the data; `draws` from the approximation, or from `posterior` (N, D),
@@ -160,6 +178,9 @@ def forecast_patents(
     extra = {}
     if history is None or history.shape[0] in (0, num_years):
         origin, counts, walk = num_years, None, None
+    elif data.one_step_ahead:  # as the fit did every year: knowledge restarts from the origin's counts
+        origin, walk = history.shape[0], None
+        counts = jnp.broadcast_to(jnp.asarray(history[-1]), (draws + 1, data.num_regions))
     else:
         origin = history.shape[0]
         filtered, expected = origin_level(estimate, data, history)
@@ -199,7 +220,8 @@ def calibrated_regions(calibration: Calibration, data: Dataset, draws: Estimate 
                        with_factor: bool = False) -> tuple:
     """The calibrated regions in the data's last year, as a policy starts from them: the state the
     model reaches with the fitted effects, knowledge restarted from each region's filtered level
-    (as a forecast from there would), and the drivers with the latent region effects added.
+    (from its last count with `data.one_step_ahead`; as a forecast from there would), and the
+    drivers with the latent region effects added.
     **Returns:** `(state, drivers, graph)`, and with `with_factor` also the log factor that turns
     the model's expected patents into counts at the last year's national level (`_restarted`).
 
@@ -209,8 +231,11 @@ def calibrated_regions(calibration: Calibration, data: Dataset, draws: Estimate 
     """
     estimate, observed = calibration.estimate, data.observed_patents()
     years = observed.shape[0]
-    filtered, expected = origin_level(estimate, data, observed)
-    counts = jnp.asarray(filtered.counts(expected))
+    if data.one_step_ahead:  # the fit restarted every year from the counts; the last year's are the origin's
+        counts = jnp.asarray(observed[-1])
+    else:
+        filtered, expected = origin_level(estimate, data, observed)
+        counts = jnp.asarray(filtered.counts(expected))
 
     def at_origin(one: Estimate) -> tuple[State, Drivers, jax.Array]:
         p = one.params.natural()

@@ -18,9 +18,11 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .effects import Estimate, national_effects, region_effect_scales, standard_normal_prior
+from .model import step
 from .observation import beta_binomial_nll, national_factor, negative_binomial_nll
 from .params import PARAMETERS, NaturalParams, Params
-from .simulate import first_knowledge, simulate_from_data
+from .simulate import first_knowledge, initial_state, make_forcing, region_drivers, restart_knowledge, simulate_from_data
+from .state import State
 
 if TYPE_CHECKING:
     from .data import Dataset
@@ -28,13 +30,60 @@ if TYPE_CHECKING:
 
 def expected_patents(estimate: Estimate, data: Dataset) -> tuple[Float[Array, "t r"], Float[Array, "t r"]]:
     """Expected patents in the years after the first (T, R), with the national effects, and the
-    simulated non-local share (T, R)."""
+    simulated non-local share (T, R): along one free path from the first year, or with
+    `data.one_step_ahead` each year from the counts observed the year before (`conditioned_path`)."""
     params = estimate.params
     p = params.natural()
+    if data.one_step_ahead:
+        eta = national_effects(p, estimate.effects.year)
+        *_, patents, share = conditioned_path(estimate, data, observed_counts(data), eta)
+        return patents, share
     _, predicted = simulate_from_data(params, data, data.patents.shape[0], effects=estimate.effects, checkpoint=True)
     first = first_knowledge(params, data)
     factor = national_factor(p, predicted.patents, first, national_effects(p, estimate.effects.year))
     return predicted.patents * jnp.exp(factor)[:, None], predicted.nonlocal_share
+
+
+def observed_counts(data: Dataset) -> Float[Array, "t r"]:
+    """The fitted counts of the years after the first, NaN where not observed or held out."""
+    return jnp.where(data.patents_mask > 0, data.patents, jnp.nan)
+
+
+def conditioned_path(estimate: Estimate, data: Dataset, counts: Float[Array, "t r"], eta: Float[Array, " t"]
+                     ) -> tuple[State, Float[Array, ""], Float[Array, "t r"], Float[Array, "t r"], Float[Array, "t r"]]:
+    """The model run year by year with each region's knowledge restarted, at the end of every
+    year, from that year's count in `counts` (T, R; NaN: not restarted, the region runs on), read
+    at the year's national factor (`simulate.restart_knowledge`). So each year is expected from
+    the year before's count, one step ahead, as a forecast is from its origin; members, overlap
+    and ties run on, driven by the restarted knowledge.
+
+    The national factor removes the model's own growth from the national level (`national_factor`);
+    a restart is not growth, so the growth m_t adds up each year's step only, from the knowledge
+    restarted to the knowledge one year on (as a forecast continues it from its origin).
+
+    **Returns:** the state after the last year (restarted where counted), the growth m_T there,
+    the model's own patents (T, R), expected patents with the national factor (T, R), and the
+    non-local share (T, R).
+    """
+    params = estimate.params
+    p = params.natural()
+    drivers = region_drivers(params, data, estimate.effects)
+    forcing = make_forcing(counts.shape[0], data.num_regions)
+
+    def one_year(carry, inputs):
+        state, growth = carry
+        levers, shock, count, national = inputs
+        before = jnp.log(jnp.sum(state.regions.knowledge))
+        new, observations, _ = step(p, state, drivers, data.graph, levers, shock)
+        growth = growth + jnp.log(jnp.sum(new.regions.knowledge)) - before
+        factor = national - p.patents_knowledge_elasticity * growth
+        new = restart_knowledge(params, new, count, factor)
+        return (new, growth), (observations.patents, factor, observations.nonlocal_share)
+
+    start = (initial_state(params, data, drivers, checkpoint=True), jnp.zeros((), eta.dtype))
+    inputs = (forcing.levers, forcing.shock, counts, eta)
+    (final, growth), (own, factor, share) = jax.lax.scan(jax.checkpoint(one_year), start, inputs)
+    return final, growth, own, own * jnp.exp(factor)[:, None], share
 
 
 NOISE_PARAMETERS = ("patents_dispersion", "nonlocal_concentration")
@@ -54,9 +103,15 @@ def region_outputs(estimate: Estimate, data: Dataset) -> tuple[Float[Array, "t r
     what a region's own latent effects move, to first order. (The factor moves every region by
     the average effect, a term of order 1/R per region; a colouring that perturbs every region's
     effect at once would add up those terms into one of order 1.)"""
-    observed = simulate_from_data(estimate.params, data, data.patents.shape[0], effects=estimate.effects, checkpoint=True)[1]
-    share = jnp.sum(observed.nonlocal_share * data.window[:, None], axis=0) / jnp.sum(data.window)
-    return jnp.log(observed.patents), jax.scipy.special.logit(share)
+    if data.one_step_ahead:
+        eta = national_effects(estimate.params.natural(), estimate.effects.year)
+        _, _, own, _, nonlocal_share = conditioned_path(estimate, data, observed_counts(data), eta)
+    else:
+        observed = simulate_from_data(estimate.params, data, data.patents.shape[0], effects=estimate.effects,
+                                      checkpoint=True)[1]
+        own, nonlocal_share = observed.patents, observed.nonlocal_share
+    share = jnp.sum(nonlocal_share * data.window[:, None], axis=0) / jnp.sum(data.window)
+    return jnp.log(own), jax.scipy.special.logit(share)
 
 
 def fisher_weights(estimate: Estimate, data: Dataset) -> tuple[Float[Array, "t r"], Float[Array, " r"]]:
@@ -166,18 +221,23 @@ def latent_curvature(estimate: Estimate, data: Dataset, prior: Prior, patents: A
         precision = jnp.eye(len(prior.region_effects)) + scales[:, None] * information.region * scales[None, :]
         total = total + 0.5 * jnp.sum(jnp.linalg.slogdet(precision)[1])
     if prior.national:
-        total = total + national_curvature(p, jnp.sum(information.counts, axis=1))
+        total = total + national_curvature(p, jnp.sum(information.counts, axis=1), differenced=data.one_step_ahead)
     return total
 
 
-def national_curvature(p: NaturalParams, year_information: Float[Array, " t"]) -> Float[Array, ""]:
+def national_curvature(p: NaturalParams, year_information: Float[Array, " t"], *, differenced: bool = False
+                       ) -> Float[Array, ""]:
     """1/2 log det of the posterior precision of the national innovations eps_1..eps_T, given the
     Fisher information about each year's national effect `year_information` (T,) (the sum over
     regions of the counts' weights, since d log mu_rt / d eta_t = 1), mapped to the innovations
-    through the AR(1) recursion (`effects.national_effects`)."""
+    through the AR(1) recursion (`effects.national_effects`). `differenced`: counts expected one
+    step ahead (`conditioned_path`) read the change eta_t - eta_t-1 instead (the restart from
+    the year before's count takes eta_t-1 out; the first year's effect is 0)."""
     num_years = year_information.shape[0]
     lag = jnp.arange(num_years)[:, None] - jnp.arange(num_years)[None, :]
     mapping = jnp.where(lag >= 0, p.national_shock_scale * p.national_persistence ** jnp.maximum(lag, 0), 0.0)
+    if differenced:
+        mapping = mapping - jnp.concatenate([jnp.zeros((1, num_years), mapping.dtype), mapping[:-1]])
     precision = jnp.eye(num_years) + mapping.T @ (year_information[:, None] * mapping)
     return 0.5 * jnp.linalg.slogdet(precision)[1]
 

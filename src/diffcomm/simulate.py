@@ -244,8 +244,8 @@ def restart_knowledge(params: Params, state: State, counts: Float[Array, " r"],
     at the national effect `national` of the counts' year), kept where a count is missing (NaN);
     its split over domains is the simulated one."""
     knowledge = state.regions.knowledge
-    level = knowledge_from_patents(params.natural(), counts, national)
     observed = jnp.isfinite(counts)
+    level = knowledge_from_patents(params.natural(), jnp.where(observed, counts, 0.0), national)  # no NaN in a gradient
     share = knowledge / jnp.sum(knowledge, axis=-1, keepdims=True)
-    new = jnp.where(observed[:, None], jnp.where(observed, level, 1.0)[:, None] * share, knowledge)
+    new = jnp.where(observed[:, None], level[:, None] * share, knowledge)
     return eqx.tree_at(lambda s: s.regions.knowledge, state, new)

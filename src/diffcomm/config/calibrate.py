@@ -86,6 +86,9 @@ class DataConfig:
     spin_up_years: int = option(0, "years the model runs with the first year's drivers before the first year, so that "
                                    "communities start near what their drivers sustain; knowledge is then set from the first "
                                    "year's counts (0: start from the data)")
+    one_step_ahead: bool = option(False, "fit each year one step ahead: knowledge restarts every year from that year's "
+                                         "observed counts, as a forecast restarts it at its origin (false: one free "
+                                         "path from the first year)")
     min_edge_weight: float = option(1.0, "ties with fewer transfers are dropped")
     max_patents: float = option(1e6, "largest plausible patent count of one region-year; larger cells are refused")
     regions: list[str] = option(help="region codes to keep (5 digits, quoted); empty: all", factory=list)
@@ -98,6 +101,7 @@ class DataConfig:
         _require(self.first_year < self.last_year, "data.last_year", f"after data.first_year ({self.first_year})", self.last_year)
         duplicates = self.covariate_duplicates
         _require(duplicates in ("error", "first"), "data.covariate_duplicates", "error or first", duplicates)
+        _require(isinstance(self.one_step_ahead, bool), "data.one_step_ahead", "true or false", self.one_step_ahead)
         spin = self.spin_up_years
         _require(isinstance(spin, int) and 0 <= spin <= 500, "data.spin_up_years", "an integer in 0-500", spin)
         weight = self.min_edge_weight

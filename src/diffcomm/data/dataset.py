@@ -44,6 +44,7 @@ class Dataset(eqx.Module):
     years: tuple[int, ...] = eqx.field(static=True)  # T + 1 consecutive years
     notes: tuple[str, ...] = eqx.field(static=True)  # every fill and drop made in building it
     spin_up_years: int = eqx.field(static=True, default=0)  # years run before the first (`simulate.initial_state`)
+    one_step_ahead: bool = eqx.field(static=True, default=False)  # each year from the last one's counts (`loss.conditioned_path`)
     initial_ties: Float[Array, " e"] | None = None  # each tie's strength in the first year; None: `INITIAL_TIE` on every tie
 
     @property
@@ -114,6 +115,7 @@ def load_dataset(config: DataConfig) -> Dataset:
     return build_dataset(panel, covariates, specialization, linkage, edges, config.drivers,
                          first_year=config.first_year, last_year=config.last_year,
                          min_edge_weight=config.min_edge_weight, notes=tuple(notes), spin_up_years=config.spin_up_years,
+                         one_step_ahead=config.one_step_ahead,
                          earlier_edges=earlier)
 
 
@@ -130,6 +132,7 @@ def build_dataset(
     min_edge_weight: float = 1.0,
     notes: tuple[str, ...] = (),
     spin_up_years: int = 0,
+    one_step_ahead: bool = False,
     earlier_edges: pd.DataFrame | None = None,
 ) -> Dataset:
     """Assemble the calibration data set for the regions of the patent panel.
@@ -191,6 +194,7 @@ def build_dataset(
         years=tuple(int(y) for y in panel.years),
         notes=tuple(notes),
         spin_up_years=spin_up_years,
+        one_step_ahead=one_step_ahead,
         initial_ties=initial_ties,
     )
 
