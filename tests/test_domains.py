@@ -122,13 +122,12 @@ def test_the_panel_needs_its_own_number_of_fields(panel):
 
 @pytest.mark.slow
 def test_calibrate_data_us_state_tech_end_to_end(tmp_path):
-    """The command of the issue, cut short: one start, few steps, no polish (its programs take
-    another 30 s to compile; experiments/state_tech runs it), one origin, few draws."""
+    """The command of the issue, cut short: one start, few steps, a short polish, one origin, few draws."""
     from hydra.core.global_hydra import GlobalHydra
 
     folder = tmp_path / "run"
     GlobalHydra.instance().clear()
-    assert cli.main(["calibrate", "data=us_state_tech", "fit.restarts=1", "fit.steps=40", "fit.polish_steps=0",
+    assert cli.main(["calibrate", "data=us_state_tech", "fit.restarts=1", "fit.steps=40", "fit.polish_steps=10",
                      "evaluation.origins=[2012]", "evaluation.draws=20", "fit.progress=false", f"hydra.run.dir={folder}"]) == 0
     GlobalHydra.instance().clear()
     params = pd.read_csv(folder / "params.csv")
@@ -144,6 +143,7 @@ def test_calibrate_data_us_state_tech_end_to_end(tmp_path):
     assert len(fit) == 9 * 50 * 13 and fit.fitted.gt(0).all()
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["domains"][0] == "Audiovisual Technologies" and "evaluation" in summary
+    assert summary["polish_steps"] > 0 and summary["loss_per_observation"] <= min(summary["restart_losses"])
     for name in ("report.md", "fit.png", "communities.png", "evaluation.png", "loss.png", "effects.csv"):
         assert (folder / name).stat().st_size > 0, name
     with pytest.raises(ConfigError, match="state x domain panel"):  # forecast and optimize read metro runs

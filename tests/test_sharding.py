@@ -10,7 +10,8 @@ import textwrap
 import pandas as pd
 import pytest
 
-FOUR_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+FOUR_DEVICES = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
+                "JAX_PLATFORMS": "cpu"}
 
 CHECK = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
