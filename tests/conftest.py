@@ -9,6 +9,7 @@ is what the tests without the `x64` fixture run.
 import dataclasses
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,10 +31,22 @@ from diffcomm.simulate import make_forcing, simulate
 # XLA's cheaper CPU code generation: the same programs, equal to the tests' tolerances, compiled
 # in about half the time (the README's library examples: 32 s of compiling instead of 67 s).
 # Users' runs keep XLA's defaults. XLA reads the flags when JAX starts its backend, which the
-# imports above do not do.
+# imports above do not do; an XLA that does not know a flag ends the process, so the flags are
+# tried in a process of their own first and left out where they fail.
 FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=0",
                 "--xla_llvm_disable_expensive_passes=true")
-os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *FAST_COMPILE]).strip()
+
+
+def _with_fast_compile(flags: str) -> str:
+    if all(flag in flags for flag in FAST_COMPILE):  # set already (a worker inherits the controller's)
+        return flags
+    faster = " ".join([flags, *FAST_COMPILE]).strip()
+    probe = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(2).sum().block_until_ready()"],
+                           env={**os.environ, "XLA_FLAGS": faster, "JAX_PLATFORMS": "cpu"}, capture_output=True, timeout=300)
+    return faster if probe.returncode == 0 else flags
+
+
+os.environ["XLA_FLAGS"] = _with_fast_compile(os.environ.get("XLA_FLAGS", ""))
 
 # absl's log handler keeps the sys.stderr of its import, which under pytest is a capture
 # stream; Hydra's logging set-up closes every handler, and absl's then closes that stream.
