@@ -235,3 +235,7 @@ def test_a_calibration_of_an_earlier_format_is_refused_in_one_line(tmp_path):
     (tmp_path / "calibration.json").write_text('{"format": 2, "precision": "float64", "config": {}}')
     with pytest.raises(ConfigError, match=r"calibration format 2, this one reads 3\): calibrate again"):
         load_calibration(tmp_path)
+    for damaged in ('{"format": ', "[3]"):  # cut short, or not an object: one line, not a traceback
+        (tmp_path / "calibration.json").write_text(damaged)
+        with pytest.raises(ConfigError, match="is not a finished calibration: its files cannot be read"):
+            load_calibration(tmp_path)

@@ -276,17 +276,20 @@ def load_calibration(folder: Path) -> Calibration:
     """
     folder = Path(folder)
     try:
-        kind = json.loads((folder / "calibration.json").read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        kind = None  # missing or damaged: said below
-    if kind == "domain_panel":
+        stored, unreadable = json.loads((folder / "calibration.json").read_text()), None
+    except (OSError, ValueError) as error:
+        stored, unreadable = {}, error  # missing or damaged: said below
+    if isinstance(stored, dict) and stored.get("kind") == "domain_panel":
         raise ConfigError(f"run={folder} is a calibration on a state x domain panel (data.domain_panel); forecast, "
                           "simulate and optimize read calibrations on the metros")
     missing = [name for name in ("summary.json", *FILES) if not (folder / name).exists()]
     if missing:
         raise ConfigError(f"run={folder} is not a finished calibration: missing {', '.join(missing)}")
     try:
-        stored = json.loads((folder / "calibration.json").read_text())
+        if unreadable is not None:
+            raise unreadable
+        if not isinstance(stored, dict):
+            raise ValueError("calibration.json holds no JSON object")
         if stored.get("format") != FORMAT:
             raise ConfigError(f"run={folder} was written by an earlier diffcomm (calibration format "
                               f"{stored.get('format')}, this one reads {FORMAT}): calibrate again")
