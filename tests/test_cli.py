@@ -207,6 +207,8 @@ def test_an_impossible_budget_cap_is_refused_after_the_regions_are_known(tmp_pat
 def test_unknown_command(capsys):
     assert run("simulat") == 2
     assert "unknown command" in capsys.readouterr().err
+    assert cli.main([]) == 2  # no command at all: the usage, on stderr
+    assert "calibrate" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", list(cli.COMMANDS))

@@ -52,7 +52,11 @@ def test_every_command_config_has_usable_defaults(name):
         (lambda: CalibrateConfig(model=ModelConfig(num_domains=3, x64=True)), "model.num_domains must be 1 for calibration"),
         (lambda: CalibrateConfig(evaluation=EvaluationConfig(rolling_origin=True, origins=[2009])),
          "evaluation.origins must be years from data.first_year + 2 (2002) to data.last_year - evaluation.horizon (2007)"),
+        (lambda: CalibrateConfig(data=DataConfig(first_year=2008), evaluation=EvaluationConfig(rolling_origin=True)),
+         "2008-2010 leaves none: widen the years, shorten evaluation.horizon or set evaluation.rolling_origin=false"),
         (lambda: FitConfig(region_effects=["charisma"]), "fit.region_effects must be names from"),
+        (lambda: CalibrateConfig(data=DataConfig(domain_panel="us_state_tech/panel.csv", spin_up_years=5),
+                                 fit=FitConfig(region_effects=[])), "data.spin_up_years must be 0 with data.domain_panel"),
         (lambda: CalibrateConfig(inference="mcmc"), "inference must be laplace or nuts, got 'mcmc'"),
         (lambda: NutsConfig(chains=0), "nuts.chains must be >= 1, got 0"),
         (lambda: PolicyConfig(discount=0.0), "policy.discount must be in (0, 1]"),
@@ -68,6 +72,11 @@ def test_bad_values_are_refused_with_their_key(make, message):
     with pytest.raises(ConfigError) as error:
         make()
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_origins_are_not_read_without_the_rolling_origin():
+    config = CalibrateConfig(data=DataConfig(last_year=2006))  # the default origins 2005-2007 lie past 2006 - 3
+    assert not config.evaluation.rolling_origin
 
 
 def test_driver_terms_given_as_dicts_become_typed():

@@ -84,6 +84,9 @@ def test_the_report_gives_the_rolling_origin_table_and_the_verdict():
     assert "| 2007 | level held | 0.3500 | 12.00 | 60.0 | – | – | – | – |" in text
     assert "- 2007: MALE no; 90% interval score yes; 90% coverage within 85-95%: yes" in text
     assert "| buzz_scale | 0.08 | 0.06 | [0.01, 0.3] | m |" in text and "- a note" in text
+    assert "Fitted along one free path from the first year's counts." in text
+    text = calibration_report(dict(summary, fitted_as="one step ahead", spin_up_years=50), table)
+    assert "one step ahead, from the year before's observed counts (data.one_step_ahead), after a spin-up of 50 years" in text
 
 
 def test_the_aggregate_of_years_without_data_is_missing_not_zero():

@@ -100,7 +100,13 @@ def test_progress_without_a_terminal_logs_each_tenth(caplog, capsys):
 def test_a_run_folder_takes_one_configuration(tmp_path):
     claim_run_folder(tmp_path, FitConfig(), ignore=("stop_after",))
     claim_run_folder(tmp_path, dataclasses.replace(FitConfig(), stop_after=5), ignore=("stop_after",))  # a steering key
-    with pytest.raises(ConfigError, match="holds a checkpoint of a different configuration"):
+    claim_run_folder(tmp_path, FitConfig(restarts=3), ignore=("stop_after",))  # nothing left to resume: taken over
+    (tmp_path / "checkpoint.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"holds a checkpoint of a different configuration .*\(checkpoint.json\)"):
+        claim_run_folder(tmp_path, FitConfig(restarts=2), ignore=("stop_after",))
+    (tmp_path / "checkpoint.json").unlink()
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds the results of a different configuration"):
         claim_run_folder(tmp_path, FitConfig(restarts=2), ignore=("stop_after",))
 
 
@@ -111,6 +117,7 @@ def test_a_run_folder_takes_one_set_of_inputs(tmp_path):
     folder = tmp_path / "run"
     claim_run_folder(folder, FitConfig(), inputs=(calibration,))
     claim_run_folder(folder, FitConfig(), inputs=(calibration,))  # the same: resumes
+    (folder / "checkpoint.json").write_text("{}")
     calibration.write_bytes(b"two")
     with pytest.raises(ConfigError, match="different configuration or other inputs"):
         claim_run_folder(folder, FitConfig(), inputs=(calibration,))

@@ -348,7 +348,10 @@ def _argv(args: list[str]):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `diffcomm` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # no command: a usage error
+        print(usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
     if argv[0] in ("-V", "--version"):

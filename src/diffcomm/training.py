@@ -212,7 +212,8 @@ def load_checkpoint(path: Path | None, like):
 def claim_run_folder(folder: Path, config, *, ignore: tuple[str, ...] = (), inputs: tuple[Path, ...] = ()) -> None:
     """Mark `folder` with the fingerprint of `config` (a dataclass) and of the contents of the
     files `inputs` (e.g. the calibration a policy starts from); refuse a folder marked by another
-    configuration or other inputs, since a checkpoint there would be resumed.
+    configuration or other inputs that left a checkpoint (it would be resumed) or finished results
+    there. A folder whose earlier run stopped before either (e.g. on a bad data file) is taken over.
 
     `ignore`: dotted keys that only steer one call (e.g. `fit.stop_after`, `fit.progress`).
     """
@@ -230,5 +231,9 @@ def claim_run_folder(folder: Path, config, *, ignore: tuple[str, ...] = (), inpu
     folder.mkdir(parents=True, exist_ok=True)
     stamp = folder / "fingerprint.txt"
     if stamp.exists() and stamp.read_text().strip() != fingerprint:
-        raise ConfigError(f"{folder} holds a checkpoint of a different configuration or other inputs; use a new run folder")
+        held = sorted(path.name for path in folder.iterdir() if path.name.startswith("checkpoint") or path.name == "summary.json")
+        if held:
+            kind = "a checkpoint" if held[0].startswith("checkpoint") else "the results"
+            raise ConfigError(f"{folder} holds {kind} of a different configuration or other inputs ({held[0]}); "
+                              "use a new run folder")
     stamp.write_text(fingerprint + "\n")

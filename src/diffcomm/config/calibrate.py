@@ -88,7 +88,8 @@ class DataConfig:
                                    "year's counts (0: start from the data)")
     one_step_ahead: bool = option(False, "fit each year one step ahead: knowledge restarts every year from that year's "
                                          "observed counts, as a forecast restarts it at its origin (false: one free "
-                                         "path from the first year)")
+                                         "path from the first year; the state x field panel is always fitted one "
+                                         "period ahead)")
     min_edge_weight: float = option(1.0, "ties with fewer transfers are dropped")
     max_patents: float = option(1e6, "largest plausible patent count of one region-year; larger cells are refused")
     regions: list[str] = option(help="region codes to keep (5 digits, quoted); empty: all", factory=list)
@@ -234,10 +235,15 @@ class CalibrateConfig:
                      "panel)", self.inference)
             _require(self.runtime.devices == 1, "runtime.devices", "1 with data.domain_panel (its 50 states need no "
                      "splitting)", self.runtime.devices)
-        for origin in e.origins:  # checked whether or not the evaluation runs: an impossible origin is a mistake either way
-            _require(d.first_year + 2 <= origin <= d.last_year - e.horizon, "evaluation.origins",
-                     f"years from data.first_year + 2 ({d.first_year + 2}) to data.last_year - evaluation.horizon "
-                     f"({d.last_year - e.horizon})", origin)
+            _require(d.spin_up_years == 0, "data.spin_up_years", "0 with data.domain_panel (every community starts in "
+                     "balance at its observed size)", d.spin_up_years)
+        low, high = d.first_year + 2, d.last_year - e.horizon
+        for origin in e.origins if e.rolling_origin else ():  # unread without the evaluation (shorter years need no edit)
+            _require(low <= high, "evaluation.origins", f"a year from data.first_year + 2 to data.last_year - "
+                     f"evaluation.horizon, and {d.first_year}-{d.last_year} leaves none: widen the years, shorten "
+                     "evaluation.horizon or set evaluation.rolling_origin=false", origin)
+            _require(low <= origin <= high, "evaluation.origins", f"years from data.first_year + 2 ({low}) to "
+                     f"data.last_year - evaluation.horizon ({high})", origin)
 
 
 def parse_years(text: str, key: str = "years") -> tuple[int, int]:

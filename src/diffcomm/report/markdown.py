@@ -12,6 +12,7 @@ def calibration_report(summary: dict, table: pd.DataFrame) -> str:
         "# Calibration report", "",
         f"{summary['regions']} regions, years {summary['years'][0]}-{summary['years'][1]}, "
         f"{summary['observations']} observations; loss per observation {summary['loss_per_observation']:.4f}.",
+        _fitted_as(summary),
         f"Restarts reached {', '.join(f'{x:.4f}' for x in summary['restart_losses'])} "
         f"({summary['steps']} steps, converged: {summary['converged']}); L-BFGS polish: {summary['polish_steps']} steps"
         f"{'' if summary.get('polish_converged') is None else ', converged: ' + str(summary['polish_converged'])}.",
@@ -52,6 +53,16 @@ def calibration_report(summary: dict, table: pd.DataFrame) -> str:
 
 def _number(value: float, digits: int) -> str:
     return "–" if value != value else f"{value:.{digits}f}"  # NaN: not computed
+
+
+def _fitted_as(summary: dict) -> str:
+    """How the expected counts were made, which the loss depends on (losses of the two ways are not comparable)."""
+    spin = summary.get("spin_up_years", 0)
+    start = f", after a spin-up of {spin} years" if spin else ""
+    if summary.get("fitted_as") == "one step ahead":
+        return (f"Each year fitted one step ahead, from the year before's observed counts (data.one_step_ahead){start}; "
+                "its loss is not comparable with a fit along the free path.")
+    return f"Fitted along one free path from the first year's counts{start}."
 
 
 def policy_report(summary: dict) -> str:
