@@ -79,6 +79,10 @@ def test_one_step_ahead_the_forecast_restarts_from_the_origins_counts_as_the_fit
     fit = np.asarray(expected_patents(fitted.estimate, ahead)[0])  # every year one step ahead of the year before's count
     np.testing.assert_allclose(band["fitted"][:5], fit[:5], rtol=1e-9)  # the first year ahead included
     assert not np.allclose(band["fitted"][5], fit[5])  # two years ahead: from the forecast's own year 5, not the count
+    beyond = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, ahead, 8, key=jax.random.key(2), draws=5,
+                              level=0.9)  # no history: the data's years one step ahead, then on past them
+    np.testing.assert_allclose(beyond["fitted"][:6], fit, rtol=1e-9)
+    assert beyond["fitted"].shape == (8, 30) and np.isfinite(beyond["fitted"]).all()
 
 
 def test_without_a_usable_covariance_only_count_noise_remains(fitted_small):

@@ -96,10 +96,10 @@ def _restart_counts(data: Dataset, num_years: int, origin_years: int, origin_cou
     """With `data.one_step_ahead`, the counts knowledge restarts from in each of `num_years`
     years (NaN: none): the data's up to the origin, `origin_counts` (where given) at the origin,
     none after it (`loss.conditioned_path`)."""
-    counts = observed_counts(data)[:origin_years]
+    counts = observed_counts(data)[:origin_years]  # fewer rows where the years run past the data
     if origin_counts is not None:
-        counts = counts.at[-1].set(origin_counts)
-    return jnp.concatenate([counts, jnp.full((num_years - origin_years, data.num_regions), jnp.nan, counts.dtype)])
+        counts = counts.at[origin_years - 1].set(origin_counts)
+    return jnp.concatenate([counts, jnp.full((num_years - counts.shape[0], data.num_regions), jnp.nan, counts.dtype)])
 
 
 def _restarted(estimate: Estimate, data: Dataset, origin_years: int, origin_counts, eta) -> tuple[State, jax.Array, jax.Array]:
