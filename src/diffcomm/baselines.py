@@ -166,6 +166,14 @@ def predictive_quantiles(mean: np.ndarray, dispersion: np.ndarray, probabilities
     return {p: np.where(missing, np.nan, q) for p, q in zip(probabilities, out)}
 
 
+def baseline_forecast(method: Method, history: np.ndarray, horizon: int, probabilities, key: jax.Array
+                      ) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """A method's mean path (horizon, R) from `history` and the quantiles of its negative
+    binomial predictive distribution, dispersion fitted to its own past errors (`horizon_dispersion`)."""
+    mean = method(history, horizon)
+    return mean, predictive_quantiles(mean, horizon_dispersion(method, history, horizon), probabilities, key)
+
+
 def _last_observed(history: np.ndarray) -> np.ndarray:
     filled = np.where(np.isfinite(history), history, np.nan)
     last = np.full(history.shape[1], np.nan)

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 import pandas as pd
 
-from .baselines import baselines, horizon_dispersion, national_drift, persistence, predictive_quantiles
+from .baselines import baseline_forecast, baselines, national_drift, persistence
 from .calibrate import Calibration, calibrate
 from .calibrate_domains import calibrate_panel, check_panel, draw_panel_estimates, periods_ahead
 from .config import CalibrateConfig
@@ -159,9 +159,7 @@ def evaluate(
         history = np.vstack([first, observed[:o]])
         probabilities = sorted(band["quantiles"])
         for name, method in methods.items():
-            mean = method(history, horizon)
-            dispersion = horizon_dispersion(method, history, horizon)
-            quantiles = predictive_quantiles(mean, dispersion, probabilities, jax.random.key(origin))
+            mean, quantiles = baseline_forecast(method, history, horizon, probabilities, jax.random.key(origin))
             forecasts[origin][name] = mean
             rows.append(dict(origin=origin, method=name, **scores(truth, mean, quantiles)))
         calibrations[origin] = fitted
@@ -221,9 +219,7 @@ def evaluate_panel(data: DomainDataset, config: CalibrateConfig, *, optimizer: o
         diagnostics.append(dict(origin=origin, method=PANEL_LEVEL_HELD, cells=cells, **scores(truth, held, None)))
         history = observed[: o + 1]
         for name, method in (("persistence", persistence), ("national drift", national_drift)):
-            mean = method(history, len(ahead))
-            quantiles = predictive_quantiles(mean, horizon_dispersion(method, history, len(ahead)), probabilities,
-                                             jax.random.key(origin))
+            mean, quantiles = baseline_forecast(method, history, len(ahead), probabilities, jax.random.key(origin))
             rows.append(dict(origin=origin, method=name, cells=cells, **scores(truth, mean, quantiles)))
         best = min(r["male"] for r in rows[-2:])
         log.info("origin %d: inventors %d periods ahead, model MALE %.4f (best baseline %.4f), 90%% coverage %.3f (%.0f s)",

@@ -35,8 +35,7 @@ def expected_patents(estimate: Estimate, data: Dataset) -> tuple[Float[Array, "t
     params = estimate.params
     p = params.natural()
     if data.one_step_ahead:
-        eta = national_effects(p, estimate.effects.year)
-        *_, patents, share = conditioned_path(estimate, data, observed_counts(data), eta)
+        *_, patents, share = one_step_path(estimate, data)
         return patents, share
     _, predicted = simulate_from_data(params, data, data.patents.shape[0], effects=estimate.effects, checkpoint=True)
     first = first_knowledge(params, data)
@@ -86,6 +85,13 @@ def conditioned_path(estimate: Estimate, data: Dataset, counts: Float[Array, "t 
     return final, growth, own, own * jnp.exp(factor)[:, None], share
 
 
+def one_step_path(estimate: Estimate, data: Dataset) -> tuple:
+    """`conditioned_path` over the data's own fitted counts, at the estimate's national effects:
+    what the fit compares with the data under `data.one_step_ahead`."""
+    eta = national_effects(estimate.params.natural(), estimate.effects.year)
+    return conditioned_path(estimate, data, observed_counts(data), eta)
+
+
 NOISE_PARAMETERS = ("patents_dispersion", "nonlocal_concentration")
 """The parameters of the observation noise: they move no expected value (`fitted_outputs`)."""
 
@@ -104,8 +110,7 @@ def region_outputs(estimate: Estimate, data: Dataset) -> tuple[Float[Array, "t r
     the average effect, a term of order 1/R per region; a colouring that perturbs every region's
     effect at once would add up those terms into one of order 1.)"""
     if data.one_step_ahead:
-        eta = national_effects(estimate.params.natural(), estimate.effects.year)
-        _, _, own, _, nonlocal_share = conditioned_path(estimate, data, observed_counts(data), eta)
+        _, _, own, _, nonlocal_share = one_step_path(estimate, data)
     else:
         observed = simulate_from_data(estimate.params, data, data.patents.shape[0], effects=estimate.effects,
                                       checkpoint=True)[1]
