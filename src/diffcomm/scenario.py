@@ -136,7 +136,11 @@ def _random_ties(k_edges, k_aff, connecting, ties_per_region: int) -> Graph:
     """Each region receives `ties_per_region` ties from sources drawn in proportion to exp(connecting).
 
     Memory is O(R): sources come from the cumulative distribution, and a draw of the region
-    itself moves to the next region.
+    itself moves to the next region. The edges are stored in a random order rather than grouped
+    by target: on CPU, XLA's scatter (the `segment_sum` of the knowledge flowing through ties) adds
+    windows for consecutive regions about 5 times slower than windows in random order (2.9 ms
+    against 0.55 ms a year at R = 1e5, K = 3), and the forward pass gains about 15% (README,
+    "Simulation"). The order changes no value beyond float rounding.
     """
     num_regions = connecting.shape[0]
     if ties_per_region == 0 or num_regions < 2:
@@ -147,7 +151,8 @@ def _random_ties(k_edges, k_aff, connecting, ties_per_region: int) -> Graph:
     target = jnp.broadcast_to(jnp.arange(num_regions)[:, None], source.shape)
     source = jnp.where(source == target, (source + 1) % num_regions, source)
     affinity = jax.random.uniform(k_aff, (num_regions * ties_per_region,))
-    return Graph(source.reshape(-1), target.reshape(-1), affinity)
+    order = jax.random.permutation(jax.random.fold_in(k_edges, 1), num_regions * ties_per_region)
+    return Graph(source.reshape(-1)[order], target.reshape(-1)[order], affinity)
 
 
 def shock_window(config: ScenarioConfig) -> np.ndarray:
