@@ -152,7 +152,7 @@ def _random_ties(k_edges, k_aff, connecting, ties_per_region: int) -> Graph:
     source = jnp.where(source == target, (source + 1) % num_regions, source)
     affinity = jax.random.uniform(k_aff, (num_regions * ties_per_region,))
     order = jax.random.permutation(jax.random.fold_in(k_edges, 1), num_regions * ties_per_region)
-    return Graph(source.reshape(-1)[order], target.reshape(-1)[order], affinity)
+    return Graph(source.reshape(-1)[order], target.reshape(-1)[order], affinity[order])
 
 
 def shock_window(config: ScenarioConfig) -> np.ndarray:
