@@ -291,7 +291,9 @@ def test_calibrate_writes_every_output_with_its_columns(calibrated):
     assert set(evaluation.method) >= {"model", "persistence", "national drift", "log-linear trend", "NB panel regression"}
     assert set(evaluation.origin) == {2007} and len(summary["evaluation"]["table"]) == len(evaluation)
     effects = pd.read_csv(calibrated / "effects.csv", dtype={"region": str})
-    assert len(effects) == 20 and {"attraction", "attraction_z_sd", "buzz_quality"} <= set(effects.columns)
+    # the default fits buzz quality alone: no attraction column, and its scale is no fitted parameter
+    assert len(effects) == 20 and {"buzz_quality", "buzz_quality_z_sd"} <= set(effects.columns)
+    assert "attraction" not in effects.columns and "attraction_scale" not in set(params.parameter)
     log = (calibrated / "calibrate.log").read_text()
     phases = ("data: 20 regions", "origin 2007: restarts: done", "origin 2007: model MALE", "Laplace approximation",
               "calibrated in")

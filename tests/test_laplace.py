@@ -86,3 +86,15 @@ def test_draws_follow_the_approximation(problem, approx):
     # what was not fitted stays at the estimate in every draw
     np.testing.assert_array_equal(np.asarray(draws.params.unconstrained["buzz_scale"]),
                                   float(estimate.params.unconstrained["buzz_scale"]))
+
+
+def test_the_scale_of_a_region_effect_that_is_not_fitted_is_left_out_of_the_fit():
+    """With only buzz quality fitted, `attraction_scale` in `free` would be fitted to its prior
+    alone: the mask leaves it (and the attraction effects) fixed, and keeps the rest."""
+    estimate = Estimate.start(Params.from_natural(1), 4, 3)
+    free = ["educating_weight", "attraction_scale", "buzz_quality_scale"]
+    mask = estimate_mask(estimate, free, ("buzz_quality",))
+    assert {name for name, on in mask.params.unconstrained.items() if on} == {"educating_weight", "buzz_quality_scale"}
+    assert mask.effects.buzz_quality and not mask.effects.attraction and mask.effects.year
+    both = estimate_mask(estimate, free, ("attraction", "buzz_quality"))
+    assert {name for name, on in both.params.unconstrained.items() if on} == set(free)

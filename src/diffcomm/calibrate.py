@@ -26,7 +26,7 @@ from .effects import Estimate
 from .errors import ConfigError
 from .files import atomic_path, write_json
 from .fitting import FitResult, fit
-from .laplace import Laplace, estimate_mask, laplace
+from .laplace import Laplace, estimate_mask, fitted_parameters, laplace
 from .loss import Prior, curvature_information, expected_patents, frozen_objective, objective
 from .params import Params
 from .training import adam_with_warmup, log
@@ -146,7 +146,8 @@ def calibration_prior(config: CalibrateConfig) -> Prior:
     """What a calibration with `config` estimates and its prior (`loss.Prior`): centred on the
     model's parameters (`model.params` over the defaults), over `fit.free` and the latent effects."""
     fit_config = config.fit
-    return Prior(Params.from_natural(config.model.num_domains, **config.model.params), tuple(fit_config.free),
+    return Prior(Params.from_natural(config.model.num_domains, **config.model.params),
+                 fitted_parameters(fit_config.free, fit_config.region_effects),
                  fit_config.prior_scale, tuple(fit_config.region_effects), fit_config.national_effects)
 
 

@@ -41,12 +41,19 @@ if TYPE_CHECKING:
     from .data import Dataset
 
 
+def fitted_parameters(free: list[str] | tuple[str, ...], region_effects=REGION_EFFECTS) -> tuple[str, ...]:
+    """The names of `free` that a fit estimates: all but the scale `<name>_scale` of a region effect
+    that is not fitted, which nothing but its prior would inform (it stays at its value)."""
+    unfitted = {f"{name}_scale" for name in REGION_EFFECTS if name not in region_effects}
+    return tuple(name for name in free if name not in unfitted)
+
+
 def estimate_mask(estimate: Estimate, free: list[str] | tuple[str, ...], region_effects=REGION_EFFECTS,
                   national_effects: bool = True) -> Estimate:
-    """A filter spec for `eqx.partition`: the named parameters, the named region effects, and the
-    national year innovations if `national_effects`."""
+    """A filter spec for `eqx.partition`: the named parameters (`fitted_parameters`), the named
+    region effects, and the national year innovations if `national_effects`."""
     effects = Effects(*(name in region_effects for name in REGION_EFFECTS), year=national_effects)
-    return Estimate(free_mask(estimate.params, free), effects)
+    return Estimate(free_mask(estimate.params, fitted_parameters(free, region_effects)), effects)
 
 
 @dataclass

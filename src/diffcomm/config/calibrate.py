@@ -138,8 +138,9 @@ class FitConfig:
         "amenity_weight", "buzz_scale", "ubiquitification", "patents_intercept", "patents_dispersion",
         "nonlocal_intercept", "nonlocal_connectedness_slope", "nonlocal_overlap_slope", "nonlocal_concentration",
         "attraction_scale", "buzz_quality_scale", "national_drift", "national_shock_scale", "national_persistence"])
-    region_effects: list[str] = option(help="latent region effects fitted with the parameters (attraction, buzz_quality); "
-                                            "empty: none", factory=lambda: list(REGION_EFFECTS))
+    region_effects: list[str] = option(help="latent region effects fitted with the parameters (attraction, buzz_quality; "
+                                            "the scale of one not fitted stays fixed); empty: none",
+                                       factory=lambda: ["buzz_quality"])
     national_effects: bool = option(True, "fit national year effects on log patents")
     restarts: int = option(4, "starts fitted together as one vmapped batch")
     steps: int = option(400, "largest number of optimizer steps")
