@@ -56,7 +56,7 @@ TRUTH = dict(connecting_weight=0.3, educating_weight=0.4, migrating_weight=0.2, 
 DRIVER_WEIGHTS = ("connecting_weight", "educating_weight", "migrating_weight", "specializing_weight", "amenity_weight")
 SCALES = ("attraction_scale", "buzz_quality_scale")
 NATIONAL = ("national_drift", "national_shock_scale", "national_persistence")
-REGION_EFFECTS = ["attraction", "buzz_quality"]
+REGION_EFFECTS = ["attraction", "buzz_quality"]  # drawn in every panel; fitted as `--fit-effects` says
 SE_LIMIT = 0.25  # criterion: the standard error of every driver weight below this
 COVERAGE_TARGET = (0.80, 0.97)  # criterion: 90% interval coverage over replicates x driver weights
 COLUMNS = ["replicate", "parameter", "truth", "estimate", "se", "lower90", "upper90", "within_2se", "covered90"]
@@ -142,6 +142,12 @@ def replicate(r: int, *, seed: int, params: Params, data: Dataset, config: Calib
     return rows, fit
 
 
+def scale_of(by: dict, name: str) -> tuple[float, float]:
+    """A scale's estimate and se from a replicate's rows; NaN when the fit left it out."""
+    row = by.get(name)
+    return (row["estimate"], row["se"]) if row else (float("nan"), float("nan"))
+
+
 def append_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
     new = not path.exists()
     with path.open("a", newline="") as handle:
@@ -207,7 +213,7 @@ def summarize(table: pd.DataFrame, fits: pd.DataFrame, settings: dict) -> dict:
 def plot(table: pd.DataFrame, path: Path, *, title: str) -> None:
     """Estimates with 90% intervals against the truth, replicate by replicate, for the driver weights
     and the two effect scales; the last panel: standardized errors of the driver weights."""
-    names = [*DRIVER_WEIGHTS, *SCALES]
+    names = [name for name in (*DRIVER_WEIGHTS, *SCALES) if name in set(table.parameter)]  # a scale not fitted is left out
     defaults = Params.from_natural(1).natural()
     prior_centre = {name: float(getattr(defaults, name)) for name in names}
     fig = Figure(figsize=(15, 7.2), layout="constrained")
@@ -248,6 +254,8 @@ def plot(table: pd.DataFrame, path: Path, *, title: str) -> None:
                  f"{np.mean(np.abs(z) <= 2):.0%} within 2 se", fontsize=10)
     ax.set_xlabel("standardized error (clipped at ±4)")
     ax.legend(fontsize=8)
+    for unused in axes.flat[len(names) + 1:]:
+        unused.set_visible(False)
     fig.suptitle(title, fontsize=12)
     fig.savefig(path, dpi=110)
 
@@ -264,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--polish-steps", type=int, default=FitConfig().polish_steps, help="L-BFGS steps (fit.polish_steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("experiments/recovery/results"))
+    parser.add_argument("--fit-effects", nargs="*", default=REGION_EFFECTS, choices=REGION_EFFECTS,
+                        help="the region effects the fit estimates (fit.region_effects; the panels always have both)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("diffcomm").setLevel(logging.WARNING)  # one line per replicate is ours
@@ -276,13 +286,13 @@ def main(argv: list[str] | None = None) -> None:
     codes = largest_regions(args.regions)
     data_config = DataConfig(regions=codes)
     data = load_dataset(data_config)
-    fit_config = FitConfig(region_effects=REGION_EFFECTS, restarts=args.restarts, steps=args.steps,
+    fit_config = FitConfig(region_effects=list(args.fit_effects), restarts=args.restarts, steps=args.steps,
                            polish_steps=args.polish_steps, seed=args.seed, progress=False)
     config = CalibrateConfig(data=data_config, fit=fit_config)
     params = true_params()
     settings = dict(replicates=args.replicates, regions=data.num_regions, years=list(data.years[1:]),
                     linkage_regions=int(np.asarray(data.linkage_mask).sum()), steps=args.steps, restarts=args.restarts,
-                    polish_steps=args.polish_steps, seed=args.seed, region_effects=REGION_EFFECTS,
+                    polish_steps=args.polish_steps, seed=args.seed, region_effects=list(args.fit_effects),
                     free=list(fit_config.free), prior_scale=fit_config.prior_scale, truth=TRUTH)
     log.info("%d regions (%d with linkage counts), fitted years %d-%d; %d replicates, %d restarts x %d steps",
              data.num_regions, settings["linkage_regions"], data.years[1], data.years[-1], args.replicates, args.restarts,
@@ -305,8 +315,7 @@ def main(argv: list[str] | None = None) -> None:
                  r, fit["seconds"], fit["restart_steps"], fit["polish_steps"], fit["positive_definite"],
                  " ".join(f"{row['estimate']:.2f}" for row in weights), sum(row["within_2se"] for row in weights),
                  sum(row["covered90"] for row in weights), max(row["se"] for row in weights),
-                 by["attraction_scale"]["estimate"], by["attraction_scale"]["se"], by["buzz_quality_scale"]["estimate"],
-                 by["buzz_quality_scale"]["se"])
+                 *scale_of(by, "attraction_scale"), *scale_of(by, "buzz_quality_scale"))
 
     table, fits = read_replicates(csv_path, fits_path, args.replicates)
     summary = summarize(table, fits, settings)
