@@ -85,6 +85,10 @@ def test_the_report_gives_the_rolling_origin_table_and_the_verdict():
     assert "- 2007: MALE no; 90% interval score yes; 90% coverage within 85-95%: yes" in text
     assert "| buzz_scale | 0.08 | 0.06 | [0.01, 0.3] | m |" in text and "- a note" in text
     assert "Fitted along one free path from the first year's counts." in text
+    assert "Latent effects estimated with the parameters: no region effects; no national effects." in text
+    both = calibration_report(dict(summary, region_effects=["attraction", "buzz_quality"], national_effects=True), table)
+    assert ("Latent effects estimated with the parameters: each region's attraction and buzz quality; "
+            "national year effects.") in both
     text = calibration_report(dict(summary, fitted_as="one step ahead", spin_up_years=50), table)
     assert "one step ahead, from the year before's observed counts (data.one_step_ahead), after a spin-up of 50 years" in text
 

@@ -13,6 +13,7 @@ def calibration_report(summary: dict, table: pd.DataFrame) -> str:
         f"{summary['regions']} regions, years {summary['years'][0]}-{summary['years'][1]}, "
         f"{summary['observations']} observations; loss per observation {summary['loss_per_observation']:.4f}.",
         _fitted_as(summary),
+        _latent_effects(summary),
         f"Restarts reached {', '.join(f'{x:.4f}' for x in summary['restart_losses'])} "
         f"({summary['steps']} steps, converged: {summary['converged']}); L-BFGS polish: {summary['polish_steps']} steps"
         f"{'' if summary.get('polish_converged') is None else ', converged: ' + str(summary['polish_converged'])}.",
@@ -63,6 +64,14 @@ def _fitted_as(summary: dict) -> str:
         return (f"Each year fitted one step ahead, from the year before's observed counts (data.one_step_ahead){start}; "
                 "its loss is not comparable with a fit along the free path.")
     return f"Fitted along one free path from the first year's counts{start}."
+
+
+def _latent_effects(summary: dict) -> str:
+    """Which latent effects were estimated with the parameters (fit.region_effects, fit.national_effects)."""
+    regions = summary.get("region_effects", [])
+    parts = [f"each region's {' and '.join(name.replace('_', ' ') for name in regions)}" if regions else "no region effects",
+             "national year effects" if summary.get("national_effects", False) else "no national effects"]
+    return f"Latent effects estimated with the parameters: {'; '.join(parts)}."
 
 
 def policy_report(summary: dict) -> str:

@@ -114,6 +114,7 @@ def write_calibration(out: RunOutputs, config: CalibrateConfig, data: Dataset, c
     summary = dict(
         regions=data.num_regions, years=[data.years[0], data.years[-1]], observations=int(data.num_observations),
         fitted_as="one step ahead" if data.one_step_ahead else "free path", spin_up_years=data.spin_up_years,
+        region_effects=list(config.fit.region_effects), national_effects=config.fit.national_effects,
         fit=fit_summary(observed, band["fitted"], float(calibration.params.natural().patents_dispersion)),
         loss_per_observation=result.best_loss, restart_losses=restarts.best_losses.tolist(), steps=restarts.steps,
         converged=restarts.converged, polish_steps=calibration.polished.steps if calibration.polished else 0,
