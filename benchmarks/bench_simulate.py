@@ -85,7 +85,7 @@ def year_cost(params, sc, forcing) -> dict:
     """XLA's cost analysis of one compiled year (`model.step` and the observations), per region-year."""
     p = params.natural()
     one_year = jax.jit(lambda state, levers, shock: step(p, state, sc.drivers, sc.graph, levers, shock)[:2])
-    levers = jax.tree_util.tree_map(lambda x: x[0], forcing.levers)
+    levers = None if forcing.levers is None else jax.tree_util.tree_map(lambda x: x[0], forcing.levers)
     compiled = one_year.lower(sc.initial, levers, forcing.shock[0]).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -138,7 +138,8 @@ def numpy_inputs(params, sc, forcing, dtype=np.float32):
     drivers = {f.name: np.asarray(getattr(sc.drivers, f.name), dtype) for f in dataclasses.fields(sc.drivers)}
     graph = dict(source=np.asarray(sc.graph.source), target=np.asarray(sc.graph.target),
                  affinity=np.asarray(sc.graph.affinity, dtype))
-    levers = {f.name: np.asarray(getattr(forcing.levers, f.name), dtype) for f in dataclasses.fields(Levers)}
+    levers = None if forcing.levers is None else {f.name: np.asarray(getattr(forcing.levers, f.name), dtype)
+                                                  for f in dataclasses.fields(Levers)}
     return natural, state, drivers, graph, levers, np.asarray(forcing.shock, dtype)
 
 

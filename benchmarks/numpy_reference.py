@@ -29,12 +29,13 @@ def _absorption(p, distance):
     return x * np.exp(1.0 - x)
 
 
-def simulate_numpy(p: dict, state: dict, drivers: dict, graph: dict, levers: dict, shock: np.ndarray) -> dict:
+def simulate_numpy(p: dict, state: dict, drivers: dict, graph: dict, levers: dict | None, shock: np.ndarray) -> dict:
     """Simulate T years; returns observations, each (T, R).
 
     **Arguments:** natural parameters by name; state arrays (`active`, ... (R, K) and (R,), plus
     `international_members`, `frontier` (K,) and `ties` (E,)); drivers by name ((R,) or (R, K));
-    graph `source`, `target`, `affinity`; levers by name, each (T, R); shock (T, R).
+    graph `source`, `target`, `affinity`; levers by name, each (T, R), or None (no policy: the
+    drivers as they are, as `model.step` takes them); shock (T, R).
     """
     s = {k: v.copy() for k, v in state.items()}
     src, tgt, aff = graph["source"], graph["target"], graph["affinity"]
@@ -46,12 +47,16 @@ def simulate_numpy(p: dict, state: dict, drivers: dict, graph: dict, levers: dic
     mean_clockspeed = p["clockspeed"].mean()
     for t in range(num_years):
         xi = shock[t]
-        educating = drivers["educating"] + levers["education"][t]
-        openness = drivers["openness"] + levers["openness"][t]
-        middleground = drivers["middleground"] + levers["middleground"][t]
-        policy = drivers["place_policy"] + levers["place_policy"][t]
-        connecting = drivers["connecting"] + levers["connecting"][t]
-        phi = drivers["spawning_share"] + (1.0 - drivers["spawning_share"]) * _leave(levers["spawning"][t])
+        if levers is None:
+            educating, openness, middleground = drivers["educating"], drivers["openness"], drivers["middleground"]
+            policy, connecting, phi = drivers["place_policy"], drivers["connecting"], drivers["spawning_share"]
+        else:
+            educating = drivers["educating"] + levers["education"][t]
+            openness = drivers["openness"] + levers["openness"][t]
+            middleground = drivers["middleground"] + levers["middleground"][t]
+            policy = drivers["place_policy"] + levers["place_policy"][t]
+            connecting = drivers["connecting"] + levers["connecting"][t]
+            phi = drivers["spawning_share"] + (1.0 - drivers["spawning_share"]) * _leave(levers["spawning"][t])
         A, P, X, G, F = s["active"], s["passive"], s["overlap"], s["knowledge"], s["internationalization"]
         Y, D, S = s["development"], s["disconnection"], s["catchment_share"]
 

@@ -24,6 +24,24 @@ def scenario(key, x64):
     return params, synthetic_regions(params, {n: 2 for n in ARCHETYPES}, key=key, ties_per_region=3)
 
 
+def test_a_forcing_without_levers_stores_none_and_simulates_as_zero_levers_do(scenario):
+    """No policy is no lever arrays (six (T, R) arrays of zeros cost memory at scale), and the
+    same simulation, to the last bit, as levers all at zero; a nonzero lever still moves it."""
+    params, sc = scenario
+    T, R = 6, sc.num_regions
+    plain = make_forcing(T, R, shock=0.2)
+    assert plain.levers is None
+    zero = make_forcing(T, R, levers=Levers.zeros(), shock=0.2)
+    assert zero.levers.education.shape == (T, R)
+    _, a = simulate(params, sc.initial, sc.drivers, sc.graph, plain)
+    _, b = simulate(params, sc.initial, sc.drivers, sc.graph, zero)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    moved = make_forcing(T, R, levers=dataclasses.replace(Levers.zeros(), education=jnp.asarray(1.0)), shock=0.2)
+    _, c = simulate(params, sc.initial, sc.drivers, sc.graph, moved)
+    assert not np.allclose(c.observations.patents, a.observations.patents)
+
+
 def test_trajectory_shapes_and_dtypes(scenario):
     params, sc = scenario
     T, R = 7, sc.num_regions

@@ -124,6 +124,6 @@ class Forcing(eqx.Module):
     """What changes from year to year: policy levers, disruption shocks and, where the data
     observe them by period, the drivers themselves (leading axis T)."""
 
-    levers: Levers  # each field (T, R)
+    levers: Levers | None  # each field (T, R); None: no policy, every lever at 0 (and nothing stored)
     shock: Float[Array, "t r"]  # xi in [0, 1]
     drivers: Drivers | None = None  # each field (T, R, ...): the year's drivers; None: the simulation's constant ones

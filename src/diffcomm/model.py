@@ -372,19 +372,19 @@ def step(
     state: State,
     drivers: Drivers,
     graph: Graph,
-    levers: Levers,
+    levers: Levers | None,
     shock: Float[Array, " r"],
 ) -> tuple[State, Observations, Flows]:
     """One year for all regions: a pure function of the state and this year's inputs.
 
     **Arguments:** natural parameters, the state, drivers (leading axis R), the tie graph,
-    this year's levers (each (R,)) and shocks (R,).
+    this year's levers (each (R,); None: no policy) and shocks (R,).
 
     **Returns:** the next state, observations of that state, and the year's flows (all (R, ...)).
     """
     regions = state.regions
     from_ties = tie_knowledge(p, regions.knowledge, graph, state.world.ties)
-    effective = jax.vmap(Levers.apply)(levers, drivers)
+    effective = drivers if levers is None else jax.vmap(Levers.apply)(levers, drivers)
     new_regions, flows = jax.vmap(region_step, in_axes=(None, 0, 0, 0, 0, None))(
         p, regions, effective, shock, from_ties, state.world
     )
