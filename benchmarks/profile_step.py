@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     per_year = 1e3 * args.years
     all_time = sum(total.values())
     print(f"{'gradient' if args.gradient else 'forward'}, R = {args.regions}, {args.years} years: "
-          f"{len(times) and sum(count.values())} kernels run, {all_time / per_year:.2f} ms of kernel time a year")
+          f"{len(times)} kernels run, {all_time / per_year:.2f} ms of kernel time a year")
     for name, t in total.most_common():
         print(f"  {name:20s} {t / per_year:8.2f} ms a year  {100 * t / all_time:5.1f}%  {count[name]:4d} kernels")
     print("slowest kernels:")

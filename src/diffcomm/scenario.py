@@ -138,9 +138,10 @@ def _random_ties(k_edges, k_aff, connecting, ties_per_region: int) -> Graph:
     Memory is O(R): sources come from the cumulative distribution, and a draw of the region
     itself moves to the next region. The edges are stored in a random order rather than grouped
     by target: on CPU, XLA's scatter (the `segment_sum` of the knowledge flowing through ties) adds
-    windows for consecutive regions about 5 times slower than windows in random order (2.9 ms
-    against 0.55 ms a year at R = 1e5, K = 3), and the forward pass gains about 15% (README,
-    "Simulation"). The order changes no value beyond float rounding.
+    windows for consecutive regions about 4.5 times slower than windows in random order (2.85 ms
+    against 0.64 ms a year at R = 1e5, K = 3), and the forward pass gains about 13%
+    (`benchmarks/bench_edge_order.py`; README, "Simulation"). The order changes no value beyond
+    float rounding.
     """
     num_regions = connecting.shape[0]
     if ties_per_region == 0 or num_regions < 2:
