@@ -13,7 +13,7 @@ pytest.importorskip("arviz")
 
 from diffcomm.calibrate import calibration_prior  # noqa: E402
 from diffcomm.config import NutsConfig  # noqa: E402
-from diffcomm.posterior import _density, sample_posterior, whitening  # noqa: E402
+from diffcomm.posterior import _density, adaptation_windows, sample_posterior, whitening, window_metric  # noqa: E402
 from diffcomm.report.posterior import COLUMNS, diagnostics_table, inference_data, laplace_against_nuts  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -51,10 +51,39 @@ def test_the_whitening_reproduces_the_laplace_covariance_and_flattens_the_stiff_
     assert after < before and after == pytest.approx(1.0, abs=0.1)  # corrected: brought to about 1
 
 
+def test_the_metric_windows_follow_stans_schedule_in_whole_blocks():
+    windows = adaptation_windows(500, 25)
+    assert windows == [(75, 100), (100, 150), (150, 250), (250, 450)]  # then 50 transitions for the step size
+    for warmup, block in [(150, 25), (300, 25), (1000, 50), (130, 10)]:
+        windows = adaptation_windows(warmup, block)
+        assert windows and all(start % block == 0 and end % block == 0 for start, end in windows)
+        assert all(a[1] == b[0] for a, b in zip(windows[:-1], windows[1:]))  # contiguous
+        assert windows[0][0] >= 0.1 * warmup and windows[-1][1] <= 0.95 * warmup  # step size alone first and last
+    assert adaptation_windows(100, 25) == []  # four blocks: too few to learn a metric
+
+
+def test_a_window_metric_whitens_its_draws_dense_in_the_globals_and_per_coordinate_elsewhere():
+    rng = np.random.default_rng(3)
+    num_global, dim = 3, 7
+    mixing = np.array([[2.0, 0.0, 0.0], [1.5, 0.5, 0.0], [-0.3, 0.2, 0.1]])
+    scales = np.array([0.2, 1.0, 3.0, 0.3])
+    u = rng.normal(size=(4, 5000, dim))
+    draws = np.concatenate([u[..., :num_global] @ mixing.T, scales * u[..., num_global:]], -1) + 7.0
+    metric = window_metric(draws, num_global)
+    v = np.asarray(metric.inverse(jnp.asarray(draws))).reshape(-1, dim)
+    np.testing.assert_allclose(np.cov(v.T), np.eye(dim), atol=0.05)  # correlated and unequal scales undone
+    np.testing.assert_allclose(np.asarray(metric(metric.inverse(jnp.asarray(draws)))), draws, rtol=1e-9)
+    few = draws[:, :2].reshape(-1, dim)  # 8 draws: each sd shrunk from the sample's towards 1
+    metric = window_metric(draws[:, :2], num_global)
+    sd = np.concatenate([np.sqrt(np.sum(np.asarray(metric.factor) ** 2, 1)), np.asarray(metric.scale)])
+    sample = few.std(0, ddof=1)
+    assert np.all((sd - 1) * (sample - 1) > 0) and np.all(np.abs(sd - 1) < np.abs(sample - 1))
+
+
 @pytest.mark.slow
 def test_a_short_nuts_run_agrees_with_the_laplace_approximation_and_resumes(fitted_small, tmp_path):
     data, _, calibration = fitted_small
-    config = NutsConfig(chains=2, warmup=150, draws=100, block=50, rank=8)
+    config = NutsConfig(chains=2, warmup=150, draws=100, block=25, rank=8)  # metric windows at 25-50 and 50-125
     posterior = sample_posterior(calibration, data, config, checkpoint=tmp_path / "nuts", progress=False)
     assert posterior.draws.shape == (2, 100, ravel_pytree(eqx.partition(calibration.estimate, calibration.mask)[0])[0].size)
     assert np.all(np.isfinite(posterior.draws)) and np.all(np.isfinite(posterior.log_density))

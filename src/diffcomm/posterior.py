@@ -16,12 +16,22 @@ the dynamics' second-order terms, and on the US metros the exact curvature along
 (mostly the buzz-quality scale) was 513 times the Laplace one, which forced a step of about 0.05.
 `(lambda_i, v_i)` are the leading eigenpairs of the exact negative Hessian in Laplace coordinates
 at the MAP (subspace iteration on Hessian-vector products), kept where lambda_i > 1. The map is
-linear, so the density of `w` is that of `x` up to a constant. In `w` the mass matrix is the
-identity (the whitening is the metric: dense in the globals, per region in the effects); the
-warm-up tunes each chain's step size by dual averaging towards an acceptance of 0.8 (Stan's
-scheme, BlackJAX's implementation). BlackJAX's window adaptation, which also re-estimates a
-diagonal mass matrix from the warm-up draws, ran for over 20 minutes on the metros without
-finishing its 300 warm-up steps.
+linear, so the density of `w` is that of `x` up to a constant.
+
+The metric. The chains need not stay near the MAP: on the US metros they settle where the Laplace
+whitening is off by factors of several, and with the identity metric in `w` the trees ran to
+their depth limit at steps of 0.02-0.08. So the warm-up also learns a metric from the chains'
+own draws, in Stan's windows (`adaptation_windows`): a first window tunes only the step size,
+then windows of doubling length each end with the covariance of their draws, pooled over the
+chains and shrunk towards the identity, which becomes the metric (`Metric`: dense over the
+globals' coordinates, the first G of `w`, and a scale per region coordinate); a last window
+tunes the step size to it. NUTS runs on `v` with `w = metric(v)` and an identity mass matrix,
+which is the same as a mass matrix equal to the inverse of that covariance in `w`. Each chain's
+step size is tuned by dual averaging towards an acceptance of 0.8 (Stan's scheme, BlackJAX's
+implementation), restarted from its last value whenever the metric changes. BlackJAX's own
+window adaptation was not used: it keeps a diagonal or a fully dense matrix (over 1,000
+coordinates on the metros), runs its warm-up as one program without checkpoints, and over the
+whole window schedule ran for over 20 minutes on the metros without finishing 300 steps.
 
 Chains are one `vmap`. Warm-up and draws run in blocks of `nuts.block` transitions, each block
 checkpointed (a rerun resumes) and reported. BlackJAX and ArviZ are the `posterior` extra.
@@ -123,6 +133,68 @@ def whitening(calibration: Calibration, data: Dataset, *, rank: int, iterations:
                        (jnp.asarray(directions, dtype), jnp.asarray(values[keep] ** -0.5 - 1.0, dtype))), values[::-1]
 
 
+class Metric(eqx.Module):
+    """`w = metric(v)`: a dense factor over the first G coordinates (the globals) and a scale on
+    each of the others (the region effects). The identity at the start of the warm-up."""
+
+    factor: jax.Array  # (G, G) lower triangular
+    scale: jax.Array  # (D - G,)
+
+    @classmethod
+    def identity(cls, num_global: int, dim: int, dtype) -> Metric:
+        return cls(jnp.eye(num_global, dtype=dtype), jnp.ones(dim - num_global, dtype))
+
+    def __call__(self, v: jax.Array) -> jax.Array:
+        num_global = self.factor.shape[0]
+        return jnp.concatenate([jnp.einsum("gh,...h->...g", self.factor, v[..., :num_global]),
+                                self.scale * v[..., num_global:]], -1)
+
+    def inverse(self, w: jax.Array) -> jax.Array:
+        num_global = self.factor.shape[0]
+        head = jax.scipy.linalg.solve_triangular(self.factor, w[..., :num_global].reshape(-1, num_global).T, lower=True).T
+        return jnp.concatenate([head.reshape(w[..., :num_global].shape), w[..., num_global:] / self.scale], -1)
+
+
+SHRINKAGE = 5.0
+"""The window covariance is (n / (n + SHRINKAGE)) times the sample covariance of its n draws plus
+(SHRINKAGE / (n + SHRINKAGE)) times the identity: Stan's regularisation, towards the identity
+because `w` is already whitened by the Laplace approximation."""
+
+
+def window_metric(draws: np.ndarray, num_global: int) -> Metric:
+    """The metric of one adaptation window from its draws of `w`, (chains, n, D) pooled over the
+    chains: the shrunk covariance of the first `num_global` coordinates, dense, and the shrunk
+    variance of each of the others."""
+    flat = np.asarray(draws, np.float64).reshape(-1, draws.shape[-1])
+    n = flat.shape[0]
+    centred = flat - flat.mean(0)
+    weight = n / (n + SHRINKAGE)
+    head = centred[:, :num_global]
+    covariance = weight * (head.T @ head) / max(n - 1, 1) + (1 - weight) * np.eye(num_global)
+    variance = weight * np.sum(centred[:, num_global:] ** 2, 0) / max(n - 1, 1) + (1 - weight)
+    dtype = draws.dtype
+    return Metric(jnp.asarray(np.linalg.cholesky(covariance), dtype), jnp.asarray(np.sqrt(variance), dtype))
+
+
+def adaptation_windows(warmup: int, block: int) -> list[tuple[int, int]]:
+    """The warm-up's metric windows `(start, end)` in transitions, whole blocks each: Stan's
+    schedule scaled to the warm-up (the first 15% for the step size alone, then windows doubling
+    from one block, the last stretched to leave the final 10% for the step size). None where the
+    warm-up holds fewer than five blocks."""
+    blocks = warmup // block
+    if blocks < 5:
+        return []
+    first, last = max(1, round(0.15 * blocks)), max(1, round(0.1 * blocks))
+    windows, start, size = [], first, 1
+    while start < blocks - last:
+        end = start + size
+        if end + 2 * size > blocks - last:  # the next window would not fit: this one takes the rest
+            end = blocks - last
+        windows.append((start * block, end * block))
+        start, size = end, 2 * size
+    return windows
+
+
 def _density(whiten: Whitening, unravel, fixed, data: Dataset, prior: Prior):
     def density(w):
         return log_joint(eqx.combine(unravel(whiten(w)), fixed), data, prior)
@@ -139,15 +211,36 @@ START_SPREAD = 0.1  # the chains' starts: the MAP plus this many corrected-Lapla
 
 
 class _Chains(eqx.Module):
-    """What the chains carry between blocks (and checkpoints): positions, each chain's step-size
-    adaptation, the draws so far, and every transition's divergence and tree size."""
+    """What the chains carry between blocks (and checkpoints): positions, the metric, each chain's
+    step-size adaptation, the warm-up's and the draws' positions, and every transition's
+    divergence and tree size."""
 
-    position: jax.Array  # (C, D) in NUTS coordinates
+    position: jax.Array  # (C, D) in the metric's coordinates `v`
+    metric: Metric  # w = metric(v), shared by the chains
     adaptation: object  # BlackJAX's dual-averaging state, leaves (C,)
+    warm: jax.Array  # (C, warm-up, D) the warm-up's positions in `w`, from which the metric is learnt
     draws: jax.Array  # (C, S, D) flat free entries
     log_density: jax.Array  # (C, S)
     divergent: jax.Array  # (C, warm-up + S)
     leapfrogs: jax.Array  # (C, warm-up + S)
+
+
+def _adapt_metric(arrays: _Chains, start: int, end: int, num_global: int, da_init, da_final) -> _Chains:
+    """At the end of a window: the metric learnt from its draws, the positions carried into it,
+    and each chain's step-size adaptation restarted from its current value."""
+    metric = window_metric(np.asarray(arrays.warm[:, start:end]), num_global)
+    position = metric.inverse(arrays.metric(arrays.position))
+    adaptation = jax.vmap(lambda da: jax.tree_util.tree_map(lambda x, y: jnp.asarray(x, y.dtype), da_init(da_final(da)), da))(
+        arrays.adaptation)
+    log.info("posterior: metric from warm-up transitions %d-%d: sd of the globals' coordinates %.2g-%.2g, of the regions' "
+             "%.2g-%.2g", start + 1, end, *_metric_range(metric))
+    return eqx.tree_at(lambda c: (c.metric, c.position, c.adaptation), arrays, (metric, position, adaptation))
+
+
+def _metric_range(metric: Metric) -> tuple[float, float, float, float]:
+    sd = np.sqrt(np.sum(np.asarray(metric.factor) ** 2, 1))
+    scale = np.asarray(metric.scale)
+    return (float(sd.min()), float(sd.max()), *((float(scale.min()), float(scale.max())) if scale.size else (1.0, 1.0)))
 
 
 @dataclass
@@ -193,34 +286,42 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     # starts near the MAP (a tenth of the corrected Laplace spread apart): started from full Laplace
     # draws on the metros, the chains' first transitions ran to the tree-depth limit for minutes
     starts = START_SPREAD * jax.random.normal(key_start, (chains, dim), dtype)
-    arrays = _Chains(starts, jax.vmap(lambda _: jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), da_init(INITIAL_STEP)))(
-        jnp.arange(chains)), jnp.zeros((chains, config.draws, dim), dtype), jnp.zeros((chains, config.draws), dtype),
-        jnp.zeros((chains, total), bool), jnp.zeros((chains, total), jnp.int32))
+    num_global = int(whiten.global_index.shape[0])
+    arrays = _Chains(starts, Metric.identity(num_global, dim, dtype),
+                     jax.vmap(lambda _: jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), da_init(INITIAL_STEP)))(
+                         jnp.arange(chains)), jnp.zeros((chains, config.warmup, dim), dtype),
+                     jnp.zeros((chains, config.draws, dim), dtype), jnp.zeros((chains, config.draws), dtype),
+                     jnp.zeros((chains, total), bool), jnp.zeros((chains, total), jnp.int32))
     resumed = load_checkpoint(checkpoint, arrays)
     arrays, done = (arrays, 0) if resumed is None else (resumed[0], resumed[1]["step"])
+    windows = {end: start for start, end in adaptation_windows(config.warmup, config.block)} if config.adapt_metric else {}
 
     @eqx.filter_jit
     def block(keys, arrays, first, adapt):  # `adapt` static: warm-up steps tune the step size
-        def chain(ks, w, da):
+        def log_density(v):
+            return density(arrays.metric(v))
+
+        def chain(ks, v, da):
             def one(carry, k):
                 state, da = carry
                 step_size = jnp.exp(da.log_step_size) if adapt else da_final(da)
-                state, info = kernel(k, state, density, step_size, jnp.ones(dim, dtype), config.max_doublings)
+                state, info = kernel(k, state, log_density, step_size, jnp.ones(dim, dtype), config.max_doublings)
                 da = da_update(da, info.acceptance_rate) if adapt else da
-                return (state, da), (whiten(state.position), state.logdensity, info.is_divergent, info.num_integration_steps)
+                w = arrays.metric(state.position)
+                return (state, da), (w if adapt else whiten(w), state.logdensity, info.is_divergent, info.num_integration_steps)
 
-            return jax.lax.scan(one, (blackjax.nuts.init(w, density), da), ks)
+            return jax.lax.scan(one, (blackjax.nuts.init(v, log_density), da), ks)
 
         (state, da), (x, logp, div, steps) = jax.vmap(chain)(keys, arrays.position, arrays.adaptation)
         out = eqx.tree_at(lambda c: (c.position, c.adaptation, c.divergent, c.leapfrogs), arrays,
                           (state.position, da, jax.lax.dynamic_update_slice_in_dim(arrays.divergent, div, first, 1),
                            jax.lax.dynamic_update_slice_in_dim(arrays.leapfrogs, steps.astype(arrays.leapfrogs.dtype), first, 1)))
-        if not adapt:
-            at = first - config.warmup
-            out = eqx.tree_at(lambda c: (c.draws, c.log_density), out,
-                              (jax.lax.dynamic_update_slice_in_dim(arrays.draws, x, at, 1),
-                               jax.lax.dynamic_update_slice_in_dim(arrays.log_density, logp, at, 1)))
-        return out
+        if adapt:
+            return eqx.tree_at(lambda c: c.warm, out, jax.lax.dynamic_update_slice_in_dim(arrays.warm, x, first, 1))
+        at = first - config.warmup
+        return eqx.tree_at(lambda c: (c.draws, c.log_density), out,
+                           (jax.lax.dynamic_update_slice_in_dim(arrays.draws, x, at, 1),
+                            jax.lax.dynamic_update_slice_in_dim(arrays.log_density, logp, at, 1)))
 
     phases = (("warm-up", 0, config.warmup, "transition"), ("draws", config.warmup, total, "draw"))
     seconds = 0.0
@@ -233,6 +334,8 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
             keys = jax.vmap(lambda k: jax.random.split(k, size))(jax.random.split(jax.random.fold_in(key_steps, done), chains))
             arrays = block(keys, arrays, jnp.asarray(done), name == "warm-up")  # `done` traced: one program
             done += size
+            if done in windows:
+                arrays = _adapt_metric(arrays, windows[done], done, num_global, da_init, da_final)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, arrays, dict(step=done))
             recent = np.asarray(arrays.leapfrogs[:, done - size:done])
@@ -243,6 +346,9 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
         progress_bar.close(f"{int(np.sum(arrays.divergent[:, begin:end]))} divergent transitions, "
                            f"{float(np.mean(arrays.leapfrogs[:, begin:end])):.1f} leapfrog steps each")
         seconds += progress_bar.seconds
+    metric = arrays.metric
+    log.info("posterior: metric of the draws: sd of the globals' coordinates %.2g-%.2g, of the regions' %.2g-%.2g "
+             "(1 where the Laplace whitening is right)", *_metric_range(metric))
     draws, lp = arrays.draws, arrays.log_density
     divergent, leapfrogs = arrays.divergent[:, config.warmup:], arrays.leapfrogs[:, config.warmup:]
     step_size = jax.vmap(da_final)(arrays.adaptation)

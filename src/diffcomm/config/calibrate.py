@@ -192,10 +192,11 @@ class NutsConfig:
     """The full posterior by NUTS (`inference=nuts`, `posterior.py`)."""
 
     chains: int = option(4, "chains, run as one vmap")
-    warmup: int = option(500, "warm-up steps per chain (the step size tuned by dual averaging)")
+    warmup: int = option(500, "warm-up steps per chain (the step size tuned by dual averaging, the metric learnt in windows)")
     draws: int = option(500, "draws per chain after the warm-up")
     block: int = option(25, "draws between checkpoints and progress lines")
     rank: int = option(16, "eigen-directions of the exact curvature that correct the Laplace whitening")
+    adapt_metric: bool = option(True, "learn the metric from the warm-up's draws (false: the Laplace whitening throughout)")
     max_doublings: int = option(8, "most tree doublings per transition (at most 2^max_doublings - 1 leapfrog steps)")
     seed: int = option(0, "seed of the starts and the chains")
 
