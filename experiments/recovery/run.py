@@ -148,6 +148,13 @@ def scale_of(by: dict, name: str) -> tuple[float, float]:
     return (row["estimate"], row["se"]) if row else (float("nan"), float("nan"))
 
 
+def keep_compiled_programs() -> None:
+    """Keep compiled programs between runs, as `diffcomm calibrate` does (runtime.compilation_cache=auto)."""
+    jax.config.update("jax_compilation_cache_dir", str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
+                                                       / "diffcomm" / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def append_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
     new = not path.exists()
     with path.open("a", newline="") as handle:
@@ -277,10 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("diffcomm").setLevel(logging.WARNING)  # one line per replicate is ours
-    # keep compiled programs between runs, as `diffcomm calibrate` does (runtime.compilation_cache=auto)
-    jax.config.update("jax_compilation_cache_dir", str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
-                                                       / "diffcomm" / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    keep_compiled_programs()
     args.out.mkdir(parents=True, exist_ok=True)
 
     codes = largest_regions(args.regions)

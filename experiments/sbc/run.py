@@ -1,7 +1,8 @@
-"""Simulation-based calibration of the Laplace approximation: parameters drawn from the prior, fitted again.
+"""Simulation-based calibration of the Laplace approximation or of NUTS: parameters drawn from the prior, fitted again.
 
     nice -n 10 .venv/bin/python experiments/sbc/run.py [--replicates 100] [--regions 150] \
-        [--last-year 2008] [--prior-scale 0.5] [--draws 99] [--seed 0] [--out experiments/sbc/results]
+        [--last-year 2008] [--prior-scale 0.5] [--draws 99] [--seed 0] [--out experiments/sbc/results] \
+        [--method laplace|nuts] [--nuts-chains 2] [--nuts-warmup 150] [--nuts-draws 100]
 
 Each replicate draws every free parameter of `diffcomm calibrate` from the calibration's own prior
 (independent normals of sd `--prior-scale` around the defaults, on the unconstrained scale),
@@ -11,6 +12,12 @@ the true value among `--draws` draws of the Laplace approximation's marginal. If
 approximation is the posterior, each rank is uniform on 0..draws and each central interval covers
 the truth at its level (Talts et al. 2018, "Validating Bayesian inference algorithms with
 simulation-based calibration").
+
+With `--method nuts` the same fit is followed by NUTS (`posterior.sample_posterior`, the sampler of
+`diffcomm calibrate inference=nuts`), and the truth is ranked among `--draws` of its draws, spaced
+evenly through each chain; the intervals are the draws' central quantiles, and `fits.csv` also
+records each replicate's sampler: divergences, tree sizes, and the worst R-hat and bulk ESS of the
+driver weights.
 
 Writes into `--out`: `ranks.csv` (one row per replicate and parameter, appended as replicates
 finish: an interrupted run resumes), `fits.csv`, `summary.json` and `sbc.png`.
@@ -38,7 +45,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from diffcomm.calibrate import calibrate, calibration_prior  # noqa: E402
-from diffcomm.config import CalibrateConfig, DataConfig, EvaluationConfig, FitConfig  # noqa: E402
+from diffcomm.config import CalibrateConfig, DataConfig, EvaluationConfig, FitConfig, NutsConfig  # noqa: E402
 from diffcomm.data import load_dataset  # noqa: E402
 from diffcomm.params import Params  # noqa: E402
 
@@ -58,6 +65,7 @@ log = logging.getLogger("sbc")
 
 COLUMNS = ["replicate", "parameter", "truth", "mean", "sd", "rank", "z", "covered50", "covered90"]
 FIT_COLUMNS = ["replicate", "seconds", "restart_steps", "polish_steps", "polish_converged", "best_loss", "positive_definite"]
+NUTS_COLUMNS = ["nuts_seconds", "divergent", "warmup_divergent", "mean_leapfrogs", "max_rhat_weights", "min_ess_weights"]
 SHOWN = (*recovery.DRIVER_WEIGHTS, *recovery.SCALES, "buzz_scale")
 Z50, Z90 = 0.6744897501960817, 1.6448536269514722
 
@@ -72,7 +80,8 @@ def prior_draw(key: jax.Array, config: CalibrateConfig) -> Params:
     return Params(type(prior.centre.unconstrained)(values))
 
 
-def replicate(r: int, *, seed: int, data, config: CalibrateConfig, draws: int) -> tuple[list[dict], dict]:
+def replicate(r: int, *, seed: int, data, config: CalibrateConfig, draws: int,
+              nuts: NutsConfig | None = None) -> tuple[list[dict], dict]:
     started = time.perf_counter()
     k_truth, k_panel, k_rank = jax.random.split(jax.random.fold_in(jax.random.key(seed), r), 3)
     truth = prior_draw(k_truth, config)
@@ -80,19 +89,51 @@ def replicate(r: int, *, seed: int, data, config: CalibrateConfig, draws: int) -
     calibration = calibrate(synthetic, dataclasses.replace(config, fit=dataclasses.replace(config.fit, seed=seed + r)))
     approx = calibration.laplace
     sd = np.sqrt(np.clip(np.diag(approx.covariance), 0.0, None))
+    samples = None if nuts is None else _nuts_samples(calibration, synthetic, nuts, seed + r)
     rows = []
     for i, name in enumerate(approx.parameter_names):
         true_value = float(truth.unconstrained[name])
-        sample = approx.mean[i] + sd[i] * np.asarray(jax.random.normal(jax.random.fold_in(k_rank, i), (draws,)))
-        z = (true_value - approx.mean[i]) / sd[i] if sd[i] > 0 else float("nan")
-        rows.append(dict(replicate=r, parameter=name, truth=true_value, mean=float(approx.mean[i]), sd=float(sd[i]),
-                         rank=int(np.sum(sample < true_value)), z=float(z), covered50=bool(abs(z) <= Z50),
-                         covered90=bool(abs(z) <= Z90)))
+        if samples is None:  # the Laplace marginal: Gaussian, so its intervals are mean -/+ z sd
+            sample = approx.mean[i] + sd[i] * np.asarray(jax.random.normal(jax.random.fold_in(k_rank, i), (draws,)))
+            mean, spread = float(approx.mean[i]), float(sd[i])
+            z = (true_value - mean) / spread if spread > 0 else float("nan")
+            covered50, covered90 = abs(z) <= Z50, abs(z) <= Z90
+        else:  # NUTS: every draw for the moments and intervals, `draws` evenly spaced ones for the rank
+            every = samples[name]
+            flat = every.reshape(-1)
+            sample = flat[np.round(np.linspace(0, flat.size - 1, draws)).astype(int)]
+            mean, spread = float(flat.mean()), float(flat.std(ddof=1))
+            z = (true_value - mean) / spread
+            q = np.quantile(flat, [0.05, 0.25, 0.75, 0.95])
+            covered50, covered90 = q[1] <= true_value <= q[2], q[0] <= true_value <= q[3]
+        rows.append(dict(replicate=r, parameter=name, truth=true_value, mean=mean, sd=spread,
+                         rank=int(np.sum(sample < true_value)), z=float(z), covered50=bool(covered50),
+                         covered90=bool(covered90)))
     polished = calibration.polished
     fit = dict(replicate=r, seconds=round(time.perf_counter() - started, 2), restart_steps=calibration.restarts.steps,
                polish_steps=polished.steps if polished else 0, polish_converged=polished.converged if polished else "",
                best_loss=calibration.result.best_loss, positive_definite=approx.positive_definite)
+    if samples is not None:
+        fit.update(samples["sampler"])
     return rows, fit
+
+
+def _nuts_samples(calibration, synthetic, nuts: NutsConfig, seed: int) -> dict:
+    """Each free parameter's NUTS draws (chains, draws) on the unconstrained scale, and the sampler's numbers."""
+    import arviz as az
+
+    from diffcomm.posterior import sample_posterior
+
+    started = time.perf_counter()
+    posterior = sample_posterior(calibration, synthetic, dataclasses.replace(nuts, seed=seed), progress=False)
+    out = {name: posterior.draws[..., posterior.global_index[j]] for j, name in enumerate(posterior.parameter_names)}
+    weights = [out[name] for name in recovery.DRIVER_WEIGHTS]
+    out["sampler"] = dict(nuts_seconds=round(time.perf_counter() - started, 2), divergent=int(posterior.divergent.sum()),
+                          warmup_divergent=posterior.warmup_divergent,
+                          mean_leapfrogs=round(float(posterior.leapfrogs.mean()), 1),
+                          max_rhat_weights=round(max(float(az.rhat(w)) for w in weights), 4),
+                          min_ess_weights=round(min(float(az.ess(w)) for w in weights), 1))
+    return out
 
 
 def binomial_band(n: int, p: float, level: float = 0.99) -> tuple[int, int]:
@@ -115,6 +156,12 @@ def summarize(table: pd.DataFrame, fits: pd.DataFrame, settings: dict, bins: int
     timing = dict(fits=int(len(fits)), seconds_median=float(fits.seconds.median()), seconds_max=float(fits.seconds.max()),
                   positive_definite=int(fits.positive_definite.astype(bool).sum()),
                   polish_converged=int((fits.polish_converged.astype(str) == "True").sum()))
+    if "nuts_seconds" in fits:
+        timing.update(nuts_seconds_median=float(fits.nuts_seconds.median()), divergent=int(fits.divergent.sum()),
+                      replicates_with_divergences=int((fits.divergent > 0).sum()),
+                      max_rhat_weights=dict(median=float(fits.max_rhat_weights.median()), max=float(fits.max_rhat_weights.max()),
+                                            above_1_05=int((fits.max_rhat_weights > 1.05).sum())),
+                      min_ess_weights_median=float(fits.min_ess_weights.median()))
     return dict(settings=settings, band99=binomial_band(int(table.replicate.nunique()), 1 / bins), fits=timing,
                 parameters=parameters)
 
@@ -146,7 +193,8 @@ def plot(summary: dict, path: Path, *, bins: int) -> None:
     ax.set_xlabel("share of replicates covered (dashed: nominal)")
     ax.legend(fontsize=8, loc="lower right")
     n = summary["fits"]["fits"]
-    fig.suptitle(f"Simulation-based calibration of the Laplace approximation: {n} replicates drawn from the prior "
+    method = "NUTS" if summary["settings"].get("method") == "nuts" else "the Laplace approximation"
+    fig.suptitle(f"Simulation-based calibration of {method}: {n} replicates drawn from the prior "
                  f"(sd {summary['settings']['prior_scale']}), {summary['settings']['regions']} regions, "
                  f"{len(summary['settings']['years'])} fitted years", fontsize=12)
     fig.savefig(path, dpi=100)
@@ -162,9 +210,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bins", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("experiments/sbc/results"))
+    parser.add_argument("--method", choices=("laplace", "nuts"), default="laplace", help="whose draws the truth is ranked among")
+    parser.add_argument("--nuts-chains", type=int, default=2)
+    parser.add_argument("--nuts-warmup", type=int, default=150)
+    parser.add_argument("--nuts-draws", type=int, default=100)
     args = parser.parse_args(argv)
+    nuts = NutsConfig(chains=args.nuts_chains, warmup=args.nuts_warmup, draws=args.nuts_draws) if args.method == "nuts" else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("diffcomm").setLevel(logging.WARNING)
+    logging.getLogger("arviz").setLevel(logging.WARNING)  # its notices about a coming release, once per import
+    recovery.keep_compiled_programs()
     args.out.mkdir(parents=True, exist_ok=True)
 
     data_config = DataConfig(regions=recovery.largest_regions(args.regions), last_year=args.last_year)
@@ -177,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = dict(replicates=args.replicates, regions=data.num_regions, years=[int(y) for y in data.years[1:]],
                     prior_scale=args.prior_scale, draws=args.draws, seed=args.seed, free=list(config.fit.free),
                     region_effects=list(config.fit.region_effects), restarts=2, steps=400,
-                    polish_steps=config.fit.polish_steps)
+                    polish_steps=config.fit.polish_steps, method=args.method,
+                    **(dict(nuts=dataclasses.asdict(nuts)) if nuts else {}))
     ranks_path, fits_path = args.out / "ranks.csv", args.out / "fits.csv"
     done = recovery.done_replicates(ranks_path)
     log.info("%d regions, fitted years %d-%d, prior sd %g; %d replicates (%d already done)", data.num_regions,
@@ -185,12 +241,19 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(args.replicates):
         if r in done:
             continue
-        rows, fit = replicate(r, seed=args.seed, data=data, config=config, draws=args.draws)
+        rows, fit = replicate(r, seed=args.seed, data=data, config=config, draws=args.draws, nuts=nuts)
         recovery.append_rows(ranks_path, COLUMNS, rows)
-        recovery.append_rows(fits_path, FIT_COLUMNS, [fit])
+        recovery.append_rows(fits_path, FIT_COLUMNS + (NUTS_COLUMNS if nuts else []), [fit])
+        if nuts is not None:
+            # the sampler's programs are traced anew for every panel (its density holds the data), and
+            # the compiled ones are kept: after 18 replicates the process ran out of memory maps
+            # ("LLVM ERROR: Unable to allocate section memory")
+            jax.clear_caches()
         by = {row["parameter"]: row for row in rows}
-        log.info("replicate %d: %.1f s, polish %d steps, PD %s | z of the weights %s", r, fit["seconds"], fit["polish_steps"],
-                 fit["positive_definite"], " ".join(f"{by[n]['z']:+.2f}" for n in recovery.DRIVER_WEIGHTS))
+        log.info("replicate %d: %.1f s, polish %d steps, PD %s | z of the weights %s%s", r, fit["seconds"], fit["polish_steps"],
+                 fit["positive_definite"], " ".join(f"{by[n]['z']:+.2f}" for n in recovery.DRIVER_WEIGHTS),
+                 "" if nuts is None else " | NUTS %.0f s, %d divergent, %.0f leapfrogs, R-hat <= %.3f, ESS >= %.0f" % tuple(
+                     fit[k] for k in ("nuts_seconds", "divergent", "mean_leapfrogs", "max_rhat_weights", "min_ess_weights")))
 
     table, fits = recovery.read_replicates(ranks_path, fits_path, args.replicates)
     summary = summarize(table, fits, settings, args.bins)
