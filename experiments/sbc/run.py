@@ -99,8 +99,7 @@ def replicate(r: int, *, seed: int, data, config: CalibrateConfig, draws: int,
             z = (true_value - mean) / spread if spread > 0 else float("nan")
             covered50, covered90 = abs(z) <= Z50, abs(z) <= Z90
         else:  # NUTS: every draw for the moments and intervals, `draws` evenly spaced ones for the rank
-            every = samples[name]
-            flat = every.reshape(-1)
+            flat = samples[name].reshape(-1)
             sample = flat[np.round(np.linspace(0, flat.size - 1, draws)).astype(int)]
             mean, spread = float(flat.mean()), float(flat.std(ddof=1))
             z = (true_value - mean) / spread
@@ -120,9 +119,10 @@ def replicate(r: int, *, seed: int, data, config: CalibrateConfig, draws: int,
 
 def _nuts_samples(calibration, synthetic, nuts: NutsConfig, seed: int) -> dict:
     """Each free parameter's NUTS draws (chains, draws) on the unconstrained scale, and the sampler's numbers."""
-    import arviz as az
-
     from diffcomm.posterior import sample_posterior
+    from diffcomm.report.posterior import _arviz
+
+    az = _arviz()
 
     started = time.perf_counter()
     posterior = sample_posterior(calibration, synthetic, dataclasses.replace(nuts, seed=seed), progress=False)
@@ -218,7 +218,6 @@ def main(argv: list[str] | None = None) -> None:
     nuts = NutsConfig(chains=args.nuts_chains, warmup=args.nuts_warmup, draws=args.nuts_draws) if args.method == "nuts" else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("diffcomm").setLevel(logging.WARNING)
-    logging.getLogger("arviz").setLevel(logging.WARNING)  # its notices about a coming release, once per import
     recovery.keep_compiled_programs()
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -225,13 +225,12 @@ class _Chains(eqx.Module):
     leapfrogs: jax.Array  # (C, warm-up + S)
 
 
-def _adapt_metric(arrays: _Chains, start: int, end: int, num_global: int, da_init, da_final) -> _Chains:
+def _adapt_metric(arrays: _Chains, start: int, end: int, num_global: int, restart, da_final) -> _Chains:
     """At the end of a window: the metric learnt from its draws, the positions carried into it,
-    and each chain's step-size adaptation restarted from its current value."""
+    and each chain's step-size adaptation restarted (`restart`) from its current value."""
     metric = window_metric(np.asarray(arrays.warm[:, start:end]), num_global)
     position = metric.inverse(arrays.metric(arrays.position))
-    adaptation = jax.vmap(lambda da: jax.tree_util.tree_map(lambda x, y: jnp.asarray(x, y.dtype), da_init(da_final(da)), da))(
-        arrays.adaptation)
+    adaptation = restart(jax.vmap(da_final)(arrays.adaptation))
     log.info("posterior: metric from warm-up transitions %d-%d: sd of the globals' coordinates %.2g-%.2g, of the regions' "
              "%.2g-%.2g", start + 1, end, *_metric_range(metric))
     return eqx.tree_at(lambda c: (c.metric, c.position, c.adaptation), arrays, (metric, position, adaptation))
@@ -287,9 +286,10 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     # draws on the metros, the chains' first transitions ran to the tree-depth limit for minutes
     starts = START_SPREAD * jax.random.normal(key_start, (chains, dim), dtype)
     num_global = int(whiten.global_index.shape[0])
-    arrays = _Chains(starts, Metric.identity(num_global, dim, dtype),
-                     jax.vmap(lambda _: jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), da_init(INITIAL_STEP)))(
-                         jnp.arange(chains)), jnp.zeros((chains, config.warmup, dim), dtype),
+    # each chain's dual averaging started at a step size, (C,) -> states with leaves (C,), in the draws' precision
+    restart = jax.vmap(lambda step: jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), da_init(step)))
+    arrays = _Chains(starts, Metric.identity(num_global, dim, dtype), restart(jnp.full(chains, INITIAL_STEP, dtype)),
+                     jnp.zeros((chains, config.warmup, dim), dtype),
                      jnp.zeros((chains, config.draws, dim), dtype), jnp.zeros((chains, config.draws), dtype),
                      jnp.zeros((chains, total), bool), jnp.zeros((chains, total), jnp.int32))
     resumed = load_checkpoint(checkpoint, arrays)
@@ -335,7 +335,7 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
             arrays = block(keys, arrays, jnp.asarray(done), name == "warm-up")  # `done` traced: one program
             done += size
             if done in windows:
-                arrays = _adapt_metric(arrays, windows[done], done, num_global, da_init, da_final)
+                arrays = _adapt_metric(arrays, windows[done], done, num_global, restart, da_final)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, arrays, dict(step=done))
             recent = np.asarray(arrays.leapfrogs[:, done - size:done])
@@ -346,9 +346,9 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
         progress_bar.close(f"{int(np.sum(arrays.divergent[:, begin:end]))} divergent transitions, "
                            f"{float(np.mean(arrays.leapfrogs[:, begin:end])):.1f} leapfrog steps each")
         seconds += progress_bar.seconds
-    metric = arrays.metric
-    log.info("posterior: metric of the draws: sd of the globals' coordinates %.2g-%.2g, of the regions' %.2g-%.2g "
-             "(1 where the Laplace whitening is right)", *_metric_range(metric))
+    if windows:
+        log.info("posterior: metric of the draws: sd of the globals' coordinates %.2g-%.2g, of the regions' %.2g-%.2g "
+                 "(1 where the Laplace whitening is right)", *_metric_range(arrays.metric))
     draws, lp = arrays.draws, arrays.log_density
     divergent, leapfrogs = arrays.divergent[:, config.warmup:], arrays.leapfrogs[:, config.warmup:]
     step_size = jax.vmap(da_final)(arrays.adaptation)
