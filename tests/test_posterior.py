@@ -13,7 +13,7 @@ pytest.importorskip("arviz")
 
 from diffcomm.calibrate import calibration_prior  # noqa: E402
 from diffcomm.config import NutsConfig  # noqa: E402
-from diffcomm.posterior import _density, _entries, adaptation_windows, sample_posterior, whitening, window_metric  # noqa: E402
+from diffcomm.posterior import _density, adaptation_windows, sample_posterior, whitening, window_metric  # noqa: E402
 from diffcomm.report.posterior import COLUMNS, diagnostics_table, inference_data, laplace_against_nuts  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -31,8 +31,7 @@ def _top_curvature(density, size, dtype, iterations=40):
 
 def test_the_whitening_reproduces_the_laplace_covariance_and_flattens_the_stiff_directions(fitted_small):
     data, _, calibration = fitted_small
-    whiten, centring, values = whitening(calibration, data, rank=8)
-    assert centring is None  # none asked for
+    whiten, values = whitening(calibration, data, rank=8)
     approx = calibration.laplace
     size = whiten.centre.shape[0]
     jacobian = np.asarray(jax.jacfwd(whiten.laplace_map)(jnp.zeros(size, whiten.centre.dtype)))
@@ -45,35 +44,11 @@ def test_the_whitening_reproduces_the_laplace_covariance_and_flattens_the_stiff_
     _, unravel = ravel_pytree(free)
     prior = calibration_prior(calibration.config)
     plain = eqx.tree_at(lambda m: (m.directions, m.correction), whiten, (whiten.directions[:, :0], whiten.correction[:0]))
-    before = _top_curvature(_density(plain, None, unravel, fixed, data, prior), size, whiten.centre.dtype)
-    after = _top_curvature(_density(whiten, None, unravel, fixed, data, prior), size, whiten.centre.dtype)
+    before = _top_curvature(_density(plain, unravel, fixed, data, prior), size, whiten.centre.dtype)
+    after = _top_curvature(_density(whiten, unravel, fixed, data, prior), size, whiten.centre.dtype)
     assert before == pytest.approx(values[0], rel=0.05)  # the subspace iteration found the top of the spectrum
     assert before > 1.2  # the Gauss-Newton Laplace misses some curvature even here (1.56)
     assert after < before and after == pytest.approx(1.0, abs=0.1)  # corrected: brought to about 1
-
-
-def test_centred_effects_keep_the_laplace_approximation_and_their_density_gains_the_jacobian(fitted_small):
-    data, _, calibration = fitted_small
-    whiten, _, _ = whitening(calibration, data, rank=0)
-    centred, centring, _ = whitening(calibration, data, rank=0, centred_sd=10.0)  # every effect centred
-    assert centring is not None and np.all(np.asarray(centring.mask) == 1)
-    size = whiten.centre.shape[0]
-    zero = jnp.zeros(size, whiten.centre.dtype)
-    entries = _entries(centred, centring)
-    np.testing.assert_allclose(np.asarray(entries(zero)[0]), np.asarray(whiten(zero)), rtol=1e-12)  # y = z at the MAP
-    # to first order about the MAP both coordinates give the same Laplace approximation of `x`:
-    # without the shift's correction the effects' dependence on the scale would differ
-    np.testing.assert_allclose(np.asarray(jax.jacfwd(lambda w: entries(w)[0])(zero)), np.asarray(jax.jacfwd(whiten)(zero)),
-                               rtol=1e-8, atol=1e-10)
-
-    y = np.asarray(centred(0.3 * jax.random.normal(jax.random.key(2), (size,), whiten.centre.dtype)))
-    x, log_jacobian = centring(jnp.asarray(y))
-    _, jacobian_log_det = np.linalg.slogdet(np.asarray(jax.jacfwd(lambda y: centring(y)[0])(jnp.asarray(y))))
-    assert float(log_jacobian) == pytest.approx(jacobian_log_det, rel=1e-10)
-    assert float(log_jacobian) != pytest.approx(0.0, abs=1e-3)  # away from the MAP's scale: a real correction
-    ri = np.asarray(centring.region_index)
-    scale = np.asarray(centring.scales(jnp.asarray(y)))
-    np.testing.assert_allclose(np.asarray(x)[ri] * scale, y[ri] * np.asarray(centring.reference), rtol=1e-12)  # s z = s0 y
 
 
 def test_the_metric_windows_follow_stans_schedule_in_whole_blocks():

@@ -18,19 +18,6 @@ the dynamics' second-order terms, and on the US metros the exact curvature along
 at the MAP (subspace iteration on Hessian-vector products), kept where lambda_i > 1. The map is
 linear, so the density of `w` is that of `x` up to a constant.
 
-Centred region effects (an option, off by default). The calibration's region effects are
-standardized (`z ~ N(0, 1)`, the effect `s z` at a fitted scale `s`), which keeps a weakly
-identified effect free of the scale's funnel. Where the data pin an effect instead, the usual
-advice is the centred form (Papaspiliopoulos, Roberts & Skold 2007; Betancourt & Girolami 2015),
-because a standardized coordinate ties the scale to every effect. `nuts.centred_sd` samples the
-effects whose Laplace conditional sd (given the globals, in `z`) is below it as `y = z s / s0`,
-the effect in units of its scale at the MAP `s0` (`Centring`): `z = y s0 / s`, and the density of
-`y` adds `log(s0 / s)` per centred effect. At the MAP `y = z`, so the Laplace whitening serves for
-`y` once its shift along the scale is changed to match (`whitening`). On the US metros every
-region's buzz quality is pinned (conditional sd 0.05-0.6), but centring all 1,002 left the
-stiffest direction of the exact curvature where it was (450 times the Laplace one) and the
-warm-up no faster (`experiments/posterior/README.md`), so the default keeps them standardized.
-
 The metric. The chains need not stay near the MAP: on the US metros they settle where the Laplace
 whitening is off by factors of several, and with the identity metric in `w` the trees ran to
 their depth limit at steps of 0.02-0.08. So the warm-up also learns a metric from the chains'
@@ -65,7 +52,6 @@ from jax.flatten_util import ravel_pytree
 
 from .calibrate import Calibration, calibration_prior
 from .config import NutsConfig
-from .effects import region_effect_scales
 from .errors import ConfigError
 from .laplace import _layout, free_natural
 from .loss import Prior, log_joint
@@ -111,65 +97,29 @@ class Whitening(eqx.Module):
         return self.laplace_map(w + self.directions @ (self.correction * (self.directions.T @ w)))
 
 
-class Centring(eqx.Module):
-    """Which region effects NUTS samples centred, `y = z s / s0`, and the map back to the flat free
-    entries with standardized effects (module docstring)."""
-
-    region_index: jax.Array  # (R, E) the region entries in the flat free entries
-    mask: jax.Array  # (R, E) 1 where the effect is sampled centred
-    reference: jax.Array  # (E,) the scales at the MAP, s0
-    unravel: object = eqx.field(static=True)  # flat free entries -> the free part of an estimate
-    fixed: object  # the fixed part of the estimate
-    names: tuple[str, ...] = eqx.field(static=True)  # the region effects, as in `_layout`
-
-    def scales(self, y: jax.Array) -> jax.Array:
-        """The region effects' scales (E,) at flat entries `y` (the globals are the same in `y` and `x`)."""
-        return region_effect_scales(eqx.combine(self.unravel(y), self.fixed).params.natural(), self.names)
-
-    def __call__(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """The flat free entries `x` (every effect standardized) and log |dx/dy|."""
-        ratio = self.reference / self.scales(y)
-        factor = jnp.ones_like(y).at[self.region_index].set(1.0 + self.mask * (ratio - 1.0), unique_indices=True)
-        return y * factor, jnp.sum(self.mask * jnp.log(ratio))
-
-
-def whitening(calibration: Calibration, data: Dataset, *, rank: int, centred_sd: float = 0.0,
-              iterations: int = 15) -> tuple[Whitening, Centring | None, np.ndarray]:
+def whitening(calibration: Calibration, data: Dataset, *, rank: int, iterations: int = 15) -> tuple[Whitening, np.ndarray]:
     """The `Whitening` of a calibration: its Laplace approximation, corrected along the `rank`
-    leading eigen-directions of the exact curvature, and the `Centring` of the region effects whose
-    Laplace conditional sd is below `centred_sd` (None if there are none).
-    **Returns:** the two and the eigenvalues found."""
+    leading eigen-directions of the exact curvature. **Returns:** it and the eigenvalues found."""
     approx = calibration.laplace
     if not approx.positive_definite:
         raise ConfigError("inference=nuts starts from the Laplace approximation, which is not positive definite here "
                           "(params.csv has no standard errors): fix the calibration first")
     free, fixed = eqx.partition(calibration.estimate, calibration.mask)
     flat, unravel = ravel_pytree(free)
-    gi, ri, _, region_names = _layout(free)
+    gi, ri, _, _ = _layout(free)
     centre = np.asarray(flat).copy()
     centre[gi] = approx.mean
     inverse = np.linalg.inv(approx.region_precision) if ri.size else np.zeros((ri.shape[0], 0, 0))
     if ri.size:
         centre[ri] = approx.region_mean
     dtype = flat.dtype
-    shift = -np.einsum("ref,grf->gre", inverse, approx.cross)
-    centring = None
-    mask = np.sqrt(np.einsum("ree->re", inverse)) < centred_sd
-    if mask.any():
-        at_map = jnp.asarray(centre, dtype)
-        centring = Centring(jnp.asarray(ri), jnp.asarray(mask, dtype), jnp.ones(ri.shape[1], dtype), unravel, fixed,
-                            tuple(region_names))
-        centring = eqx.tree_at(lambda c: c.reference, centring, centring.scales(at_map))
-        # y = z s / s0 moves with log s by z where z stands still: a centred effect's Laplace shift
-        # along the globals gains z d(log s)/dx_g (module docstring)
-        dlog = np.asarray(jax.jacfwd(lambda x: jnp.log(centring.scales(x)))(at_map))[:, gi]
-        shift = shift + np.einsum("eg,re->gre", dlog, mask * centre[ri])
     base = Whitening(jnp.asarray(centre, dtype), jnp.asarray(gi), jnp.asarray(ri),
-                     jnp.asarray(np.linalg.cholesky(approx.covariance), dtype), jnp.asarray(shift, dtype),
+                     jnp.asarray(np.linalg.cholesky(approx.covariance), dtype),
+                     jnp.asarray(-np.einsum("ref,grf->gre", inverse, approx.cross), dtype),
                      jnp.asarray(np.linalg.cholesky(inverse) if ri.size else inverse, dtype), jnp.zeros((flat.size, 0), dtype),
                      jnp.zeros(0, dtype))
     prior = calibration_prior(calibration.config)
-    density = _density(base, centring, unravel, fixed, data, prior)
+    density = _density(base, unravel, fixed, data, prior)
     rank = min(rank, flat.size)
     curvature = jax.jit(jax.vmap(lambda v: -jax.jvp(jax.grad(density), (jnp.zeros(flat.size, dtype),), (v,))[1]))
     q = np.linalg.qr(np.random.default_rng(0).normal(size=(flat.size, rank)))[0]
@@ -179,9 +129,8 @@ def whitening(calibration: Calibration, data: Dataset, *, rank: int, centred_sd:
     values, vectors = np.linalg.eigh(0.5 * (small + small.T))
     keep = values > 1.0
     directions = q @ vectors[:, keep]
-    whiten = eqx.tree_at(lambda m: (m.directions, m.correction), base,
-                         (jnp.asarray(directions, dtype), jnp.asarray(values[keep] ** -0.5 - 1.0, dtype)))
-    return whiten, centring, values[::-1]
+    return eqx.tree_at(lambda m: (m.directions, m.correction), base,
+                       (jnp.asarray(directions, dtype), jnp.asarray(values[keep] ** -0.5 - 1.0, dtype))), values[::-1]
 
 
 class Metric(eqx.Module):
@@ -246,22 +195,9 @@ def adaptation_windows(warmup: int, block: int) -> list[tuple[int, int]]:
     return windows
 
 
-def _entries(whiten: Whitening, centring: Centring | None):
-    """NUTS's coordinates `w` to the flat free entries and the log Jacobian of that map beyond the
-    linear whitening's constant."""
-    def entries(w):
-        y = whiten(w)
-        return (y, jnp.zeros((), y.dtype)) if centring is None else centring(y)
-
-    return entries
-
-
-def _density(whiten: Whitening, centring: Centring | None, unravel, fixed, data: Dataset, prior: Prior):
-    entries = _entries(whiten, centring)
-
+def _density(whiten: Whitening, unravel, fixed, data: Dataset, prior: Prior):
     def density(w):
-        x, log_jacobian = entries(w)
-        return log_joint(eqx.combine(unravel(x), fixed), data, prior) + log_jacobian
+        return log_joint(eqx.combine(unravel(whiten(w)), fixed), data, prior)
 
     return density
 
@@ -336,16 +272,12 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     blackjax = require_sampler()
     from blackjax.adaptation.step_size import dual_averaging_adaptation
     started = time.perf_counter()
-    whiten, centring, curvature = whitening(calibration, data, rank=config.rank, centred_sd=config.centred_sd)
-    if centring is not None:
-        log.info("posterior: %d of %d region effects sampled centred (Laplace conditional sd below %g)",
-                 int(jnp.sum(centring.mask)), centring.mask.size, config.centred_sd)
+    whiten, curvature = whitening(calibration, data, rank=config.rank)
     log.info("posterior: Laplace-whitened curvature, leading eigenvalues %s (%d corrected), %.0f s",
              np.array2string(curvature[:6], precision=1), int(whiten.correction.shape[0]), time.perf_counter() - started)
     free, fixed = eqx.partition(calibration.estimate, calibration.mask)
     flat, unravel = ravel_pytree(free)
-    density = _density(whiten, centring, unravel, fixed, data, calibration_prior(calibration.config))
-    entries = _entries(whiten, centring)
+    density = _density(whiten, unravel, fixed, data, calibration_prior(calibration.config))
     dim, chains, dtype, total = flat.size, config.chains, flat.dtype, config.warmup + config.draws
     kernel = blackjax.nuts.build_kernel()
     da_init, da_update, da_final = dual_averaging_adaptation(TARGET_ACCEPTANCE)
@@ -376,10 +308,7 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
                 state, info = kernel(k, state, log_density, step_size, jnp.ones(dim, dtype), config.max_doublings)
                 da = da_update(da, info.acceptance_rate) if adapt else da
                 w = arrays.metric(state.position)
-                if adapt:
-                    return (state, da), (w, state.logdensity, info.is_divergent, info.num_integration_steps)
-                x, log_jacobian = entries(w)  # the draws' log density is the log joint of `x`, whatever was sampled
-                return (state, da), (x, state.logdensity - log_jacobian, info.is_divergent, info.num_integration_steps)
+                return (state, da), (w if adapt else whiten(w), state.logdensity, info.is_divergent, info.num_integration_steps)
 
             return jax.lax.scan(one, (blackjax.nuts.init(v, log_density), da), ks)
 

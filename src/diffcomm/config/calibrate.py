@@ -197,8 +197,6 @@ class NutsConfig:
     block: int = option(25, "draws between checkpoints and progress lines")
     rank: int = option(16, "eigen-directions of the exact curvature that correct the Laplace whitening")
     adapt_metric: bool = option(True, "learn the metric from the warm-up's draws (false: the Laplace whitening throughout)")
-    centred_sd: float = option(0.0, "sample a region effect centred where its Laplace conditional sd (standardized) is "
-                                    "below this: the data, not the prior, pin it (0: every effect standardized)")
     max_doublings: int = option(8, "most tree doublings per transition (at most 2^max_doublings - 1 leapfrog steps)")
     seed: int = option(0, "seed of the starts and the chains")
 
@@ -208,7 +206,6 @@ class NutsConfig:
         _require(self.draws >= 4, "nuts.draws", ">= 4", self.draws)
         _require(self.block >= 1, "nuts.block", ">= 1", self.block)
         _require(self.rank >= 0, "nuts.rank", ">= 0", self.rank)
-        _require(self.centred_sd >= 0, "nuts.centred_sd", ">= 0", self.centred_sd)
         _require(1 <= self.max_doublings <= 12, "nuts.max_doublings", "in 1-12", self.max_doublings)
 
 
