@@ -1,0 +1,114 @@
+"""What one leapfrog step of NUTS costs on a calibration, and where it goes.
+
+NUTS spends nearly all its time in the gradient of the log joint density (`posterior._density`),
+one per leapfrog step, for `nuts.chains` chains at once (one `vmap`). This script times that
+gradient for a calibration's data in one process, interleaving the variants so that load on the
+machine falls on all of them, and reports their ratios:
+
+- `float64`: the sampler as it runs (the calibration's precision);
+- `float32`: the same arrays in single precision (and the log density's difference from float64);
+- `10 ties`: the tie graph cut to its first 10 edges, which bounds what a cheaper aggregation of
+  the cross-local ties (`model.tie_knowledge`, `model.tie_strength`: gathers and `segment_sum`,
+  whose transposes are scatters) could save;
+- `forward`: the log density alone.
+
+    python benchmarks/bench_posterior_gradient.py <run folder of diffcomm calibrate> [--chains 4] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_result  # noqa: E402
+
+from diffcomm.calibrate import calibration_prior, load_calibration  # noqa: E402
+from diffcomm.data import load_dataset  # noqa: E402
+from diffcomm.loss import log_joint  # noqa: E402
+
+
+def single(tree):
+    """Every float64 array of `tree` in float32."""
+    return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) and x.dtype == jnp.float64
+                                  else x, tree)
+
+
+def few_ties(data, keep: int):
+    """`data` with only the first `keep` edges of its tie graph."""
+    graph = data.graph
+    data = eqx.tree_at(lambda d: (d.graph.source, d.graph.target, d.graph.affinity), data,
+                       (graph.source[:keep], graph.target[:keep], graph.affinity[:keep]))
+    if data.initial_ties is not None:
+        data = eqx.tree_at(lambda d: d.initial_ties, data, data.initial_ties[:keep])
+    return data
+
+
+def density_of(estimate, mask, data, prior):
+    """The log joint of the flat free entries near the estimate, and those entries."""
+    free, fixed = eqx.partition(estimate, mask)
+    flat, unravel = ravel_pytree(free)
+    return (lambda x: log_joint(eqx.combine(unravel(x), fixed), data, prior)), flat
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="Explicitly requested dtype")  # float64 constants, in float32 as asked
+    calibration = load_calibration(args.run)
+    data = load_dataset(calibration.config.data)
+    prior = calibration_prior(calibration.config)
+    noise = 0.01 * jax.random.normal(jax.random.key(0), (args.chains, 1))
+
+    variants, values = {}, {}
+    for name, estimate, dataset, x64 in [("float64", calibration.estimate, data, True),
+                                         ("float32", single(calibration.estimate), single(data), False),
+                                         ("10 ties", calibration.estimate, few_ties(data, 10), True)]:
+        with jax.enable_x64(x64):
+            density, flat = density_of(estimate, calibration.mask, dataset, prior)
+            points = flat + noise.astype(flat.dtype) * jnp.ones_like(flat)
+            gradient = jax.jit(jax.vmap(jax.value_and_grad(density)))
+            values[name] = np.asarray(gradient(points)[0], np.float64)
+            variants[name] = (gradient, points, x64)
+            if name == "float64":
+                forward = jax.jit(jax.vmap(density))
+                variants["forward"] = (forward, points, x64)
+    times = {name: [] for name in variants}
+    for _ in range(args.repeats):  # interleaved: load on the machine falls on every variant
+        for name, (fn, points, x64) in variants.items():
+            with jax.enable_x64(x64):
+                jax.block_until_ready(fn(points))
+                start = time.perf_counter()
+                jax.block_until_ready(fn(points))
+                times[name].append(time.perf_counter() - start)
+    best = {name: min(t) for name, t in times.items()}
+    result = dict(regions=data.num_regions, years=len(data.years) - 1, edges=int(data.graph.source.shape[0]),
+                  chains=args.chains, repeats=args.repeats, dimension=int(ravel_pytree(eqx.partition(
+                      calibration.estimate, calibration.mask)[0])[0].size),
+                  seconds={name: round(t, 5) for name, t in best.items()},
+                  ratio_to_float64={name: round(t / best["float64"], 3) for name, t in best.items()},
+                  float32_log_density_error=float(np.max(np.abs(values["float32"] - values["float64"]))))
+    for name, t in best.items():
+        print(f"{name:8s} {1e3 * t:7.1f} ms per {args.chains}-chain evaluation, {t / best['float64']:.2f} of float64")
+    print(f"float32 log density differs from float64 by up to {result['float32_log_density_error']:.2f} "
+          f"(of {abs(values['float64'][0]):.0f})")
+    write_result(result, "posterior_gradient")
+
+
+if __name__ == "__main__":
+    main()
