@@ -107,6 +107,19 @@ def test_a_short_nuts_run_agrees_with_the_laplace_approximation_and_resumes(fitt
     np.testing.assert_array_equal(again.draws, posterior.draws)
 
 
+@pytest.mark.slow
+def test_without_metric_learning_the_sampler_keeps_no_warm_up_positions_and_resumes(fitted_small, tmp_path):
+    data, _, calibration = fitted_small
+    config = NutsConfig(chains=2, warmup=20, draws=10, block=10, rank=4, adapt_metric=False)
+    posterior = sample_posterior(calibration, data, config, checkpoint=tmp_path / "nuts", progress=False)
+    assert np.all(np.isfinite(posterior.draws)) and np.all(np.isfinite(posterior.log_density))
+    again = sample_posterior(calibration, data, config, checkpoint=tmp_path / "nuts", progress=False)  # read back
+    np.testing.assert_array_equal(again.draws, posterior.draws)
+    # the checkpoint holds the draws, not the 2 x 20 warm-up positions nothing reads
+    size = posterior.draws.shape[-1]
+    assert (tmp_path / "nuts.eqx").stat().st_size < 8 * size * (2 * 10 + 2 * 20)
+
+
 def test_a_forecast_draws_its_parameters_from_the_posterior_draws_when_given(fitted_small):
     import importlib
 

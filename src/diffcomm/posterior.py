@@ -218,7 +218,7 @@ class _Chains(eqx.Module):
     position: jax.Array  # (C, D) in the metric's coordinates `v`
     metric: Metric  # w = metric(v), shared by the chains
     adaptation: object  # BlackJAX's dual-averaging state, leaves (C,)
-    warm: jax.Array  # (C, warm-up, D) the warm-up's positions in `w`, from which the metric is learnt
+    warm: jax.Array  # (C, warm-up, D) the warm-up's positions in `w`, from which the metric is learnt; (C, 0, D) if none is
     draws: jax.Array  # (C, S, D) flat free entries
     log_density: jax.Array  # (C, S)
     divergent: jax.Array  # (C, warm-up + S)
@@ -288,13 +288,13 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     num_global = int(whiten.global_index.shape[0])
     # each chain's dual averaging started at a step size, (C,) -> states with leaves (C,), in the draws' precision
     restart = jax.vmap(lambda step: jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), da_init(step)))
+    windows = {end: start for start, end in adaptation_windows(config.warmup, config.block)} if config.adapt_metric else {}
     arrays = _Chains(starts, Metric.identity(num_global, dim, dtype), restart(jnp.full(chains, INITIAL_STEP, dtype)),
-                     jnp.zeros((chains, config.warmup, dim), dtype),
+                     jnp.zeros((chains, config.warmup if windows else 0, dim), dtype),  # kept only if a metric is learnt
                      jnp.zeros((chains, config.draws, dim), dtype), jnp.zeros((chains, config.draws), dtype),
                      jnp.zeros((chains, total), bool), jnp.zeros((chains, total), jnp.int32))
     resumed = load_checkpoint(checkpoint, arrays)
     arrays, done = (arrays, 0) if resumed is None else (resumed[0], resumed[1]["step"])
-    windows = {end: start for start, end in adaptation_windows(config.warmup, config.block)} if config.adapt_metric else {}
 
     @eqx.filter_jit
     def block(keys, arrays, first, adapt):  # `adapt` static: warm-up steps tune the step size
@@ -317,7 +317,8 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
                           (state.position, da, jax.lax.dynamic_update_slice_in_dim(arrays.divergent, div, first, 1),
                            jax.lax.dynamic_update_slice_in_dim(arrays.leapfrogs, steps.astype(arrays.leapfrogs.dtype), first, 1)))
         if adapt:
-            return eqx.tree_at(lambda c: c.warm, out, jax.lax.dynamic_update_slice_in_dim(arrays.warm, x, first, 1))
+            return out if not arrays.warm.shape[1] else eqx.tree_at(
+                lambda c: c.warm, out, jax.lax.dynamic_update_slice_in_dim(arrays.warm, x, first, 1))
         at = first - config.warmup
         return eqx.tree_at(lambda c: (c.draws, c.log_density), out,
                            (jax.lax.dynamic_update_slice_in_dim(arrays.draws, x, at, 1),
