@@ -27,7 +27,6 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import os  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -39,6 +38,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from diffcomm.calibrate import calibrate  # noqa: E402
+from diffcomm.cli import use_compilation_cache  # noqa: E402
 from diffcomm.config import CalibrateConfig, DataConfig, FitConfig  # noqa: E402
 from diffcomm.data import Dataset, load_dataset  # noqa: E402
 from diffcomm.effects import Effects, Estimate  # noqa: E402
@@ -146,13 +146,6 @@ def scale_of(by: dict, name: str) -> tuple[float, float]:
     """A scale's estimate and se from a replicate's rows; NaN when the fit left it out."""
     row = by.get(name)
     return (row["estimate"], row["se"]) if row else (float("nan"), float("nan"))
-
-
-def keep_compiled_programs() -> None:
-    """Keep compiled programs between runs, as `diffcomm calibrate` does (runtime.compilation_cache=auto)."""
-    jax.config.update("jax_compilation_cache_dir", str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
-                                                       / "diffcomm" / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def append_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -284,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("diffcomm").setLevel(logging.WARNING)  # one line per replicate is ours
-    keep_compiled_programs()
+    use_compilation_cache("auto")  # keep compiled programs between runs, as `diffcomm calibrate` does
     args.out.mkdir(parents=True, exist_ok=True)
 
     codes = largest_regions(args.regions)

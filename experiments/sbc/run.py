@@ -45,6 +45,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from diffcomm.calibrate import calibrate, calibration_prior  # noqa: E402
+from diffcomm.cli import use_compilation_cache  # noqa: E402
 from diffcomm.config import CalibrateConfig, DataConfig, EvaluationConfig, FitConfig, NutsConfig  # noqa: E402
 from diffcomm.data import load_dataset  # noqa: E402
 from diffcomm.params import Params  # noqa: E402
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     nuts = NutsConfig(chains=args.nuts_chains, warmup=args.nuts_warmup, draws=args.nuts_draws) if args.method == "nuts" else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("diffcomm").setLevel(logging.WARNING)
-    recovery.keep_compiled_programs()
+    use_compilation_cache("auto")  # keep compiled programs between runs, as `diffcomm calibrate` does
     args.out.mkdir(parents=True, exist_ok=True)
 
     data_config = DataConfig(regions=recovery.largest_regions(args.regions), last_year=args.last_year)

@@ -206,20 +206,25 @@ def usage() -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def use_compilation_cache(setting: str) -> None:
+    """Keep compiled programs between runs in `setting` (`auto`: the user cache folder, as
+    `runtime.compilation_cache=auto`), from now on in this process."""
+    folder = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "diffcomm" / "jax" \
+        if setting == "auto" else Path(setting).expanduser()
+    cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 @contextlib.contextmanager
 def _compilation_cache(setting: str | None):
-    """Keep compiled programs between runs in `setting` (`auto`: the user cache folder; None:
-    none) for one command, and leave JAX's settings as they were afterwards: a process that runs
-    several commands (a sweep, a test session, a notebook) gets each command's own setting. (In a
-    test session that inherited one command's cache, later compilations aborted inside XLA while
-    writing to it.)"""
+    """`use_compilation_cache(setting)` (None: no cache) for one command, leaving JAX's settings
+    as they were afterwards: a process that runs several commands (a sweep, a test session, a
+    notebook) gets each command's own setting. (In a test session that inherited one command's
+    cache, later compilations aborted inside XLA while writing to it.)"""
     saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
     if setting is not None:
-        folder = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "diffcomm" / "jax" \
-            if setting == "auto" else Path(setting).expanduser()
-        cache.reset_cache()
-        jax.config.update("jax_compilation_cache_dir", str(folder))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        use_compilation_cache(setting)
     try:
         yield
     finally:
