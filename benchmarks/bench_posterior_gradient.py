@@ -1,6 +1,6 @@
 """What one leapfrog step of NUTS costs on a calibration, and where it goes.
 
-NUTS spends nearly all its time in the gradient of the log joint density (`posterior._density`),
+NUTS spends nearly all its time in the gradient of the log joint density (`whitening.Coordinates.density`),
 one per leapfrog step, for `nuts.chains` chains at once (one `vmap`). This script times that
 gradient for a calibration's data in one process, interleaving the variants so that load on the
 machine falls on all of them, and reports their ratios:

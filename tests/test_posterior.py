@@ -1,5 +1,5 @@
-"""The NUTS posterior: its coordinates (the Laplace whitening and its curvature correction), and a
-short run on the small shared calibration read back through ArviZ."""
+"""The NUTS posterior: its coordinates (the national effects centred, the Laplace whitening and its
+curvature correction), and a short run on the small shared calibration read back through ArviZ."""
 
 import equinox as eqx
 import jax
@@ -13,8 +13,11 @@ pytest.importorskip("arviz")
 
 from diffcomm.calibrate import calibration_prior  # noqa: E402
 from diffcomm.config import NutsConfig  # noqa: E402
-from diffcomm.posterior import _density, adaptation_windows, sample_posterior, whitening, window_metric  # noqa: E402
+from diffcomm.effects import national_effects, national_innovations  # noqa: E402
+from diffcomm.loss import log_joint  # noqa: E402
+from diffcomm.posterior import adaptation_windows, sample_posterior  # noqa: E402
 from diffcomm.report.posterior import COLUMNS, diagnostics_table, inference_data, laplace_against_nuts  # noqa: E402
+from diffcomm.whitening import coordinates, whitening, window_metric  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -31,24 +34,54 @@ def _top_curvature(density, size, dtype, iterations=40):
 
 def test_the_whitening_reproduces_the_laplace_covariance_and_flattens_the_stiff_directions(fitted_small):
     data, _, calibration = fitted_small
-    whiten, values = whitening(calibration, data, rank=8)
+    coords = coordinates(calibration)
+    assert coords.year_index.size == len(data.years) - 1  # the national effects are what is sampled
+    whiten, values = whitening(calibration, data, coords, rank=8)
     approx = calibration.laplace
     size = whiten.centre.shape[0]
-    jacobian = np.asarray(jax.jacfwd(whiten.laplace_map)(jnp.zeros(size, whiten.centre.dtype)))
+    zero = jnp.zeros(size, whiten.centre.dtype)
+    # x as a function of w: at w = 0 the Laplace mean, and to first order the Laplace covariance
+    # (wrong if the whitening were not carried through the Jacobian of the centring)
+    jacobian = np.asarray(jax.jacfwd(lambda w: coords.entries(whiten.laplace_map(w)))(zero))
     covariance = jacobian @ jacobian.T
     gi = np.asarray(whiten.global_index)
-    np.testing.assert_allclose(covariance[np.ix_(gi, gi)], approx.covariance, rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(np.asarray(whiten.laplace_map(jnp.zeros(size)))[gi], approx.mean)
+    np.testing.assert_allclose(covariance[np.ix_(gi, gi)], approx.covariance, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(coords.entries(whiten.laplace_map(zero)))[gi], approx.mean, rtol=1e-9, atol=1e-12)
 
-    free, fixed = eqx.partition(calibration.estimate, calibration.mask)
-    _, unravel = ravel_pytree(free)
     prior = calibration_prior(calibration.config)
     plain = eqx.tree_at(lambda m: (m.directions, m.correction), whiten, (whiten.directions[:, :0], whiten.correction[:0]))
-    before = _top_curvature(_density(plain, unravel, fixed, data, prior), size, whiten.centre.dtype)
-    after = _top_curvature(_density(whiten, unravel, fixed, data, prior), size, whiten.centre.dtype)
+    before = _top_curvature(coords.density(plain, data, prior), size, whiten.centre.dtype)
+    after = _top_curvature(coords.density(whiten, data, prior), size, whiten.centre.dtype)
     assert before == pytest.approx(values[0], rel=0.05)  # the subspace iteration found the top of the spectrum
     assert before > 1.2  # the Gauss-Newton Laplace misses some curvature even here (1.56)
     assert after < before and after == pytest.approx(1.0, abs=0.1)  # corrected: brought to about 1
+
+
+def test_the_centred_national_effects_map_back_to_the_innovations_with_their_jacobian(fitted_small):
+    data, _, calibration = fitted_small
+    coords = coordinates(calibration)
+    p = calibration.estimate.params.natural()
+    eps = jnp.asarray(np.random.default_rng(1).normal(size=7))
+    np.testing.assert_allclose(np.asarray(national_innovations(p, national_effects(p, eps))), np.asarray(eps), rtol=1e-10)
+
+    free, fixed = eqx.partition(calibration.estimate, calibration.mask)
+    flat, unravel = ravel_pytree(free)
+    x = flat + 0.1 * jnp.asarray(np.random.default_rng(2).normal(size=flat.size))
+    y = coords.centred(x)
+    years = np.asarray(coords.year_index)
+    assert not np.allclose(np.asarray(y)[years], np.asarray(x)[years])  # the year entries change ...
+    np.testing.assert_array_equal(np.delete(np.asarray(y), years), np.delete(np.asarray(x), years))  # ... only they
+    np.testing.assert_allclose(np.asarray(coords.entries(y)), np.asarray(x), rtol=1e-10, atol=1e-12)
+    _, log_det = np.linalg.slogdet(np.asarray(jax.jacfwd(coords.entries)(y)))
+    assert float(coords.log_jacobian(y)) == pytest.approx(log_det, rel=1e-9)
+    identity = coordinates(calibration, centre_national=False)
+    assert identity.year_index.size == 0 and np.array_equal(np.asarray(identity.entries(y)), np.asarray(y))
+    assert float(identity.log_jacobian(y)) == 0.0
+    prior = calibration_prior(calibration.config)
+    whiten, _ = whitening(calibration, data, identity, rank=0)
+    w = jnp.zeros(flat.size, flat.dtype)  # without centring the density of w is log_joint at the whitened entries
+    assert float(identity.density(whiten, data, prior)(w)) == pytest.approx(
+        float(log_joint(eqx.combine(unravel(whiten(w)), fixed), data, prior)), rel=1e-12)
 
 
 def test_the_metric_windows_follow_stans_schedule_in_whole_blocks():

@@ -91,6 +91,15 @@ def national_effects(p: NaturalParams, innovations: Float[Array, " t"]) -> Float
     return p.national_drift * years + deviations
 
 
+def national_innovations(p: NaturalParams, effects: Float[Array, " t"]) -> Float[Array, " t"]:
+    """The inverse of `national_effects`: the innovations eps_1 .. eps_T of the effects eta_1 ..
+    eta_T, eps_t = (zeta_t - phi zeta_{t-1}) / sigma with zeta_t = eta_t - mu t and zeta_0 = 0."""
+    years = jnp.arange(1, effects.shape[0] + 1, dtype=effects.dtype)
+    deviations = effects - p.national_drift * years
+    previous = jnp.concatenate([jnp.zeros(1, effects.dtype), deviations[:-1]])
+    return (deviations - p.national_persistence * previous) / p.national_shock_scale
+
+
 def standard_normal_prior(effects: Effects) -> Float[Array, ""]:
     """-log N(z | 0, 1) summed over every standardized effect (constants dropped)."""
     return sum(0.5 * jnp.sum(z**2) for z in jax.tree_util.tree_leaves(effects))

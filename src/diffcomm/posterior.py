@@ -5,18 +5,10 @@ the national innovations, with the likelihood and priors of the MAP (`loss.log_j
 objective adds the Laplace-marginal term for the latent effects (`loss.latent_curvature`); NUTS
 integrates over the effects instead, so that term is not part of the density sampled.
 
-Coordinates. NUTS runs on `w`, a linear reparameterisation of the free entries `x` of an estimate:
-
-    x = centre + L (I + V diag(lambda^-1/2 - 1) V^T) w
-
-`L` maps standard normal draws to draws of the Laplace approximation (`laplace.sample`: the globals
-by their marginal covariance, each region's effects by its conditional given them). The bracket
-corrects the stiffest directions: the Laplace precision is the Gauss-Newton one, which leaves out
-the dynamics' second-order terms, and on the US metros the exact curvature along one direction
-(mostly the buzz-quality scale) was 513 times the Laplace one, which forced a step of about 0.05.
-`(lambda_i, v_i)` are the leading eigenpairs of the exact negative Hessian in Laplace coordinates
-at the MAP (subspace iteration on Hessian-vector products), kept where lambda_i > 1. The map is
-linear, so the density of `w` is that of `x` up to a constant.
+Coordinates (`whitening.py`). NUTS runs on `w`, a linear map of the sampler's entries `y`, which
+are the free entries of an estimate with the national effects in place of their innovations;
+`w` is standard normal under the Laplace approximation, corrected along the exact curvature's
+stiffest directions at the MAP.
 
 The metric. The chains need not stay near the MAP: on the US metros they settle where the Laplace
 whitening is off by factors of several, and with the identity metric in `w` the trees ran to
@@ -54,8 +46,8 @@ from .calibrate import Calibration, calibration_prior
 from .config import NutsConfig
 from .errors import ConfigError
 from .laplace import _layout, free_natural
-from .loss import Prior, log_joint
 from .training import Progress, load_checkpoint, log, save_checkpoint
+from .whitening import Metric, coordinates, whitening, window_metric
 
 if TYPE_CHECKING:
     from .data import Dataset
@@ -68,112 +60,6 @@ def require_sampler():
     except ImportError:  # an optional extra
         raise ConfigError("inference=nuts needs BlackJAX and ArviZ: pip install -e '.[posterior]'") from None
     return blackjax
-
-
-class Whitening(eqx.Module):
-    """The linear map from NUTS coordinates `w` (D,) to the flat free entries of an estimate."""
-
-    centre: jax.Array  # (D,) the Laplace mean
-    global_index: jax.Array  # (G,)
-    region_index: jax.Array  # (R, E)
-    global_factor: jax.Array  # (G, G) Cholesky factor of the globals' marginal covariance
-    shift: jax.Array  # (G, R, E) a region's conditional mean per unit of global deviation
-    region_factor: jax.Array  # (R, E, E) Cholesky factors of the regions' conditional covariances
-    directions: jax.Array  # (D, k) corrected eigen-directions, orthonormal
-    correction: jax.Array  # (k,) lambda^-1/2 - 1
-
-    def laplace_map(self, u: jax.Array) -> jax.Array:
-        """Standard normal `u` to a Laplace draw of the flat entries."""
-        num_global = self.global_index.shape[0]
-        deviation = self.global_factor @ u[:num_global]
-        x = self.centre.at[self.global_index].add(deviation)
-        if self.region_index.size:
-            z = u[num_global:].reshape(self.region_index.shape)
-            regional = jnp.einsum("gre,g->re", self.shift, deviation) + jnp.einsum("ref,rf->re", self.region_factor, z)
-            x = x.at[self.region_index].add(regional)
-        return x
-
-    def __call__(self, w: jax.Array) -> jax.Array:
-        return self.laplace_map(w + self.directions @ (self.correction * (self.directions.T @ w)))
-
-
-def whitening(calibration: Calibration, data: Dataset, *, rank: int, iterations: int = 15) -> tuple[Whitening, np.ndarray]:
-    """The `Whitening` of a calibration: its Laplace approximation, corrected along the `rank`
-    leading eigen-directions of the exact curvature. **Returns:** it and the eigenvalues found."""
-    approx = calibration.laplace
-    if not approx.positive_definite:
-        raise ConfigError("inference=nuts starts from the Laplace approximation, which is not positive definite here "
-                          "(params.csv has no standard errors): fix the calibration first")
-    free, fixed = eqx.partition(calibration.estimate, calibration.mask)
-    flat, unravel = ravel_pytree(free)
-    gi, ri, _, _ = _layout(free)
-    centre = np.asarray(flat).copy()
-    centre[gi] = approx.mean
-    inverse = np.linalg.inv(approx.region_precision) if ri.size else np.zeros((ri.shape[0], 0, 0))
-    if ri.size:
-        centre[ri] = approx.region_mean
-    dtype = flat.dtype
-    base = Whitening(jnp.asarray(centre, dtype), jnp.asarray(gi), jnp.asarray(ri),
-                     jnp.asarray(np.linalg.cholesky(approx.covariance), dtype),
-                     jnp.asarray(-np.einsum("ref,grf->gre", inverse, approx.cross), dtype),
-                     jnp.asarray(np.linalg.cholesky(inverse) if ri.size else inverse, dtype), jnp.zeros((flat.size, 0), dtype),
-                     jnp.zeros(0, dtype))
-    prior = calibration_prior(calibration.config)
-    density = _density(base, unravel, fixed, data, prior)
-    rank = min(rank, flat.size)
-    curvature = jax.jit(jax.vmap(lambda v: -jax.jvp(jax.grad(density), (jnp.zeros(flat.size, dtype),), (v,))[1]))
-    q = np.linalg.qr(np.random.default_rng(0).normal(size=(flat.size, rank)))[0]
-    for _ in range(iterations):  # subspace iteration: the leading eigen-space of the curvature
-        q = np.linalg.qr(np.asarray(curvature(jnp.asarray(q.T, dtype))).T)[0]
-    small = q.T @ np.asarray(curvature(jnp.asarray(q.T, dtype))).T
-    values, vectors = np.linalg.eigh(0.5 * (small + small.T))
-    keep = values > 1.0
-    directions = q @ vectors[:, keep]
-    return eqx.tree_at(lambda m: (m.directions, m.correction), base,
-                       (jnp.asarray(directions, dtype), jnp.asarray(values[keep] ** -0.5 - 1.0, dtype))), values[::-1]
-
-
-class Metric(eqx.Module):
-    """`w = metric(v)`: a dense factor over the first G coordinates (the globals) and a scale on
-    each of the others (the region effects). The identity at the start of the warm-up."""
-
-    factor: jax.Array  # (G, G) lower triangular
-    scale: jax.Array  # (D - G,)
-
-    @classmethod
-    def identity(cls, num_global: int, dim: int, dtype) -> Metric:
-        return cls(jnp.eye(num_global, dtype=dtype), jnp.ones(dim - num_global, dtype))
-
-    def __call__(self, v: jax.Array) -> jax.Array:
-        num_global = self.factor.shape[0]
-        return jnp.concatenate([jnp.einsum("gh,...h->...g", self.factor, v[..., :num_global]),
-                                self.scale * v[..., num_global:]], -1)
-
-    def inverse(self, w: jax.Array) -> jax.Array:
-        num_global = self.factor.shape[0]
-        head = jax.scipy.linalg.solve_triangular(self.factor, w[..., :num_global].reshape(-1, num_global).T, lower=True).T
-        return jnp.concatenate([head.reshape(w[..., :num_global].shape), w[..., num_global:] / self.scale], -1)
-
-
-SHRINKAGE = 5.0
-"""The window covariance is (n / (n + SHRINKAGE)) times the sample covariance of its n draws plus
-(SHRINKAGE / (n + SHRINKAGE)) times the identity: Stan's regularisation, towards the identity
-because `w` is already whitened by the Laplace approximation."""
-
-
-def window_metric(draws: np.ndarray, num_global: int) -> Metric:
-    """The metric of one adaptation window from its draws of `w`, (chains, n, D) pooled over the
-    chains: the shrunk covariance of the first `num_global` coordinates, dense, and the shrunk
-    variance of each of the others."""
-    flat = np.asarray(draws, np.float64).reshape(-1, draws.shape[-1])
-    n = flat.shape[0]
-    centred = flat - flat.mean(0)
-    weight = n / (n + SHRINKAGE)
-    head = centred[:, :num_global]
-    covariance = weight * (head.T @ head) / max(n - 1, 1) + (1 - weight) * np.eye(num_global)
-    variance = weight * np.sum(centred[:, num_global:] ** 2, 0) / max(n - 1, 1) + (1 - weight)
-    dtype = draws.dtype
-    return Metric(jnp.asarray(np.linalg.cholesky(covariance), dtype), jnp.asarray(np.sqrt(variance), dtype))
 
 
 def adaptation_windows(warmup: int, block: int) -> list[tuple[int, int]]:
@@ -193,13 +79,6 @@ def adaptation_windows(warmup: int, block: int) -> list[tuple[int, int]]:
         windows.append((start * block, end * block))
         start, size = end, 2 * size
     return windows
-
-
-def _density(whiten: Whitening, unravel, fixed, data: Dataset, prior: Prior):
-    def density(w):
-        return log_joint(eqx.combine(unravel(whiten(w)), fixed), data, prior)
-
-    return density
 
 
 TARGET_ACCEPTANCE = 0.8  # of the step size's dual averaging in the warm-up (Stan's default)
@@ -272,12 +151,13 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     blackjax = require_sampler()
     from blackjax.adaptation.step_size import dual_averaging_adaptation
     started = time.perf_counter()
-    whiten, curvature = whitening(calibration, data, rank=config.rank)
+    coords = coordinates(calibration, centre_national=config.centre_national)
+    whiten, curvature = whitening(calibration, data, coords, rank=config.rank)
     log.info("posterior: Laplace-whitened curvature, leading eigenvalues %s (%d corrected), %.0f s",
              np.array2string(curvature[:6], precision=1), int(whiten.correction.shape[0]), time.perf_counter() - started)
     free, fixed = eqx.partition(calibration.estimate, calibration.mask)
     flat, unravel = ravel_pytree(free)
-    density = _density(whiten, unravel, fixed, data, calibration_prior(calibration.config))
+    density = coords.density(whiten, data, calibration_prior(calibration.config))
     dim, chains, dtype, total = flat.size, config.chains, flat.dtype, config.warmup + config.draws
     kernel = blackjax.nuts.build_kernel()
     da_init, da_update, da_final = dual_averaging_adaptation(TARGET_ACCEPTANCE)
@@ -308,7 +188,11 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
                 state, info = kernel(k, state, log_density, step_size, jnp.ones(dim, dtype), config.max_doublings)
                 da = da_update(da, info.acceptance_rate) if adapt else da
                 w = arrays.metric(state.position)
-                return (state, da), (w if adapt else whiten(w), state.logdensity, info.is_divergent, info.num_integration_steps)
+                if adapt:
+                    return (state, da), (w, state.logdensity, info.is_divergent, info.num_integration_steps)
+                y = whiten(w)  # the draw's entries, and its log joint density (without the log Jacobian of y)
+                return (state, da), (coords.entries(y), state.logdensity - coords.log_jacobian(y), info.is_divergent,
+                                     info.num_integration_steps)
 
             return jax.lax.scan(one, (blackjax.nuts.init(v, log_density), da), ks)
 

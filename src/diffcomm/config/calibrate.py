@@ -197,6 +197,7 @@ class NutsConfig:
     block: int = option(25, "draws between checkpoints and progress lines")
     rank: int = option(16, "eigen-directions of the exact curvature that correct the Laplace whitening")
     adapt_metric: bool = option(True, "learn the metric from the warm-up's draws (false: the Laplace whitening throughout)")
+    centre_national: bool = option(True, "sample the national effects eta_t, not their innovations (false: the innovations)")
     max_doublings: int = option(8, "most tree doublings per transition (at most 2^max_doublings - 1 leapfrog steps)")
     seed: int = option(0, "seed of the starts and the chains")
 
