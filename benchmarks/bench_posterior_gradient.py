@@ -1,11 +1,13 @@
 """What one leapfrog step of NUTS costs on a calibration, and where it goes.
 
-NUTS spends nearly all its time in the gradient of the log joint density (`whitening.Coordinates.density`),
+NUTS spends nearly all its time in the gradient of the log joint density (`loss.log_joint`),
 one per leapfrog step, for `nuts.chains` chains at once (one `vmap`). This script times that
 gradient for a calibration's data in one process, interleaving the variants so that load on the
 machine falls on all of them, and reports their ratios:
 
-- `float64`: the sampler as it runs (the calibration's precision);
+- `float64`: the log joint of the estimate's free entries, in the calibration's precision;
+- `centred`: the density the sampler runs on (`whitening.Coordinates.density`: the national
+  effects in place of their innovations, and the log Jacobian);
 - `float32`: the same arrays in single precision (and the log density's difference from float64);
 - `10 ties`: the tie graph cut to its first 10 edges, which bounds what a cheaper aggregation of
   the cross-local ties (`model.tie_knowledge`, `model.tie_strength`: gathers and `segment_sum`,
@@ -38,6 +40,7 @@ from common import write_result  # noqa: E402
 from diffcomm.calibrate import calibration_prior, load_calibration  # noqa: E402
 from diffcomm.data import load_dataset  # noqa: E402
 from diffcomm.loss import log_joint  # noqa: E402
+from diffcomm.whitening import coordinates  # noqa: E402
 
 
 def single(tree):
@@ -88,6 +91,11 @@ def main() -> None:
             if name == "float64":
                 forward = jax.jit(jax.vmap(density))
                 variants["forward"] = (forward, points, x64)
+                coords = coordinates(calibration)
+                centred = jax.vmap(coords.centred)(points)
+                sampled = jax.jit(jax.vmap(jax.value_and_grad(  # `log_joint` bound now: the loop rebinds `density`
+                    lambda y, log_joint_of=density: log_joint_of(coords.entries(y)) + coords.log_jacobian(y))))
+                variants["centred"] = (sampled, centred, x64)
     times = {name: [] for name in variants}
     for _ in range(args.repeats):  # interleaved: load on the machine falls on every variant
         for name, (fn, points, x64) in variants.items():

@@ -8,11 +8,11 @@ NUTS runs on `w`, which a linear map takes to the sampler's entries `y`:
 innovations eps_t (`Coordinates`). The counts of a thousand regions pin each year's eta_t; eps_t
 = (zeta_t - phi zeta_{t-1}) / sigma (`effects.national_innovations`) is then pinned only jointly
 with the persistence phi and the scale sigma, along a ridge that bends as they move. On the US
-metros, at the chains' positions after 25 warm-up transitions, the stiffest direction of the
-curvature in the whitened coordinates was persistence and innovations together, with
-eigenvalues 65-844 (which bound the step size near 2 / sqrt(844)); with eta_t sampled the
-largest were 64-103, the buzz scale against the patents intercept, a linear trade-off that the
-metric learnt in the warm-up takes up. The map from `y` to `x` is nonlinear, so the density of
+metros, at the four chains' positions after 25 warm-up transitions, the curvature's leading
+eigenvalues in the whitened coordinates were 65-844, and at the two stiffest positions (844 and
+426) the direction was persistence and innovations together; with eta_t sampled they were
+64-103, the buzz scale against the patents intercept, a linear trade-off that the metric learnt
+in the warm-up takes up (`experiments/posterior/README.md`). The map from `y` to `x` is nonlinear, so the density of
 `y` adds its log Jacobian (-T log sigma). `L` maps standard normal draws to draws of the
 Laplace approximation (`laplace.sample`: the globals by their marginal covariance, each region's
 effects by its conditional given them), carried to `y` by the map's Jacobian at the Laplace mean.
