@@ -99,17 +99,17 @@ def coordinates(calibration: Calibration, *, centre_national: bool = True) -> Co
 class Whitening(eqx.Module):
     """The linear map from NUTS coordinates `w` (D,) to the sampler's entries `y` (`Coordinates`)."""
 
-    centre: jax.Array  # (D,) the Laplace mean
+    centre: jax.Array  # (D,) the Laplace mean, in `y`
     global_index: jax.Array  # (G,)
     region_index: jax.Array  # (R, E)
-    global_factor: jax.Array  # (G, G) Cholesky factor of the globals' marginal covariance
-    shift: jax.Array  # (G, R, E) a region's conditional mean per unit of global deviation
+    global_factor: jax.Array  # (G, G) the map's Jacobian times the Cholesky factor of the globals' covariance in `x`
+    shift: jax.Array  # (G, R, E) a region's conditional mean per unit of the globals' deviation in `y`
     region_factor: jax.Array  # (R, E, E) Cholesky factors of the regions' conditional covariances
     directions: jax.Array  # (D, k) corrected eigen-directions, orthonormal
     correction: jax.Array  # (k,) lambda^-1/2 - 1
 
     def laplace_map(self, u: jax.Array) -> jax.Array:
-        """Standard normal `u` to a Laplace draw of the flat entries."""
+        """Standard normal `u` to a Laplace draw of `y` (to first order where `y` is not `x`)."""
         num_global = self.global_index.shape[0]
         deviation = self.global_factor @ u[:num_global]
         x = self.centre.at[self.global_index].add(deviation)
