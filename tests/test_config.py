@@ -59,6 +59,7 @@ def test_every_command_config_has_usable_defaults(name):
                                  fit=FitConfig(region_effects=[])), "data.spin_up_years must be 0 with data.domain_panel"),
         (lambda: CalibrateConfig(inference="mcmc"), "inference must be laplace or nuts, got 'mcmc'"),
         (lambda: NutsConfig(chains=0), "nuts.chains must be >= 1, got 0"),
+        (lambda: NutsConfig(target_acceptance=1.0), "nuts.target_acceptance must be in (0, 1), got 1.0"),
         (lambda: PolicyConfig(discount=0.0), "policy.discount must be in (0, 1]"),
         (lambda: PolicyConfig(uncertainty="maybe"), "policy.uncertainty must be one of ['none', 'laplace', 'posterior']"),
         (lambda: PolicyConfig(draws=0), "policy.draws must be >= 1"),

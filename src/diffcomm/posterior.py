@@ -19,7 +19,7 @@ chains and shrunk towards the identity, which becomes the metric (`Metric`: dens
 globals' coordinates, the first G of `w`, and a scale per region coordinate); a last window
 tunes the step size to it. NUTS runs on `v` with `w = metric(v)` and an identity mass matrix,
 which is the same as a mass matrix equal to the inverse of that covariance in `w`. Each chain's
-step size is tuned by dual averaging towards an acceptance of 0.8 (Stan's scheme, BlackJAX's
+step size is tuned by dual averaging towards an acceptance of `nuts.target_acceptance` (0.8; Stan's scheme, BlackJAX's
 implementation), restarted from its last value whenever the metric changes. BlackJAX's own
 window adaptation was not used: it keeps a diagonal or a fully dense matrix (over 1,000
 coordinates on the metros), runs its warm-up as one program without checkpoints, and over the
@@ -81,7 +81,6 @@ def adaptation_windows(warmup: int, block: int) -> list[tuple[int, int]]:
     return windows
 
 
-TARGET_ACCEPTANCE = 0.8  # of the step size's dual averaging in the warm-up (Stan's default)
 INITIAL_STEP = 0.02
 """The warm-up's first step size. Dual averaging centres its search on 10x this (Hoffman & Gelman's
 mu); from 0.1 the first transitions on the metros tried steps near 1, diverged, and the average
@@ -160,7 +159,7 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     density = coords.density(whiten, data, calibration_prior(calibration.config))
     dim, chains, dtype, total = flat.size, config.chains, flat.dtype, config.warmup + config.draws
     kernel = blackjax.nuts.build_kernel()
-    da_init, da_update, da_final = dual_averaging_adaptation(TARGET_ACCEPTANCE)
+    da_init, da_update, da_final = dual_averaging_adaptation(config.target_acceptance)
     key_start, key_steps = jax.random.split(jax.random.key(config.seed))
     # starts near the MAP (a tenth of the corrected Laplace spread apart): started from full Laplace
     # draws on the metros, the chains' first transitions ran to the tree-depth limit for minutes
