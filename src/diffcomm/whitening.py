@@ -78,13 +78,13 @@ class Coordinates(eqx.Module):
             return jnp.zeros((), y.dtype)
         return -self.year_index.shape[0] * jnp.log(self._natural(y).national_shock_scale)
 
-    def density(self, whiten: Whitening, data: Dataset, prior: Prior):
-        """The log density of the NUTS coordinates `w`: `log_joint` at `x(y(w))` plus the log Jacobian."""
-        def density(w):
-            y = whiten(w)
-            return log_joint(eqx.combine(self.unravel(self.entries(y)), self.fixed), data, prior) + self.log_jacobian(y)
+    def log_density(self, y: jax.Array, data: Dataset, prior: Prior) -> jax.Array:
+        """The log density of the sampler's entries `y`: `log_joint` at `x(y)` plus the log Jacobian."""
+        return log_joint(eqx.combine(self.unravel(self.entries(y)), self.fixed), data, prior) + self.log_jacobian(y)
 
-        return density
+    def density(self, whiten: Whitening, data: Dataset, prior: Prior):
+        """The log density of the NUTS coordinates `w` (`log_density` at `y = whiten(w)`)."""
+        return lambda w: self.log_density(whiten(w), data, prior)
 
 
 def coordinates(calibration: Calibration, *, centre_national: bool = True) -> Coordinates:
@@ -132,8 +132,8 @@ def whitening(calibration: Calibration, data: Dataset, coords: Coordinates, *, r
     if not approx.positive_definite:
         raise ConfigError("inference=nuts starts from the Laplace approximation, which is not positive definite here "
                           "(params.csv has no standard errors): fix the calibration first")
-    free, fixed = eqx.partition(calibration.estimate, calibration.mask)
-    flat, unravel = ravel_pytree(free)
+    free = eqx.partition(calibration.estimate, calibration.mask)[0]
+    flat = ravel_pytree(free)[0]
     gi, ri, _, _ = _layout(free)
     centre = np.asarray(flat).copy()
     centre[gi] = approx.mean
