@@ -20,14 +20,13 @@ import blackjax  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from blackjax.adaptation.step_size import dual_averaging_adaptation  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 from diffcomm.calibrate import calibration_prior, load_calibration  # noqa: E402
 from diffcomm.data import load_dataset  # noqa: E402
-from diffcomm.posterior import _Chains  # noqa: E402
+from diffcomm.posterior import initial_chains, step_adaptation  # noqa: E402
 from diffcomm.training import load_checkpoint  # noqa: E402
-from diffcomm.whitening import Metric, coordinates, whitening  # noqa: E402
+from diffcomm.whitening import coordinates, whitening  # noqa: E402
 
 TRANSITIONS = 100
 
@@ -40,15 +39,9 @@ def main(run: Path, factors: list[float]) -> None:
     whiten, _ = whitening(calibration, data, coords, rank=config.rank)
     density = coords.density(whiten, data, calibration_prior(calibration.config))
     dim = ravel_pytree(eqx.partition(calibration.estimate, calibration.mask)[0])[0].size
-    chains, warmup, draws = config.chains, config.warmup, config.draws
-    da_init, _, da_final = dual_averaging_adaptation(0.8)
-    restart = jax.vmap(lambda s: jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), da_init(s)))
-    like = _Chains(jnp.zeros((chains, dim)), Metric.identity(int(whiten.global_index.shape[0]), dim, jnp.float64),
-                   restart(jnp.full(chains, 0.02)), jnp.zeros((chains, warmup, dim)), jnp.zeros((chains, draws, dim)),
-                   jnp.zeros((chains, draws)), jnp.zeros((chains, warmup + draws), bool),
-                   jnp.zeros((chains, warmup + draws), jnp.int32))
+    like = initial_chains(config, jnp.zeros((config.chains, dim)), int(whiten.global_index.shape[0]))
     arrays, _ = load_checkpoint(run / "checkpoint_nuts", like)
-    tuned = jax.vmap(da_final)(arrays.adaptation)
+    tuned = jax.vmap(step_adaptation(config, jnp.float64)[2])(arrays.adaptation)
     print("tuned step sizes", np.asarray(tuned).round(3))
     kernel = blackjax.nuts.build_kernel()
 
@@ -67,7 +60,7 @@ def main(run: Path, factors: list[float]) -> None:
         return jax.vmap(chain)(keys, position, step)
 
     for factor in factors:
-        keys = jax.vmap(lambda k: jax.random.split(k, TRANSITIONS))(jax.random.split(jax.random.key(7), chains))
+        keys = jax.vmap(lambda k: jax.random.split(k, TRANSITIONS))(jax.random.split(jax.random.key(7), config.chains))
         jax.block_until_ready(transitions(keys[:, :2], arrays.position, tuned * factor))  # compiled before timing
         start = time.perf_counter()
         steps, acceptance, divergent = jax.block_until_ready(transitions(keys, arrays.position, tuned * factor))

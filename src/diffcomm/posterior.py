@@ -103,6 +103,30 @@ class _Chains(eqx.Module):
     leapfrogs: jax.Array  # (C, warm-up + S)
 
 
+def step_adaptation(config: NutsConfig, dtype):
+    """BlackJAX's dual averaging towards `config.target_acceptance`: `(restart, update, final)`,
+    `restart` taking step sizes (C,) to states with leaves (C,) in `dtype` (the draws' precision)."""
+    from blackjax.adaptation.step_size import dual_averaging_adaptation
+    init, update, final = dual_averaging_adaptation(config.target_acceptance)
+    return jax.vmap(lambda step: jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), init(step))), update, final
+
+
+def _windows(config: NutsConfig) -> dict[int, int]:
+    """The metric windows by the transition that ends them: `{end: start}` (none without `adapt_metric`)."""
+    return {end: start for start, end in adaptation_windows(config.warmup, config.block)} if config.adapt_metric else {}
+
+
+def initial_chains(config: NutsConfig, starts: jax.Array, num_global: int) -> _Chains:
+    """The chains at `starts` (C, D) before their first transition; also the layout a checkpoint
+    of `sample_posterior` is read into."""
+    (chains, dim), dtype, total = starts.shape, starts.dtype, config.warmup + config.draws
+    restart = step_adaptation(config, dtype)[0]
+    return _Chains(starts, Metric.identity(num_global, dim, dtype), restart(jnp.full(chains, INITIAL_STEP, dtype)),
+                   jnp.zeros((chains, config.warmup if _windows(config) else 0, dim), dtype),  # kept only if a metric is learnt
+                   jnp.zeros((chains, config.draws, dim), dtype), jnp.zeros((chains, config.draws), dtype),
+                   jnp.zeros((chains, total), bool), jnp.zeros((chains, total), jnp.int32))
+
+
 def _adapt_metric(arrays: _Chains, start: int, end: int, num_global: int, restart, da_final) -> _Chains:
     """At the end of a window: the metric learnt from its draws, the positions carried into it,
     and each chain's step-size adaptation restarted (`restart`) from its current value."""
@@ -148,7 +172,6 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     """Run `config.chains` NUTS chains from the Laplace approximation of `calibration`: a warm-up of
     `config.warmup` steps, then `config.draws` draws each, checkpointed every `config.block`."""
     blackjax = require_sampler()
-    from blackjax.adaptation.step_size import dual_averaging_adaptation
     started = time.perf_counter()
     coords = coordinates(calibration, centre_national=config.centre_national)
     whiten, curvature = whitening(calibration, data, coords, rank=config.rank)
@@ -159,19 +182,14 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     density = coords.density(whiten, data, calibration_prior(calibration.config))
     dim, chains, dtype, total = flat.size, config.chains, flat.dtype, config.warmup + config.draws
     kernel = blackjax.nuts.build_kernel()
-    da_init, da_update, da_final = dual_averaging_adaptation(config.target_acceptance)
+    restart, da_update, da_final = step_adaptation(config, dtype)
     key_start, key_steps = jax.random.split(jax.random.key(config.seed))
     # starts near the MAP (a tenth of the corrected Laplace spread apart): started from full Laplace
     # draws on the metros, the chains' first transitions ran to the tree-depth limit for minutes
     starts = START_SPREAD * jax.random.normal(key_start, (chains, dim), dtype)
     num_global = int(whiten.global_index.shape[0])
-    # each chain's dual averaging started at a step size, (C,) -> states with leaves (C,), in the draws' precision
-    restart = jax.vmap(lambda step: jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), da_init(step)))
-    windows = {end: start for start, end in adaptation_windows(config.warmup, config.block)} if config.adapt_metric else {}
-    arrays = _Chains(starts, Metric.identity(num_global, dim, dtype), restart(jnp.full(chains, INITIAL_STEP, dtype)),
-                     jnp.zeros((chains, config.warmup if windows else 0, dim), dtype),  # kept only if a metric is learnt
-                     jnp.zeros((chains, config.draws, dim), dtype), jnp.zeros((chains, config.draws), dtype),
-                     jnp.zeros((chains, total), bool), jnp.zeros((chains, total), jnp.int32))
+    windows = _windows(config)
+    arrays = initial_chains(config, starts, num_global)
     resumed = load_checkpoint(checkpoint, arrays)
     arrays, done = (arrays, 0) if resumed is None else (resumed[0], resumed[1]["step"])
 
