@@ -15,7 +15,7 @@ from diffcomm.calibrate import calibration_prior  # noqa: E402
 from diffcomm.config import NutsConfig  # noqa: E402
 from diffcomm.effects import national_effects, national_innovations  # noqa: E402
 from diffcomm.loss import log_joint  # noqa: E402
-from diffcomm.posterior import adaptation_windows, sample_posterior  # noqa: E402
+from diffcomm.posterior import adaptation_windows, sample_posterior, step_for_acceptance  # noqa: E402
 from diffcomm.report.posterior import COLUMNS, diagnostics_table, inference_data, laplace_against_nuts  # noqa: E402
 from diffcomm.whitening import coordinates, whitening, window_metric  # noqa: E402
 
@@ -86,13 +86,35 @@ def test_the_centred_national_effects_map_back_to_the_innovations_with_their_jac
 
 def test_the_metric_windows_follow_stans_schedule_in_whole_blocks():
     windows = adaptation_windows(500, 25)
-    assert windows == [(75, 100), (100, 150), (150, 250), (250, 450)]  # then 50 transitions for the step size
+    assert windows == [(25, 50), (50, 100), (100, 200), (200, 450)]  # then 50 transitions for the step size
     for warmup, block in [(150, 25), (300, 25), (1000, 50), (130, 10)]:
         windows = adaptation_windows(warmup, block)
         assert windows and all(start % block == 0 and end % block == 0 for start, end in windows)
         assert all(a[1] == b[0] for a, b in zip(windows[:-1], windows[1:]))  # contiguous
-        assert windows[0][0] >= 0.1 * warmup and windows[-1][1] <= 0.95 * warmup  # step size alone first and last
+        assert windows[0][0] >= block and windows[-1][1] <= 0.95 * warmup  # step size alone first and last
     assert adaptation_windows(100, 25) == []  # four blocks: too few to learn a metric
+
+
+def test_the_draws_step_meets_the_target_acceptance_where_dual_averagings_average_does_not():
+    """Transitions at steps spread as dual averaging's iterates are, with acceptances noisy around
+    a logistic curve in the log step: the fitted step is where the curve gives the target; the
+    geometric mean of steps whose mean acceptance is the target lies below it (the curve is
+    concave there), which is the overshoot of acceptance the fit removes."""
+    rng = np.random.default_rng(0)
+    intercept, slope, target = -6.0, -3.5, 0.8  # acceptance 1 / (1 + exp(-(intercept + slope log step)))
+    truth = np.exp((np.log(target / (1 - target)) - intercept) / slope)  # 0.121
+    step = truth * np.exp(rng.uniform(-0.9, 0.6, size=(4, 200)))
+    mean = 1 / (1 + np.exp(-(intercept + slope * np.log(step))))
+    acceptance = rng.beta(4 * mean, 4 * (1 - mean))
+    fitted = step_for_acceptance(step, acceptance, target)
+    assert fitted == pytest.approx(truth, rel=0.08)
+    # a window whose mean acceptance is the target, averaged as dual averaging does, ends below it
+    average = np.exp(np.log(step).mean())
+    assert np.mean(mean) == pytest.approx(target, abs=0.05) and average < 0.95 * truth
+    assert step_for_acceptance(step, 1 - acceptance, target) is None  # acceptance rising with the step: no curve
+    assert step_for_acceptance(np.full(10, 0.1), acceptance[0, :10], target) is None  # no spread of steps
+    small = step[step < 0.6 * truth]  # acceptance 0.9 and more: the target's step lies beyond them
+    assert step_for_acceptance(small, acceptance[step < 0.6 * truth], target) == pytest.approx(small.max())  # not extrapolated
 
 
 def test_a_window_metric_whitens_its_draws_dense_in_the_globals_and_per_coordinate_elsewhere():
@@ -120,8 +142,10 @@ def test_a_short_nuts_run_agrees_with_the_laplace_approximation_and_resumes(fitt
     posterior = sample_posterior(calibration, data, config, checkpoint=tmp_path / "nuts", progress=False)
     assert posterior.draws.shape == (2, 100, ravel_pytree(eqx.partition(calibration.estimate, calibration.mask)[0])[0].size)
     assert np.all(np.isfinite(posterior.draws)) and np.all(np.isfinite(posterior.log_density))
+    assert np.ptp(posterior.step_size) == 0  # one step for all chains, from the warm-up's acceptance curve
 
     idata = inference_data(posterior, data)
+    assert set(idata.sample_stats) >= {"acceptance_rate", "step_size", "n_steps", "diverging", "lp"}
     table = diagnostics_table(idata)
     assert list(table.columns) == COLUMNS
     assert len(table) == posterior.draws.shape[-1]  # one row per scalar: parameters, years, regions

@@ -5,7 +5,9 @@ per transition (which sets the time), the acceptance rate and the divergent tran
 
     python experiments/posterior/step_scale.py <run folder of diffcomm calibrate inference=nuts> 1.0 1.3 1.6
 
-Reads the run's `checkpoint_nuts` (positions, metric and step-size adaptation after its draws).
+Reads the run's `checkpoint_nuts` (positions, metric and the draws' step sizes after its draws).
+The figures in the README's first section were taken on a run whose draws used dual averaging's
+step (before `posterior.step_for_acceptance`); its checkpoint has the layout of that time.
 """
 
 import sys
@@ -24,7 +26,7 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 
 from diffcomm.calibrate import calibration_prior, load_calibration  # noqa: E402
 from diffcomm.data import load_dataset  # noqa: E402
-from diffcomm.posterior import initial_chains, step_adaptation  # noqa: E402
+from diffcomm.posterior import initial_chains  # noqa: E402
 from diffcomm.training import load_checkpoint  # noqa: E402
 from diffcomm.whitening import coordinates, whitening  # noqa: E402
 
@@ -41,7 +43,7 @@ def main(run: Path, factors: list[float]) -> None:
     dim = ravel_pytree(eqx.partition(calibration.estimate, calibration.mask)[0])[0].size
     like = initial_chains(config, jnp.zeros((config.chains, dim)), int(whiten.global_index.shape[0]))
     arrays, _ = load_checkpoint(run / "checkpoint_nuts", like)
-    tuned = jax.vmap(step_adaptation(config, jnp.float64)[2])(arrays.adaptation)
+    tuned = arrays.step[:, config.warmup]  # the draws' step sizes
     print("tuned step sizes", np.asarray(tuned).round(3))
     kernel = blackjax.nuts.build_kernel()
 

@@ -41,7 +41,7 @@ def _arviz():
 def inference_data(posterior: Posterior, data: Dataset):
     """The draws as `arviz.InferenceData`: each free parameter on its natural scale (named as in
     `params.csv`), the national innovations by year, each region effect by region code; the
-    sampler's log density, divergences and tree sizes in `sample_stats`."""
+    sampler's log density, divergences, tree sizes, acceptance and step sizes in `sample_stats`."""
     az = _arviz()
 
     names = posterior.parameter_names
@@ -56,7 +56,9 @@ def inference_data(posterior: Posterior, data: Dataset):
         dims[name] = ["region"]
     if posterior.region_effects:
         coords["region"] = list(data.codes)
-    stats = dict(lp=posterior.log_density, diverging=posterior.divergent, n_steps=posterior.leapfrogs)
+    step_size = np.broadcast_to(posterior.step_size[:, None], posterior.acceptance.shape)
+    stats = dict(lp=posterior.log_density, diverging=posterior.divergent, n_steps=posterior.leapfrogs,
+                 acceptance_rate=posterior.acceptance, step_size=step_size)
     return az.from_dict(posterior=values, sample_stats=stats, dims=dims, coords=coords)
 
 

@@ -202,6 +202,7 @@ def write_posterior(out: RunOutputs, data: Dataset, calibration: Calibration, po
         chains=int(posterior.draws.shape[0]), draws=int(posterior.draws.shape[1]), seconds=posterior.seconds,
         divergent=int(posterior.divergent.sum()), warmup_divergent=posterior.warmup_divergent,
         step_size=posterior.step_size.tolist(), mean_leapfrogs=float(posterior.leapfrogs.mean()),
+        mean_acceptance=float(posterior.acceptance.mean()),
         curvature=posterior.curvature[:8].tolist(), max_rhat=float(table.rhat.max()), min_ess_bulk=float(table.ess_bulk.min()),
         driver_weights=weights.to_dict(orient="records"), laplace_vs_nuts=compared.to_dict(orient="records"))
 
