@@ -15,7 +15,7 @@ from diffcomm.calibrate import calibration_prior  # noqa: E402
 from diffcomm.config import NutsConfig  # noqa: E402
 from diffcomm.effects import national_effects, national_innovations  # noqa: E402
 from diffcomm.loss import log_joint  # noqa: E402
-from diffcomm.posterior import adaptation_windows, sample_posterior, step_for_acceptance  # noqa: E402
+from diffcomm.posterior import RESTART_CENTRE, adaptation_windows, sample_posterior, step_adaptation, step_for_acceptance  # noqa: E402
 from diffcomm.report.posterior import COLUMNS, diagnostics_table, inference_data, laplace_against_nuts  # noqa: E402
 from diffcomm.whitening import coordinates, whitening, window_metric  # noqa: E402
 
@@ -115,6 +115,18 @@ def test_the_draws_step_meets_the_target_acceptance_where_dual_averagings_averag
     assert step_for_acceptance(np.full(10, 0.1), acceptance[0, :10], target) is None  # no spread of steps
     small = step[step < 0.6 * truth]  # acceptance 0.9 and more: the target's step lies beyond them
     assert step_for_acceptance(small, acceptance[step < 0.6 * truth], target) == pytest.approx(small.max())  # not extrapolated
+
+
+def test_after_a_metric_change_the_step_search_starts_at_the_last_step_not_ten_times_it():
+    restart, update, _ = step_adaptation(NutsConfig(), jnp.float64)
+    steps = jnp.array([0.05, 0.1])
+
+    def second(centre):  # the step of the second transition after a restart, the first at the target acceptance
+        state = jax.vmap(update)(restart(steps, centre), jnp.full(2, 0.8))
+        return np.exp(np.asarray(state.log_step_size)) / np.asarray(steps)
+
+    np.testing.assert_allclose(second(RESTART_CENTRE), 1.0, rtol=1e-12)
+    assert np.all(second(10.0) > 9)  # Stan's restart: ten times the step, which diverged on the metros
 
 
 def test_a_window_metric_whitens_its_draws_dense_in_the_globals_and_per_coordinate_elsewhere():
