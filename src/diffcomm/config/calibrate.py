@@ -199,8 +199,8 @@ class NutsConfig:
     adapt_metric: bool = option(True, "learn the metric from the warm-up's draws (false: the Laplace whitening throughout)")
     centre_national: bool = option(True, "sample the national effects eta_t, not their innovations (false: the innovations)")
     max_doublings: int = option(8, "most tree doublings per transition (at most 2^max_doublings - 1 leapfrog steps)")
-    target_acceptance: float = option(0.8, "acceptance rate the warm-up's dual averaging aims for (Stan's adapt_delta); "
-                                              "the draws' rate comes out higher (0.90 at 0.8 on the US metros)")
+    target_acceptance: float = option(0.8, "acceptance rate the warm-up's dual averaging aims for (Stan's adapt_delta), "
+                                              "and at which the draws' step is set from the warm-up's acceptance curve")
     seed: int = option(0, "seed of the starts and the chains")
 
     def __post_init__(self):
