@@ -272,23 +272,26 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
         def log_density(v):
             return density(arrays.metric(v))
 
-        def chain(ks, v, da, drawn):
-            def one(carry, k):
-                state, da = carry
-                step_size = jnp.exp(da.log_step_size) if adapt else drawn
+        def transition(carry, ks):  # one transition of every chain, `ks` (C,) keys
+            def chain(k, state, step_size):
                 state, info = kernel(k, state, log_density, step_size, jnp.ones(dim, dtype), config.max_doublings)
-                da = da_update(da, info.acceptance_rate) if adapt else da
                 record = (info.is_divergent, info.num_integration_steps, info.acceptance_rate, step_size)
                 w = arrays.metric(state.position)
                 if adapt:
-                    return (state, da), (w, state.logdensity, *record)
+                    return state, (w, state.logdensity, *record)
                 y = whiten(w)  # the draw's entries, and its log joint density (without the log Jacobian of y)
-                return (state, da), (coords.entries(y), state.logdensity - coords.log_jacobian(y), *record)
+                return state, (coords.entries(y), state.logdensity - coords.log_jacobian(y), *record)
 
-            return jax.lax.scan(one, (blackjax.nuts.init(v, log_density), da), ks)
+            states, da = carry
+            states, out = jax.vmap(chain)(ks, states, jnp.exp(da.log_step_size) if adapt else drawn_steps)
+            if adapt:  # one dual averaging for all chains, on their mean acceptance: one step, no chain waiting on another's
+                da = jax.vmap(da_update, in_axes=(0, None))(da, jnp.mean(out[-2]))
+            return (states, da), out
 
         drawn_steps = jax.lax.dynamic_index_in_dim(arrays.step, first, 1, keepdims=False)  # (C,) the draws' step sizes
-        (state, da), (x, logp, *record) = jax.vmap(chain)(keys, arrays.position, arrays.adaptation, drawn_steps)
+        states = jax.vmap(lambda v: blackjax.nuts.init(v, log_density))(arrays.position)
+        (state, da), out = jax.lax.scan(transition, (states, arrays.adaptation), jnp.swapaxes(keys, 0, 1))
+        x, logp, *record = (jnp.swapaxes(a, 0, 1) for a in out)  # (C, block, ...)
 
         def put(old, new):
             return jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), first, 1)
