@@ -14,9 +14,18 @@ pytest.importorskip("arviz")
 from diffcomm.calibrate import calibration_prior  # noqa: E402
 from diffcomm.config import NutsConfig  # noqa: E402
 from diffcomm.effects import national_effects, national_innovations  # noqa: E402
+from diffcomm.laplace import _layout  # noqa: E402
 from diffcomm.loss import log_joint  # noqa: E402
-from diffcomm.posterior import RESTART_CENTRE, adaptation_windows, sample_posterior, step_adaptation, step_for_acceptance  # noqa: E402
+from diffcomm.posterior import (  # noqa: E402
+    RESTART_CENTRE,
+    adaptation_windows,
+    initial_chains,
+    sample_posterior,
+    step_adaptation,
+    step_for_acceptance,
+)
 from diffcomm.report.posterior import COLUMNS, diagnostics_table, inference_data, laplace_against_nuts  # noqa: E402
+from diffcomm.training import load_checkpoint  # noqa: E402
 from diffcomm.whitening import coordinates, whitening, window_metric  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -155,6 +164,10 @@ def test_a_short_nuts_run_agrees_with_the_laplace_approximation_and_resumes(fitt
     assert posterior.draws.shape == (2, 100, ravel_pytree(eqx.partition(calibration.estimate, calibration.mask)[0])[0].size)
     assert np.all(np.isfinite(posterior.draws)) and np.all(np.isfinite(posterior.log_density))
     assert np.ptp(posterior.step_size) == 0  # one step for all chains, from the warm-up's acceptance curve
+    free = eqx.partition(calibration.estimate, calibration.mask)[0]
+    like = initial_chains(config, jnp.zeros(posterior.draws.shape[::2]), len(_layout(free)[0]))
+    steps = np.asarray(load_checkpoint(tmp_path / "nuts", like)[0].step)
+    assert np.all(steps[0] == steps[1]) and np.ptp(steps[0, :150]) > 0  # in the warm-up too: one step, tuned
 
     idata = inference_data(posterior, data)
     assert set(idata.sample_stats) >= {"acceptance_rate", "step_size", "n_steps", "diverging", "lp"}

@@ -18,9 +18,10 @@ then windows of doubling length each end with the covariance of their draws, poo
 chains and shrunk towards the identity, which becomes the metric (`Metric`: dense over the
 globals' coordinates, the first G of `w`, and a scale per region coordinate); a last window
 tunes the step size to it. NUTS runs on `v` with `w = metric(v)` and an identity mass matrix,
-which is the same as a mass matrix equal to the inverse of that covariance in `w`. Each chain's
+which is the same as a mass matrix equal to the inverse of that covariance in `w`. The chains'
 step size is tuned by dual averaging towards an acceptance of `nuts.target_acceptance` (0.8; Stan's scheme, BlackJAX's
-implementation), restarted from its last value whenever the metric changes (`RESTART_CENTRE`); the draws then
+implementation), one for all chains on their mean acceptance (in lockstep a chain at a smaller
+step would set the pace of all), restarted from its last value whenever the metric changes (`RESTART_CENTRE`); the draws then
 take one step size for all chains, where the acceptance curve fitted to the last stretch of the
 warm-up meets that target (`step_for_acceptance`; dual averaging's own final step overshot the
 target acceptance, 0.90 for 0.8 on the US metros). BlackJAX's own
@@ -107,7 +108,7 @@ class _Chains(eqx.Module):
 
     position: jax.Array  # (C, D) in the metric's coordinates `v`
     metric: Metric  # w = metric(v), shared by the chains
-    adaptation: object  # BlackJAX's dual-averaging state, leaves (C,)
+    adaptation: object  # BlackJAX's dual-averaging state, leaves (C,), equal across the chains (one search for all)
     warm: jax.Array  # (C, warm-up, D) the warm-up's positions in `w`, from which the metric is learnt; (C, 0, D) if none is
     draws: jax.Array  # (C, S, D) flat free entries
     log_density: jax.Array  # (C, S)
