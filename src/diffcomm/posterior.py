@@ -286,7 +286,8 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
             states, da = carry
             states, out = jax.vmap(chain)(ks, states, jnp.exp(da.log_step_size) if adapt else drawn_steps)
             if adapt:  # one dual averaging for all chains, on their mean acceptance: one step, no chain waiting on another's
-                da = jax.vmap(da_update, in_axes=(0, None))(da, jnp.mean(out[-2]))
+                *_, acceptance, _ = out  # the record's acceptance (C,)
+                da = jax.vmap(da_update, in_axes=(0, None))(da, jnp.mean(acceptance))
             return (states, da), out
 
         drawn_steps = jax.lax.dynamic_index_in_dim(arrays.step, first, 1, keepdims=False)  # (C,) the draws' step sizes
