@@ -8,6 +8,9 @@ machine falls on all of them, and reports their ratios:
 - `float64`: the log joint of the estimate's free entries, in the calibration's precision;
 - `centred`: the density the sampler runs on (`whitening.Coordinates.density`: the national
   effects in place of their innovations, and the log Jacobian);
+- `centred, simulation float32`: that density as the sampler runs it by default
+  (`nuts.simulation_precision=float32`: the simulation in single precision, the likelihood in
+  double; and its log density's difference from `centred`);
 - `float32`: the same arrays in single precision (and the log density's difference from float64);
 - `10 ties`: the tie graph cut to its first 10 edges, which bounds what a cheaper aggregation of
   the cross-local ties (`model.tie_knowledge`, `model.tie_strength`: gathers and `segment_sum`,
@@ -94,6 +97,10 @@ def main() -> None:
                 coords = coordinates(calibration)
                 sampled = jax.jit(jax.vmap(jax.value_and_grad(lambda y: coords.log_density(y, data, prior))))
                 variants["centred"] = (sampled, jax.vmap(coords.centred)(points), x64)
+                mixed = jax.jit(jax.vmap(jax.value_and_grad(lambda y: coords.log_density(y, data, prior, jnp.float32))))
+                variants["centred, simulation float32"] = (mixed, jax.vmap(coords.centred)(points), x64)
+                values["centred"] = np.asarray(sampled(variants["centred"][1])[0])
+                values["centred, simulation float32"] = np.asarray(mixed(variants["centred"][1])[0])
     times = {name: [] for name in variants}
     for _ in range(args.repeats):  # interleaved: load on the machine falls on every variant
         for name, (fn, points, x64) in variants.items():
@@ -108,9 +115,13 @@ def main() -> None:
                       calibration.estimate, calibration.mask)[0])[0].size),
                   seconds={name: round(t, 5) for name, t in best.items()},
                   ratio_to_float64={name: round(t / best["float64"], 3) for name, t in best.items()},
-                  float32_log_density_error=float(np.max(np.abs(values["float32"] - values["float64"]))))
+                  float32_log_density_error=float(np.max(np.abs(values["float32"] - values["float64"]))),
+                  simulation_float32_log_density_error=float(np.max(np.abs(values["centred, simulation float32"]
+                                                                            - values["centred"]))))
     for name, t in best.items():
-        print(f"{name:8s} {1e3 * t:7.1f} ms per {args.chains}-chain evaluation, {t / best['float64']:.2f} of float64")
+        print(f"{name:29s} {1e3 * t:7.1f} ms per {args.chains}-chain evaluation, {t / best['float64']:.2f} of float64")
+    print(f"simulation in float32: the log density differs from float64 by up to "
+          f"{result['simulation_float32_log_density_error']:.2g}")
     print(f"float32 log density differs from float64 by up to {result['float32_log_density_error']:.2f} "
           f"(of {abs(values['float64'][0]):.0f})")
     write_result(result, "posterior_gradient")

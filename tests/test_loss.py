@@ -1,6 +1,7 @@
 """The calibration objective: masks, the held-out window, the prior, and its gradient."""
 
 import dataclasses
+import re
 
 import equinox as eqx
 import jax
@@ -15,7 +16,9 @@ from diffcomm.loss import (
     expected_patents,
     frozen_objective,
     gaussian_prior,
+    in_precision,
     latent_curvature,
+    log_joint,
     negative_log_likelihood,
     negative_log_posterior,
     negative_log_prior,
@@ -171,3 +174,20 @@ def test_the_frozen_objective_is_the_objective_at_its_reference_and_its_own_grad
             fd_objective = (value(moved(h), data, prior) - value(moved(-h), data, prior)) / (2 * h)
             held_gradient = components(value_grad(away, data, prior))[i]
             assert abs(held_gradient - float(fd_objective)) > 0.1 * abs(float(fd_objective))
+
+
+def test_the_simulation_runs_in_the_parameters_precision_and_the_likelihood_in_the_estimates(synthetic):
+    """`precision=float32` simulates in single precision (no double-precision array in the
+    simulation's program; scalar constants are converted) and returns the log joint in double, within single precision's error
+    of the all-double one; its gradient too."""
+    truth = Params.from_natural(1)
+    data = synthetic(jax.random.key(2), truth, num_regions=30, num_years=6)
+    estimate = at(truth, data, dataclasses.replace(Effects.zeros(30, 6), year=0.1 * jnp.arange(6.0)))
+    prior = Prior(truth, free=("educating_weight", "migrating_weight"), scale=1.0)
+    single = jax.make_jaxpr(expected_patents)(in_precision(estimate, jnp.float32), in_precision(data, jnp.float32))
+    assert not re.search(r"f64\[\d", str(single))
+    full = jax.value_and_grad(log_joint)(estimate, data, prior)
+    mixed = jax.value_and_grad(log_joint)(estimate, data, prior, jnp.float32)
+    assert mixed[0].dtype == jnp.float64 and 0 < abs(mixed[0] - full[0]) < 1e-4 * abs(full[0])
+    gradient = [np.asarray(g.params.unconstrained[name]) for g in (full[1], mixed[1]) for name in prior.free]
+    np.testing.assert_allclose(gradient[2:], gradient[:2], rtol=1e-4)

@@ -159,15 +159,19 @@ def test_a_window_metric_whitens_its_draws_dense_in_the_globals_and_per_coordina
 @pytest.mark.slow
 def test_a_short_nuts_run_agrees_with_the_laplace_approximation_and_resumes(fitted_small, tmp_path):
     data, _, calibration = fitted_small
-    config = NutsConfig(chains=2, warmup=150, draws=100, block=25, rank=8)  # metric windows at 25-50 and 50-125
+    # metric windows at 25-50 and 50-125; trees of at most 7 leapfrog steps before the first metric
+    config = NutsConfig(chains=2, warmup=150, draws=100, block=25, rank=8, early_doublings=3)
     posterior = sample_posterior(calibration, data, config, checkpoint=tmp_path / "nuts", progress=False)
     assert posterior.draws.shape == (2, 100, ravel_pytree(eqx.partition(calibration.estimate, calibration.mask)[0])[0].size)
     assert np.all(np.isfinite(posterior.draws)) and np.all(np.isfinite(posterior.log_density))
     assert np.ptp(posterior.step_size) == 0  # one step for all chains, from the warm-up's acceptance curve
     free = eqx.partition(calibration.estimate, calibration.mask)[0]
     like = initial_chains(config, jnp.zeros(posterior.draws.shape[::2]), len(_layout(free)[0]))
-    steps = np.asarray(load_checkpoint(tmp_path / "nuts", like)[0].step)
+    chains = load_checkpoint(tmp_path / "nuts", like)[0]
+    steps = np.asarray(chains.step)
     assert np.all(steps[0] == steps[1]) and np.ptp(steps[0, :150]) > 0  # in the warm-up too: one step, tuned
+    leapfrogs = np.asarray(chains.leapfrogs)
+    assert leapfrogs[:, :50].max() <= 7 < leapfrogs[:, 50:].max()  # capped until the first metric, not after
 
     idata = inference_data(posterior, data)
     assert set(idata.sample_stats) >= {"acceptance_rate", "step_size", "n_steps", "diverging", "lp"}

@@ -28,10 +28,14 @@ if TYPE_CHECKING:
     from .data import Dataset
 
 
-def expected_patents(estimate: Estimate, data: Dataset) -> tuple[Float[Array, "t r"], Float[Array, "t r"]]:
+def expected_patents(estimate: Estimate, data: Dataset, precision=None) -> tuple[Float[Array, "t r"], Float[Array, "t r"]]:
     """Expected patents in the years after the first (T, R), with the national effects, and the
     simulated non-local share (T, R): along one free path from the first year, or with
-    `data.one_step_ahead` each year from the counts observed the year before (`conditioned_path`)."""
+    `data.one_step_ahead` each year from the counts observed the year before (`conditioned_path`).
+    `precision` (a float dtype): computed in it, returned in the estimate's (`in_precision`)."""
+    if precision is not None and jnp.dtype(precision) != estimate.params.dtype:
+        dtype = estimate.params.dtype
+        return in_precision(expected_patents(in_precision(estimate, precision), in_precision(data, precision)), dtype)
     params = estimate.params
     p = params.natural()
     if data.one_step_ahead:
@@ -41,6 +45,13 @@ def expected_patents(estimate: Estimate, data: Dataset) -> tuple[Float[Array, "t
     first = first_knowledge(params, data)
     factor = national_factor(p, predicted.patents, first, national_effects(p, estimate.effects.year))
     return predicted.patents * jnp.exp(factor)[:, None], predicted.nonlocal_share
+
+
+def in_precision(tree, dtype):
+    """`tree` with every floating array in `dtype`. The simulation in single precision costs
+    0.6 of double on CPU (`benchmarks/bench_posterior_gradient.py`); a sampler computes the
+    likelihood and its sum in double from single-precision expectations (`posterior.py`)."""
+    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, tree)
 
 
 def observed_counts(data: Dataset) -> Float[Array, "t r"]:
@@ -67,7 +78,7 @@ def conditioned_path(estimate: Estimate, data: Dataset, counts: Float[Array, "t 
     params = estimate.params
     p = params.natural()
     drivers = region_drivers(params, data, estimate.effects)
-    forcing = make_forcing(counts.shape[0], data.num_regions)
+    forcing = make_forcing(counts.shape[0], data.num_regions, dtype=params.dtype)
 
     def one_year(carry, inputs):
         state, growth = carry
@@ -131,13 +142,14 @@ def fisher_weights(estimate: Estimate, data: Dataset) -> tuple[Float[Array, "t r
     return count_weights(p, data, patents), data.linkage_mask * n * share * (1 - share) * (c + 1) / (c + n)
 
 
-def negative_log_likelihood(estimate: Estimate, data: Dataset) -> Float[Array, ""]:
+def negative_log_likelihood(estimate: Estimate, data: Dataset, precision=None) -> Float[Array, ""]:
     """-log p(data | estimate): negative binomial patents plus beta-binomial non-local linkages.
 
     The linkage counts span a period, so they are compared with the simulated non-local share
-    averaged over the fitted years (`data.window`).
+    averaged over the fitted years (`data.window`). `precision`: that of the expectations
+    (`expected_patents`); the likelihood is in the estimate's.
     """
-    patents, nonlocal_share = expected_patents(estimate, data)
+    patents, nonlocal_share = expected_patents(estimate, data, precision)
     return _likelihood_terms(estimate, data, patents, nonlocal_share)
 
 
@@ -285,10 +297,11 @@ def negative_log_prior(estimate: Estimate, prior: Prior) -> Float[Array, ""]:
     return gaussian_prior(estimate.params, prior) + standard_normal_prior(estimate.effects)
 
 
-def log_joint(estimate: Estimate, data: Dataset, prior: Prior) -> Float[Array, ""]:
+def log_joint(estimate: Estimate, data: Dataset, prior: Prior, precision=None) -> Float[Array, ""]:
     """log p(data, estimate) up to a constant: the likelihood and the prior, without the latent
-    curvature term; the density a sampler integrates the latent effects over (`posterior.py`)."""
-    return -(negative_log_likelihood(estimate, data) + negative_log_prior(estimate, prior))
+    curvature term; the density a sampler integrates the latent effects over (`posterior.py`).
+    `precision`: that of the simulation (`expected_patents`)."""
+    return -(negative_log_likelihood(estimate, data, precision) + negative_log_prior(estimate, prior))
 
 
 def negative_log_posterior(estimate: Estimate, data: Dataset, prior: Prior,

@@ -47,7 +47,8 @@ def init_state(
     **Returns:** a `State` whose international community and frontier are consistent with the
     regions (one reduction step with no time passing).
     """
-    active = jnp.asarray(active, dtype=float)
+    dtype = params.dtype
+    active = jnp.asarray(active, dtype=dtype)
     if active.ndim != 2:
         raise ValueError(f"active must have shape (R, K), got {active.shape}")
     num_regions, num_domains = active.shape
@@ -55,7 +56,7 @@ def init_state(
         raise ValueError(f"active has K={num_domains} domains but params have K={params.num_domains}")
 
     def full(x, shape):
-        return jnp.broadcast_to(jnp.asarray(x, dtype=float), shape)
+        return jnp.broadcast_to(jnp.asarray(x, dtype=dtype), shape)
 
     rk, r = (num_regions, num_domains), (num_regions,)
     regions = RegionState(

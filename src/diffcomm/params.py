@@ -234,6 +234,11 @@ class Params(eqx.Module):
     def num_domains(self) -> int:
         return jnp.shape(self.unconstrained["critical_mass"])[-1]
 
+    @property
+    def dtype(self):
+        """The precision the model runs in with these parameters (that of their values)."""
+        return jnp.result_type(*self.unconstrained.values())
+
     @classmethod
     def from_natural(cls, num_domains: int, **values) -> Params:
         """Build parameters from natural-scale values; unnamed ones take their defaults.

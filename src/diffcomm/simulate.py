@@ -48,15 +48,17 @@ def make_forcing(
     levers: Levers | None = None,
     shock: Float[Array, "t r"] | None = None,
     drivers: Drivers | None = None,
+    dtype=float,
 ) -> Forcing:
     """Forcing for `num_years` years; levers and shocks broadcast to (T, R); `drivers` (leading
     axes (T, R)), where they change from year to year. Without `levers` the forcing holds none
     (`Forcing.levers` is None: no policy), rather than six (T, R) arrays of zeros: at R = 1e5,
-    T = 200 in single precision those would be 480 MB of a gradient's 2 GB."""
+    T = 200 in single precision those would be 480 MB of a gradient's 2 GB. `dtype`: that of the
+    shocks where none are given (the parameters' precision: `Params.dtype`)."""
     shape = (num_years, num_regions)
     if levers is not None:
         levers = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(jnp.asarray(x, dtype=float), shape), levers)
-    shock = jnp.zeros(shape) if shock is None else jnp.broadcast_to(jnp.asarray(shock, dtype=float), shape)
+    shock = jnp.zeros(shape, dtype) if shock is None else jnp.broadcast_to(jnp.asarray(shock, dtype=float), shape)
     return Forcing(levers=levers, shock=shock, drivers=drivers)
 
 
@@ -195,9 +197,10 @@ def initial_state_from_data(params: Params, data: Dataset) -> State:
     """The state in the data's first year: knowledge from the observed patent count (split
     evenly over domains), active members and internationalization from the data."""
     num_domains = params.num_domains
-    knowledge = first_knowledge(params, data)[:, None] / num_domains * jnp.ones((1, num_domains))
-    active = data.initial_active[:, None] / num_domains * jnp.ones((1, num_domains))
-    internationalization = jnp.clip(data.initial_internationalization, 0.01, 0.99)[:, None] * jnp.ones((1, num_domains))
+    ones = jnp.ones((1, num_domains), params.dtype)
+    knowledge = first_knowledge(params, data)[:, None] / num_domains * ones
+    active = data.initial_active[:, None] / num_domains * ones
+    internationalization = jnp.clip(data.initial_internationalization, 0.01, 0.99)[:, None] * ones
     ties = {} if data.initial_ties is None else dict(ties=data.initial_ties)
     return init_state(params, data.graph, active=active, knowledge=knowledge, internationalization=internationalization,
                       **ties)
@@ -211,8 +214,8 @@ def initial_state(params: Params, data: Dataset, drivers: Drivers, *, checkpoint
     state = initial_state_from_data(params, data)
     if not data.spin_up_years:
         return state
-    state, _ = simulate(params, state, drivers, data.graph, make_forcing(data.spin_up_years, data.num_regions),
-                        record_states=False, checkpoint=checkpoint)
+    forcing = make_forcing(data.spin_up_years, data.num_regions, dtype=params.dtype)
+    state, _ = simulate(params, state, drivers, data.graph, forcing, record_states=False, checkpoint=checkpoint)
     return restart_knowledge(params, state, data.first_patents)
 
 
@@ -231,7 +234,7 @@ def simulate_from_data(params: Params, data: Dataset, num_years: int, *, effects
 
     **Returns:** the final state and the observations of every year, leading axes (T, R).
     """
-    forcing = make_forcing(num_years, data.num_regions)
+    forcing = make_forcing(num_years, data.num_regions, dtype=params.dtype)
     drivers = region_drivers(params, data, effects)
     final, traj = simulate(params, initial_state(params, data, drivers, checkpoint=checkpoint), drivers, data.graph, forcing,
                            record_states=False, checkpoint=checkpoint)

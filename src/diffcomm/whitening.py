@@ -78,13 +78,15 @@ class Coordinates(eqx.Module):
             return jnp.zeros((), y.dtype)
         return -self.year_index.shape[0] * jnp.log(self._natural(y).national_shock_scale)
 
-    def log_density(self, y: jax.Array, data: Dataset, prior: Prior) -> jax.Array:
-        """The log density of the sampler's entries `y`: `log_joint` at `x(y)` plus the log Jacobian."""
-        return log_joint(eqx.combine(self.unravel(self.entries(y)), self.fixed), data, prior) + self.log_jacobian(y)
+    def log_density(self, y: jax.Array, data: Dataset, prior: Prior, precision=None) -> jax.Array:
+        """The log density of the sampler's entries `y`: `log_joint` at `x(y)` plus the log
+        Jacobian; `precision`: that of the simulation (`loss.expected_patents`)."""
+        return (log_joint(eqx.combine(self.unravel(self.entries(y)), self.fixed), data, prior, precision)
+                + self.log_jacobian(y))
 
-    def density(self, whiten: Whitening, data: Dataset, prior: Prior):
+    def density(self, whiten: Whitening, data: Dataset, prior: Prior, precision=None):
         """The log density of the NUTS coordinates `w` (`log_density` at `y = whiten(w)`)."""
-        return lambda w: self.log_density(whiten(w), data, prior)
+        return lambda w: self.log_density(whiten(w), data, prior, precision)
 
 
 def coordinates(calibration: Calibration, *, centre_national: bool = True) -> Coordinates:

@@ -187,6 +187,9 @@ class EvaluationConfig:
         _require(self.largest_regions >= 1, "evaluation.largest_regions", ">= 1", self.largest_regions)
 
 
+PRECISIONS = ("float32", "float64")
+
+
 @dataclass
 class NutsConfig:
     """The full posterior by NUTS (`inference=nuts`, `posterior.py`)."""
@@ -199,17 +202,25 @@ class NutsConfig:
     adapt_metric: bool = option(True, "learn the metric from the warm-up's draws (false: the Laplace whitening throughout)")
     centre_national: bool = option(True, "sample the national effects eta_t, not their innovations (false: the innovations)")
     max_doublings: int = option(8, "most tree doublings per transition (at most 2^max_doublings - 1 leapfrog steps)")
+    early_doublings: int = option(5, "most tree doublings before the first metric is learnt (the Laplace whitening's "
+                                     "metric; with adapt_metric)")
     target_acceptance: float = option(0.8, "acceptance rate the warm-up's dual averaging aims for (Stan's adapt_delta), "
                                               "and at which the draws' step is set from the warm-up's acceptance curve")
+    simulation_precision: str = option("float32", "float32: the model's simulation in single precision, the likelihood "
+                                       "in double (0.6 of the time a leapfrog step takes in double); float64: all double")
     seed: int = option(0, "seed of the starts and the chains")
 
     def __post_init__(self):
         _require(self.chains >= 1, "nuts.chains", ">= 1", self.chains)
+        _require(self.simulation_precision in PRECISIONS, "nuts.simulation_precision", " or ".join(PRECISIONS),
+                 self.simulation_precision)
         _require(self.warmup >= 10, "nuts.warmup", ">= 10", self.warmup)
         _require(self.draws >= 4, "nuts.draws", ">= 4", self.draws)
         _require(self.block >= 1, "nuts.block", ">= 1", self.block)
         _require(self.rank >= 0, "nuts.rank", ">= 0", self.rank)
         _require(1 <= self.max_doublings <= 12, "nuts.max_doublings", "in 1-12", self.max_doublings)
+        _require(1 <= self.early_doublings <= self.max_doublings, "nuts.early_doublings", f"in 1-nuts.max_doublings "
+                 f"({self.max_doublings})", self.early_doublings)
         _require(0.0 < self.target_acceptance < 1.0, "nuts.target_acceptance", "in (0, 1)", self.target_acceptance)
 
 
