@@ -195,7 +195,7 @@ class NutsConfig:
     """The full posterior by NUTS (`inference=nuts`, `posterior.py`)."""
 
     chains: int = option(4, "chains, run as one vmap")
-    warmup: int = option(500, "warm-up steps per chain (the step size tuned by dual averaging, the metric learnt in windows)")
+    warmup: int = option(300, "warm-up steps per chain (the step size tuned by dual averaging, the metric learnt in windows)")
     draws: int = option(500, "draws per chain after the warm-up")
     block: int = option(25, "draws between checkpoints and progress lines")
     rank: int = option(16, "eigen-directions of the exact curvature that correct the Laplace whitening")
