@@ -282,7 +282,7 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     arrays, done = (arrays, 0) if resumed is None else (resumed[0], resumed[1]["step"])
 
     @eqx.filter_jit
-    def block(keys, arrays, first, adapt, doublings):  # static: `adapt`, warm-up steps tune the step size; `doublings`
+    def block(keys, arrays, first, adapt, doublings):  # static: `adapt` (warm-up: tune the step), `doublings` (tree limit)
         def log_density(v):
             return density(arrays.metric(v))
 
