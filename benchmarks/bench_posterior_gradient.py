@@ -42,14 +42,8 @@ from common import write_result  # noqa: E402
 
 from diffcomm.calibrate import calibration_prior, load_calibration  # noqa: E402
 from diffcomm.data import load_dataset  # noqa: E402
-from diffcomm.loss import log_joint  # noqa: E402
+from diffcomm.loss import in_precision, log_joint  # noqa: E402
 from diffcomm.whitening import coordinates  # noqa: E402
-
-
-def single(tree):
-    """Every float64 array of `tree` in float32."""
-    return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) and x.dtype == jnp.float64
-                                  else x, tree)
 
 
 def few_ties(data, keep: int):
@@ -83,7 +77,7 @@ def main() -> None:
 
     variants, values = {}, {}
     for name, estimate, dataset, x64 in [("float64", calibration.estimate, data, True),
-                                         ("float32", single(calibration.estimate), single(data), False),
+                                         ("float32", *in_precision((calibration.estimate, data), jnp.float32), False),
                                          ("10 ties", calibration.estimate, few_ties(data, 10), True)]:
         with jax.enable_x64(x64):
             density, flat = density_of(estimate, calibration.mask, dataset, prior)
