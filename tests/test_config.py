@@ -62,6 +62,7 @@ def test_every_command_config_has_usable_defaults(name):
         (lambda: NutsConfig(target_acceptance=1.0), "nuts.target_acceptance must be in (0, 1), got 1.0"),
         (lambda: NutsConfig(early_doublings=9), "nuts.early_doublings must be in 1-nuts.max_doublings (8), got 9"),
         (lambda: NutsConfig(simulation_precision="half"), "nuts.simulation_precision must be float32 or float64, got 'half'"),
+        (lambda: NutsConfig(metric_rank=-1), "nuts.metric_rank must be >= 0, got -1"),
         (lambda: PolicyConfig(discount=0.0), "policy.discount must be in (0, 1]"),
         (lambda: PolicyConfig(uncertainty="maybe"), "policy.uncertainty must be one of ['none', 'laplace', 'posterior']"),
         (lambda: PolicyConfig(draws=0), "policy.draws must be >= 1"),

@@ -156,6 +156,27 @@ def test_a_window_metric_whitens_its_draws_dense_in_the_globals_and_per_coordina
     assert np.all((sd - 1) * (sample - 1) > 0) and np.all(np.abs(sd - 1) < np.abs(sample - 1))
 
 
+def test_a_window_metric_stretches_the_one_direction_its_draws_spread_along_beyond_chance():
+    rng = np.random.default_rng(4)
+    num_global, dim, chains, n = 3, 60, 4, 200
+    scales = rng.uniform(0.5, 2.0, dim)
+    direction = rng.normal(size=dim) * np.sign(rng.normal(size=dim))
+    direction /= np.linalg.norm(direction)
+    plain = scales * rng.normal(size=(chains, n, dim))
+    spread = plain + 10.0 * rng.normal(size=(chains, n, 1)) * direction  # sd 10 along one direction over all coordinates
+
+    def largest_variance(metric, draws):
+        v = np.asarray(metric.inverse(jnp.asarray(draws))).reshape(-1, dim)
+        return np.linalg.eigvalsh(np.cov(v.T))[-1]
+
+    block = window_metric(spread, num_global)  # dense globals and a scale per coordinate only
+    metric = window_metric(spread, num_global, rank=4)
+    assert np.count_nonzero(np.asarray(metric.stretch)) == 1 and metric.directions.shape == (dim, 4)
+    assert largest_variance(block, spread) > 20 and largest_variance(metric, spread) < 2.0
+    np.testing.assert_allclose(np.asarray(metric(metric.inverse(jnp.asarray(spread)))), spread, rtol=1e-9, atol=1e-9)
+    assert not np.any(np.asarray(window_metric(plain, num_global, rank=4).stretch))  # chance spread: nothing stretched
+
+
 @pytest.mark.slow
 def test_a_short_nuts_run_agrees_with_the_laplace_approximation_and_resumes(fitted_small, tmp_path):
     data, _, calibration = fitted_small

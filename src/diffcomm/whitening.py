@@ -168,24 +168,34 @@ def whitening(calibration: Calibration, data: Dataset, coords: Coordinates, *, r
 
 class Metric(eqx.Module):
     """`w = metric(v)`: a dense factor over the first G coordinates (the globals) and a scale on
-    each of the others (the region effects). The identity at the start of the warm-up."""
+    each of the others (the region effects), after a stretch along a few directions over all
+    coordinates (`directions`, orthonormal, each stretched by 1 + `stretch`; zero stretch: unused).
+    The identity at the start of the warm-up."""
 
     factor: jax.Array  # (G, G) lower triangular
     scale: jax.Array  # (D - G,)
+    directions: jax.Array  # (D, K)
+    stretch: jax.Array  # (K,)
 
     @classmethod
-    def identity(cls, num_global: int, dim: int, dtype) -> Metric:
-        return cls(jnp.eye(num_global, dtype=dtype), jnp.ones(dim - num_global, dtype))
+    def identity(cls, num_global: int, dim: int, dtype, rank: int = 0) -> Metric:
+        return cls(jnp.eye(num_global, dtype=dtype), jnp.ones(dim - num_global, dtype), jnp.zeros((dim, rank), dtype),
+                   jnp.zeros(rank, dtype))
+
+    def _along(self, v: jax.Array, by: jax.Array) -> jax.Array:  # v + U diag(by) U^T v
+        return v + jnp.einsum("dk,...k->...d", self.directions, by * jnp.einsum("dk,...d->...k", self.directions, v))
 
     def __call__(self, v: jax.Array) -> jax.Array:
         num_global = self.factor.shape[0]
+        v = self._along(v, self.stretch)
         return jnp.concatenate([jnp.einsum("gh,...h->...g", self.factor, v[..., :num_global]),
                                 self.scale * v[..., num_global:]], -1)
 
     def inverse(self, w: jax.Array) -> jax.Array:
         num_global = self.factor.shape[0]
         head = jax.scipy.linalg.solve_triangular(self.factor, w[..., :num_global].reshape(-1, num_global).T, lower=True).T
-        return jnp.concatenate([head.reshape(w[..., :num_global].shape), w[..., num_global:] / self.scale], -1)
+        v = jnp.concatenate([head.reshape(w[..., :num_global].shape), w[..., num_global:] / self.scale], -1)
+        return self._along(v, 1.0 / (1.0 + self.stretch) - 1.0)
 
 
 SHRINKAGE = 5.0
@@ -193,17 +203,37 @@ SHRINKAGE = 5.0
 (SHRINKAGE / (n + SHRINKAGE)) times the identity: Stan's regularisation, towards the identity
 because `w` is already whitened by the Laplace approximation."""
 
+NOISE_MARGIN = 3.0
+"""A direction over all coordinates joins the metric where the draws' variance along it, after
+the dense-and-per-coordinate part, exceeds NOISE_MARGIN times the largest that n independent
+draws of D standard normal coordinates give by chance, (1 + sqrt(D / n))^2 (the Marchenko-Pastur
+edge). Draws of a Markov chain are correlated, which spreads the chance eigenvalues further: on
+the US metros the bulk ran to 1.5-2.5 times the edge, and one direction stood 4-30 times above it
+in every window (`posterior.py`)."""
 
-def window_metric(draws: np.ndarray, num_global: int) -> Metric:
+
+def window_metric(draws: np.ndarray, num_global: int, rank: int = 0) -> Metric:
     """The metric of one adaptation window from its draws of `w`, (chains, n, D) pooled over the
     chains: the shrunk covariance of the first `num_global` coordinates, dense, and the shrunk
-    variance of each of the others."""
+    variance of each of the others; then, up to `rank` directions over all coordinates along which
+    the draws still spread more than chance allows (`NOISE_MARGIN`), each stretched to the draws'
+    shrunk sd along it."""
     flat = np.asarray(draws, np.float64).reshape(-1, draws.shape[-1])
-    n = flat.shape[0]
+    (n, dim), dtype = flat.shape, draws.dtype
     centred = flat - flat.mean(0)
     weight = n / (n + SHRINKAGE)
     head = centred[:, :num_global]
     covariance = weight * (head.T @ head) / max(n - 1, 1) + (1 - weight) * np.eye(num_global)
     variance = weight * np.sum(centred[:, num_global:] ** 2, 0) / max(n - 1, 1) + (1 - weight)
-    dtype = draws.dtype
-    return Metric(jnp.asarray(np.linalg.cholesky(covariance), dtype), jnp.asarray(np.sqrt(variance), dtype))
+    block = Metric(jnp.asarray(np.linalg.cholesky(covariance)), jnp.asarray(np.sqrt(variance)),
+                   jnp.zeros((dim, rank)), jnp.zeros(rank))
+    directions, stretch = np.zeros((dim, rank)), np.zeros(rank)
+    if rank and n > 1:
+        v = np.asarray(block.inverse(jnp.asarray(centred)))
+        _, singular, rows = np.linalg.svd(v / np.sqrt(n - 1), full_matrices=False)
+        spread = singular[:rank] ** 2
+        keep = spread > NOISE_MARGIN * (1 + np.sqrt(dim / n)) ** 2
+        directions[:, :keep.sum()] = rows[:rank][keep].T
+        stretch[:keep.sum()] = np.sqrt(weight * spread[keep] + 1 - weight) - 1
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype),
+                                  eqx.tree_at(lambda m: (m.directions, m.stretch), block, (directions, stretch)))

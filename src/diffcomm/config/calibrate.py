@@ -200,6 +200,8 @@ class NutsConfig:
     block: int = option(25, "draws between checkpoints and progress lines")
     rank: int = option(16, "eigen-directions of the exact curvature that correct the Laplace whitening")
     adapt_metric: bool = option(True, "learn the metric from the warm-up's draws (false: the Laplace whitening throughout)")
+    metric_rank: int = option(4, "most directions over all coordinates the learnt metric stretches, where the warm-up's "
+                                 "draws spread along them beyond chance (0: none)")
     centre_national: bool = option(True, "sample the national effects eta_t, not their innovations (false: the innovations)")
     max_doublings: int = option(8, "most tree doublings per transition (at most 2^max_doublings - 1 leapfrog steps)")
     early_doublings: int = option(5, "most tree doublings before the first metric is learnt (the Laplace whitening's "
@@ -218,6 +220,7 @@ class NutsConfig:
         _require(self.draws >= 4, "nuts.draws", ">= 4", self.draws)
         _require(self.block >= 1, "nuts.block", ">= 1", self.block)
         _require(self.rank >= 0, "nuts.rank", ">= 0", self.rank)
+        _require(self.metric_rank >= 0, "nuts.metric_rank", ">= 0", self.metric_rank)
         _require(1 <= self.max_doublings <= 12, "nuts.max_doublings", "in 1-12", self.max_doublings)
         _require(1 <= self.early_doublings <= self.max_doublings, "nuts.early_doublings", f"in 1-nuts.max_doublings "
                  f"({self.max_doublings})", self.early_doublings)
