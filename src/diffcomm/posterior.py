@@ -19,7 +19,7 @@ chains and shrunk towards the identity, which becomes the metric (`Metric`: dens
 globals' coordinates, the first G of `w`, and a scale per region coordinate, then a stretch
 along the few directions over all coordinates in which the window's draws still spread beyond
 chance, at most `nuts.metric_rank`); a last window tunes the step size to it. Those directions:
-on the US metros one, in every window, along which the draws spread with sd 6-13 where the rest
+on the US metros one, in every window, along which the draws spread with sd 8-15 where the rest
 have 1 — the buzz-quality scale, the patents intercept and buzz scale moving with all regions'
 standardized effects together, a trade-off neither a dense block over the globals nor a scale
 per region can follow; left to the trees, it made them long. NUTS runs on `v` with `w = metric(v)` and an identity mass matrix,

@@ -98,6 +98,12 @@ def coordinates(calibration: Calibration, *, centre_national: bool = True) -> Co
     return Coordinates(unravel, fixed, jnp.asarray(np.asarray(years, int)))
 
 
+def along(v: jax.Array, directions: jax.Array, by: jax.Array) -> jax.Array:
+    """`v + U diag(by) U^T v` for orthonormal `directions` U (D, K), on the last axis of `v`: each
+    direction's component of `v` scaled by 1 + `by`."""
+    return v + jnp.einsum("dk,...k->...d", directions, by * jnp.einsum("dk,...d->...k", directions, v))
+
+
 class Whitening(eqx.Module):
     """The linear map from NUTS coordinates `w` (D,) to the sampler's entries `y` (`Coordinates`)."""
 
@@ -122,7 +128,7 @@ class Whitening(eqx.Module):
         return x
 
     def __call__(self, w: jax.Array) -> jax.Array:
-        return self.laplace_map(w + self.directions @ (self.correction * (self.directions.T @ w)))
+        return self.laplace_map(along(w, self.directions, self.correction))
 
 
 def whitening(calibration: Calibration, data: Dataset, coords: Coordinates, *, rank: int, iterations: int = 15
@@ -182,12 +188,9 @@ class Metric(eqx.Module):
         return cls(jnp.eye(num_global, dtype=dtype), jnp.ones(dim - num_global, dtype), jnp.zeros((dim, rank), dtype),
                    jnp.zeros(rank, dtype))
 
-    def _along(self, v: jax.Array, by: jax.Array) -> jax.Array:  # v + U diag(by) U^T v
-        return v + jnp.einsum("dk,...k->...d", self.directions, by * jnp.einsum("dk,...d->...k", self.directions, v))
-
     def __call__(self, v: jax.Array) -> jax.Array:
         num_global = self.factor.shape[0]
-        v = self._along(v, self.stretch)
+        v = along(v, self.directions, self.stretch)
         return jnp.concatenate([jnp.einsum("gh,...h->...g", self.factor, v[..., :num_global]),
                                 self.scale * v[..., num_global:]], -1)
 
@@ -195,7 +198,7 @@ class Metric(eqx.Module):
         num_global = self.factor.shape[0]
         head = jax.scipy.linalg.solve_triangular(self.factor, w[..., :num_global].reshape(-1, num_global).T, lower=True).T
         v = jnp.concatenate([head.reshape(w[..., :num_global].shape), w[..., num_global:] / self.scale], -1)
-        return self._along(v, 1.0 / (1.0 + self.stretch) - 1.0)
+        return along(v, self.directions, 1.0 / (1.0 + self.stretch) - 1.0)
 
 
 SHRINKAGE = 5.0
