@@ -13,8 +13,11 @@ machine falls on all of them, and reports their ratios:
   double; and its log density's difference from `centred`);
 - `float32`: the same arrays in single precision (and the log density's difference from float64);
 - `10 ties`: the tie graph cut to its first 10 edges, which bounds what a cheaper aggregation of
-  the cross-local ties (`model.tie_knowledge`, `model.tie_strength`: gathers and `segment_sum`,
-  whose transposes are scatters) could save;
+  the cross-local ties (`model.tie_knowledge`, `model.tie_strength`: gathers and segment sums,
+  whose transposes are each other) could save;
+- `centred, simulation float32, plain gathers`: the sampler's density with the ties' gathers and
+  segment sums as the plain `x[index]` and `jax.ops.segment_sum`, which `vmap` batches with the
+  chains first, in place of `edges.take_rows` and `edges.sum_rows`, which move them last;
 - `forward`: the log density alone.
 
     python benchmarks/bench_posterior_gradient.py <run folder of diffcomm calibrate> [--chains 4] [--repeats 15]
@@ -23,6 +26,7 @@ machine falls on all of them, and reports their ratios:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import warnings
@@ -40,6 +44,7 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result  # noqa: E402
 
+import diffcomm.model  # noqa: E402
 from diffcomm.calibrate import calibration_prior, load_calibration  # noqa: E402
 from diffcomm.data import load_dataset  # noqa: E402
 from diffcomm.loss import in_precision, log_joint  # noqa: E402
@@ -54,6 +59,21 @@ def few_ties(data, keep: int):
     if data.initial_ties is not None:
         data = eqx.tree_at(lambda d: d.initial_ties, data, data.initial_ties[:keep])
     return data
+
+
+@contextlib.contextmanager
+def plain_gathers():
+    """The model's tie reductions as the plain JAX ops while a program is traced and compiled (the
+    compiled program keeps them; the caches are cleared on both sides so no other variant shares its trace)."""
+    kept = diffcomm.model.take_rows, diffcomm.model.sum_rows
+    diffcomm.model.take_rows = lambda x, index: x[index]
+    diffcomm.model.sum_rows = lambda y, index, num: jax.ops.segment_sum(y, index, num_segments=num)
+    jax.clear_caches()
+    try:
+        yield
+    finally:
+        diffcomm.model.take_rows, diffcomm.model.sum_rows = kept
+        jax.clear_caches()
 
 
 def density_of(estimate, mask, data, prior):
@@ -95,6 +115,9 @@ def main() -> None:
                 variants["centred, simulation float32"] = (mixed, jax.vmap(coords.centred)(points), x64)
                 values["centred"] = np.asarray(sampled(variants["centred"][1])[0])
                 values["centred, simulation float32"] = np.asarray(mixed(variants["centred"][1])[0])
+                with plain_gathers():
+                    plain = mixed.lower(variants["centred"][1]).compile()
+                variants["centred, simulation float32, plain gathers"] = (plain, variants["centred"][1], x64)
     times = {name: [] for name in variants}
     for _ in range(args.repeats):  # interleaved: load on the machine falls on every variant
         for name, (fn, points, x64) in variants.items():
@@ -113,7 +136,7 @@ def main() -> None:
                   simulation_float32_log_density_error=float(np.max(np.abs(values["centred, simulation float32"]
                                                                             - values["centred"]))))
     for name, t in best.items():
-        print(f"{name:29s} {1e3 * t:7.1f} ms per {args.chains}-chain evaluation, {t / best['float64']:.2f} of float64")
+        print(f"{name:45s} {1e3 * t:7.1f} ms per {args.chains}-chain evaluation, {t / best['float64']:.2f} of float64")
     print(f"simulation in float32: the log density differs from float64 by up to "
           f"{result['simulation_float32_log_density_error']:.2g}")
     print(f"float32 log density differs from float64 by up to {result['float32_log_density_error']:.2f} "

@@ -8,7 +8,8 @@ import pytest
 
 PACKAGE = Path(__file__).parents[1] / "src" / "diffcomm"
 ORDER = ["errors", "files", "sharding", "params", "archetypes", "inputs", "effects", "config", "data", "state",
-         "observation", "model", "simulate", "scenario", "loss", "domains", "training", "laplace", "fitting", "calibrate",
+         "observation", "edges",
+         "model", "simulate", "scenario", "loss", "domains", "training", "laplace", "fitting", "calibrate",
          "calibrate_domains", "whitening", "posterior",
          "filtering", "forecast", "ensemble", "baselines", "evaluation", "policy", "comparison", "report", "apps", "cli"]
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)

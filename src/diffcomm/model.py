@@ -4,7 +4,7 @@ Every concept of the model (see ``docs/model.md``) is a named field or a named f
 parameters in ``params.py``, drivers and levers in ``inputs.py``, the state in ``state.py``, the
 observation model in ``observation.py``, and the mechanisms here. The per-region update
 :func:`region_step` is written for one region; :func:`step` maps it over regions with
-``jax.vmap``, adds the cross-local ties with ``jax.ops.segment_sum`` and updates the
+``jax.vmap``, adds the cross-local ties (gathers and segment sums over the edges, ``edges.py``) and updates the
 international communities as a reduction over regions.
 
 Stocks stay positive and shares stay inside (0, 1) by construction, never by clipping: outflows
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .edges import sum_rows, take_rows
 from .inputs import INITIAL_TIE, Drivers, Graph, Levers
 from .observation import Observations, observe
 from .params import NaturalParams, Params
@@ -325,22 +326,21 @@ def region_step(
 
 
 def tie_knowledge(p: NaturalParams, knowledge: Float[Array, "r k"], graph: Graph, ties: Array) -> Array:
-    """Knowledge reaching each region through its incoming ties, (R, K), by `segment_sum`.
+    """Knowledge reaching each region through its incoming ties, (R, K), a segment sum over the edges.
 
     Per edge: W absorption(log G_s - log G_r) G_s, written as W x exp(1 - x + log G_s) with
     x = relu(log G_s - log G_r) / d*, so that an edge costs one exponential.
     """
     log_knowledge = jnp.log(knowledge)
-    log_sender = log_knowledge[graph.source]
-    x = jax.nn.relu(cognitive_distance(log_sender, log_knowledge[graph.target])) / p.best_distance
+    log_sender = take_rows(log_knowledge, graph.source)
+    x = jax.nn.relu(cognitive_distance(log_sender, take_rows(log_knowledge, graph.target))) / p.best_distance
     flow = ties[:, None] * x * jnp.exp(1.0 - x + log_sender)
-    return jax.ops.segment_sum(flow, graph.target, num_segments=knowledge.shape[0])
+    return sum_rows(flow, graph.target, knowledge.shape[0])
 
 
 def tie_strength(graph: Graph, ties: Float[Array, " e"], num_regions: int) -> Float[Array, " r"]:
-    """The summed strength of each region's cross-local ties, incoming and outgoing (`segment_sum`)."""
-    return (jax.ops.segment_sum(ties, graph.source, num_segments=num_regions)
-            + jax.ops.segment_sum(ties, graph.target, num_segments=num_regions))
+    """The summed strength of each region's cross-local ties, incoming and outgoing."""
+    return sum_rows(ties, graph.source, num_regions) + sum_rows(ties, graph.target, num_regions)
 
 
 def international_members(p: NaturalParams, regions: RegionState) -> Float[Array, "k"]:
@@ -363,7 +363,7 @@ def world_step(p: NaturalParams, world: WorldState, regions: RegionState, graph:
     target = p.frontier_base + p.frontier_contribution * _contributed_knowledge(regions, members)
     frontier = world.frontier + p.frontier_rate * (target - world.frontier)
     mean_overlap = jnp.mean(regions.overlap, axis=-1)
-    formation = p.tie_formation * graph.affinity * mean_overlap[graph.source] * mean_overlap[graph.target]
+    formation = p.tie_formation * graph.affinity * take_rows(mean_overlap, graph.source) * take_rows(mean_overlap, graph.target)
     ties = world.ties * (1.0 - p.tie_decay) + (1.0 - world.ties) * formation
     return WorldState(members, frontier, ties)
 
