@@ -408,6 +408,21 @@ def test_optimize_under_parameter_uncertainty(calibrated, tmp_path, capfd):
     assert "Under parameter uncertainty" in (out / "report.md").read_text()
 
 
+
+@pytest.mark.slow
+def test_calibrate_with_nuts_writes_the_posterior_and_its_diagnostics(tmp_path):
+    pytest.importorskip("blackjax")
+    out = tmp_path / "nuts"
+    assert run("calibrate", *SMALL, "inference=nuts", "nuts.chains=2", "nuts.warmup=10", "nuts.draws=4", "nuts.block=10",
+               "nuts.rank=2", f"hydra.run.dir={out}") == 0
+    for name in ("posterior.nc", "diagnostics.csv", "laplace_vs_nuts.csv", "trace.png", "rank.png", "pair.png"):
+        assert (out / name).exists(), name
+    table = pd.read_csv(out / "diagnostics.csv")
+    assert list(table.columns) == ["parameter", "mean", "sd", "q05", "q95", "rhat", "ess_bulk", "ess_tail"]
+    assert {"connecting_weight", "specializing_weight"} <= set(table.parameter)
+    sampler = json.loads((out / "summary.json").read_text())["posterior"]
+    assert sampler["draws"] == 4 and sampler["chains"] == 2 and len(sampler["curvature"]) > 0
+
 @pytest.mark.slow
 def test_a_truncated_estimate_is_refused_in_one_line(calibrated, tmp_path, capfd):
     import shutil
