@@ -6,7 +6,9 @@ For `diffcomm calibrate evaluation.rolling_origin=true inference=nuts hydra.run.
 per origin, the draws' step and mean tree, the lockstep leapfrog steps of warm-up and draws, the
 divergent transitions, R-hat and bulk ESS of each driver weight and of the buzz-quality scale, and
 the worst R-hat and least bulk ESS over all parameters. Each origin's fit is resumed from its
-checkpoint (seconds), only to lay out the draws.
+checkpoint (seconds), only to lay out the draws. The sampler's checkpoints hold one step-size
+adaptation for all chains since 2026-12-07 (one per chain before); `sampler.csv` of
+`rolling_converged/` was read from checkpoints of the earlier layout, with the code of commit 76d4974.
 """
 
 from __future__ import annotations

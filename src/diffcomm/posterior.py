@@ -120,13 +120,13 @@ START_SPREAD = 0.1  # the chains' starts: the MAP plus this many corrected-Lapla
 
 
 class _Chains(eqx.Module):
-    """What the chains carry between blocks (and checkpoints): positions, the metric, each chain's
-    step-size adaptation, the warm-up's and the draws' positions, and every transition's
+    """What the chains carry between blocks (and checkpoints): positions, the metric, the chains'
+    one step-size adaptation, the warm-up's and the draws' positions, and every transition's
     divergence and tree size."""
 
     position: jax.Array  # (C, D) in the metric's coordinates `v`
     metric: Metric  # w = metric(v), shared by the chains
-    adaptation: object  # BlackJAX's dual-averaging state, leaves (C,), equal across the chains (one search for all)
+    adaptation: object  # BlackJAX's dual-averaging state, scalar leaves: one search for all the chains
     warm: jax.Array  # (C, warm-up, D) the warm-up's positions in `w`, from which the metric is learnt; (C, 0, D) if none is
     draws: jax.Array  # (C, S, D) flat free entries
     log_density: jax.Array  # (C, S)
@@ -138,17 +138,14 @@ class _Chains(eqx.Module):
 
 def step_adaptation(config: NutsConfig, dtype):
     """BlackJAX's dual averaging towards `config.target_acceptance`: `(restart, update, final)`,
-    `restart(steps, centre)` taking step sizes (C,) to states with leaves (C,) in `dtype` (the
-    draws' precision) whose search is centred on `centre` times them (Hoffman & Gelman's mu)."""
+    `restart(step, centre)` taking a step size to a state in `dtype` (the draws' precision) whose
+    search is centred on `centre` times it (Hoffman & Gelman's mu)."""
     from blackjax.adaptation.step_size import dual_averaging_adaptation
     init, update, final = dual_averaging_adaptation(config.target_acceptance)
 
-    def restart(steps, centre):
-        def one(step):
-            state = init(step)._replace(mu=jnp.log(centre * step))
-            return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), state)
-
-        return jax.vmap(one)(steps)
+    def restart(step, centre):
+        state = init(step)._replace(mu=jnp.log(centre * step))
+        return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), state)
 
     return restart, update, final
 
@@ -164,7 +161,7 @@ def initial_chains(config: NutsConfig, starts: jax.Array, num_global: int) -> _C
     (chains, dim), dtype, total = starts.shape, starts.dtype, config.warmup + config.draws
     restart = step_adaptation(config, dtype)[0]
     metric = Metric.identity(num_global, dim, dtype, config.metric_rank)
-    return _Chains(starts, metric, restart(jnp.full(chains, INITIAL_STEP, dtype), 10.0),
+    return _Chains(starts, metric, restart(jnp.asarray(INITIAL_STEP, dtype), 10.0),
                    jnp.zeros((chains, config.warmup if _windows(config) else 0, dim), dtype),  # kept only if a metric is learnt
                    jnp.zeros((chains, config.draws, dim), dtype), jnp.zeros((chains, config.draws), dtype),
                    jnp.zeros((chains, total), bool), jnp.zeros((chains, total), jnp.int32),
@@ -173,10 +170,10 @@ def initial_chains(config: NutsConfig, starts: jax.Array, num_global: int) -> _C
 
 def _adapt_metric(arrays: _Chains, start: int, end: int, num_global: int, restart, da_final) -> _Chains:
     """At the end of a window: the metric learnt from its draws, the positions carried into it,
-    and each chain's step-size adaptation restarted (`restart`) from its current value."""
+    and the step-size adaptation restarted (`restart`) from its current value."""
     metric = window_metric(np.asarray(arrays.warm[:, start:end]), num_global, arrays.metric.stretch.shape[0])
     position = metric.inverse(arrays.metric(arrays.position))
-    adaptation = restart(jax.vmap(da_final)(arrays.adaptation), RESTART_CENTRE)
+    adaptation = restart(da_final(arrays.adaptation), RESTART_CENTRE)
     log.info("posterior: metric from warm-up transitions %d-%d: sd of the globals' coordinates %.2g-%.2g, of the regions' "
              "%.2g-%.2g%s", start + 1, end, *_metric_range(metric), _directions(metric))
     return eqx.tree_at(lambda c: (c.metric, c.position, c.adaptation), arrays, (metric, position, adaptation))
@@ -218,15 +215,15 @@ def step_for_acceptance(step: np.ndarray, acceptance: np.ndarray, target: float)
 def _draw_step(arrays: _Chains, start: int, end: int, target: float, da_final) -> _Chains:
     """At the end of the warm-up: one step size for every chain's draws, from the curve of the
     acceptance in the step over transitions `start`-`end` of all chains (`step_for_acceptance`;
-    where that finds none, each chain's dual-averaging step). One for all: the chains share the
+    where that finds none, dual averaging's step). One for all: the chains share the
     metric and sample one distribution, and in lockstep the chain with the smallest step sets the
     pace of all."""
-    averaged = np.asarray(jax.vmap(da_final)(arrays.adaptation))
+    averaged = float(da_final(arrays.adaptation))
     fitted = step_for_acceptance(np.asarray(arrays.step[:, start:end]), np.asarray(arrays.acceptance[:, start:end]), target)
-    chosen = averaged if fitted is None else np.full_like(averaged, fitted)
-    log.info("posterior: step size of the draws %s (%s over warm-up transitions %d-%d; dual averaging's %s)",
+    chosen = np.full(arrays.step.shape[0], averaged if fitted is None else fitted)
+    log.info("posterior: step size of the draws %s (%s over warm-up transitions %d-%d; dual averaging's %.3g)",
              np.array2string(chosen, precision=3), "no fall of the acceptance with the step" if fitted is None else
-             f"acceptance {target:g} on its curve in the step", start + 1, end, np.array2string(averaged, precision=3))
+             f"acceptance {target:g} on its curve in the step", start + 1, end, averaged)
     step = arrays.step.at[:, end:].set(jnp.asarray(chosen, arrays.step.dtype)[:, None])
     return eqx.tree_at(lambda c: c.step, arrays, step)
 
@@ -310,10 +307,11 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
                 return state, (coords.entries(y), state.logdensity - coords.log_jacobian(y), *record)
 
             states, da = carry
-            states, out = jax.vmap(chain)(ks, states, jnp.exp(da.log_step_size) if adapt else drawn_steps)
+            steps = jnp.full(chains, jnp.exp(da.log_step_size)) if adapt else drawn_steps
+            states, out = jax.vmap(chain)(ks, states, steps)
             if adapt:  # one dual averaging for all chains, on their mean acceptance: one step, no chain waiting on another's
                 *_, acceptance, _ = out  # the record's acceptance (C,)
-                da = jax.vmap(da_update, in_axes=(0, None))(da, jnp.mean(acceptance))
+                da = da_update(da, jnp.mean(acceptance))
             return (states, da), out
 
         drawn_steps = jax.lax.dynamic_index_in_dim(arrays.step, first, 1, keepdims=False)  # (C,) the draws' step sizes
