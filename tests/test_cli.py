@@ -408,7 +408,6 @@ def test_optimize_under_parameter_uncertainty(calibrated, tmp_path, capfd):
     assert "Under parameter uncertainty" in (out / "report.md").read_text()
 
 
-
 @pytest.mark.slow
 def test_calibrate_with_nuts_writes_the_posterior_and_its_diagnostics(tmp_path):
     pytest.importorskip("blackjax")
@@ -422,6 +421,7 @@ def test_calibrate_with_nuts_writes_the_posterior_and_its_diagnostics(tmp_path):
     assert {"connecting_weight", "specializing_weight"} <= set(table.parameter)
     sampler = json.loads((out / "summary.json").read_text())["posterior"]
     assert sampler["draws"] == 4 and sampler["chains"] == 2 and len(sampler["curvature"]) > 0
+
 
 @pytest.mark.slow
 def test_a_truncated_estimate_is_refused_in_one_line(calibrated, tmp_path, capfd):
