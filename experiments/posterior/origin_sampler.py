@@ -33,9 +33,8 @@ from diffcomm.cli import to_typed  # noqa: E402
 from diffcomm.data.dataset import load_dataset  # noqa: E402
 from diffcomm.laplace import _layout  # noqa: E402
 from diffcomm.posterior import initial_chains  # noqa: E402
+from diffcomm.report.posterior import DRIVER_WEIGHTS  # noqa: E402
 from diffcomm.training import load_checkpoint  # noqa: E402
-
-WEIGHTS = ["connecting_weight", "educating_weight", "migrating_weight", "specializing_weight", "amenity_weight"]
 
 
 def origin_row(run: Path, config, data, origin: int) -> dict:
@@ -53,7 +52,7 @@ def origin_row(run: Path, config, data, origin: int) -> dict:
                leapfrogs_per_draw=float(leapfrogs[:, warmup:].mean()),
                lockstep_warmup=int(leapfrogs.max(0)[:warmup].sum()), lockstep_draws=int(leapfrogs.max(0)[warmup:].sum()),
                divergent_warmup=int(divergent[:, :warmup].sum()), divergent_draws=int(divergent[:, warmup:].sum()))
-    for name in [*WEIGHTS, "buzz_quality_scale"]:
+    for name in [*DRIVER_WEIGHTS, "buzz_quality_scale"]:
         at = global_index[names.index(name)]
         row[f"rhat_{name}"], row[f"ess_{name}"] = round(float(rhat[at]), 4), int(ess[at])
     row.update(worst_rhat=round(float(rhat.max()), 4), least_ess=int(ess.min()))

@@ -45,6 +45,7 @@ from diffcomm.effects import Effects, Estimate  # noqa: E402
 from diffcomm.loss import expected_patents  # noqa: E402
 from diffcomm.observation import sample_counts  # noqa: E402
 from diffcomm.params import Params  # noqa: E402
+from diffcomm.report.posterior import DRIVER_WEIGHTS  # noqa: E402
 
 log = logging.getLogger("recovery")
 
@@ -53,7 +54,6 @@ TRUTH = dict(connecting_weight=0.3, educating_weight=0.4, migrating_weight=0.2, 
              national_shock_scale=0.05, national_persistence=0.5)
 """The true values that differ from the defaults (the others, e.g. the dispersions, are the defaults)."""
 
-DRIVER_WEIGHTS = ("connecting_weight", "educating_weight", "migrating_weight", "specializing_weight", "amenity_weight")
 SCALES = ("attraction_scale", "buzz_quality_scale")
 NATIONAL = ("national_drift", "national_shock_scale", "national_persistence")
 REGION_EFFECTS = ["attraction", "buzz_quality"]  # drawn in every panel; fitted as `--fit-effects` says
