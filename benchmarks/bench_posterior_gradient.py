@@ -20,7 +20,12 @@ machine falls on all of them, and reports their ratios:
   chains first, in place of `edges.take_rows` and `edges.sum_rows`, which move them last;
 - `forward`: the log density alone.
 
-    python benchmarks/bench_posterior_gradient.py <run folder of diffcomm calibrate> [--chains 4] [--repeats 15]
+With `--nuts N` and a run folder of `diffcomm calibrate inference=nuts`, it also times N NUTS
+transitions of the run's chains from their last positions, with the run's metric and draws'
+step, interleaved with the gradient of the same density for the same chains, and reports the
+seconds per lockstep leapfrog step against one gradient (what the trees' own work adds).
+
+    python benchmarks/bench_posterior_gradient.py <run folder of diffcomm calibrate> [--chains 4] [--repeats 15] [--nuts 8]
 """
 
 from __future__ import annotations
@@ -83,11 +88,65 @@ def density_of(estimate, mask, data, prior):
     return (lambda x: log_joint(eqx.combine(unravel(x), fixed), data, prior)), flat
 
 
+def nuts_against_gradient(run: Path, calibration, data, prior, transitions: int, repeats: int = 3) -> dict | None:
+    """Seconds per lockstep leapfrog step of `transitions` NUTS transitions from the last positions
+    of a NUTS run's chains (its metric, its draws' step), and of the gradient of its density for
+    those chains, interleaved; None without a NUTS checkpoint in `run`."""
+    import blackjax
+
+    from diffcomm.posterior import initial_chains
+    from diffcomm.training import load_checkpoint
+    from diffcomm.whitening import whitening
+
+    config = calibration.config.nuts
+    coords = coordinates(calibration, centre_national=config.centre_national)
+    whiten, _ = whitening(calibration, data, coords, rank=config.rank)
+    density = coords.density(whiten, data, prior, jnp.dtype(config.simulation_precision))
+    dim = ravel_pytree(eqx.partition(calibration.estimate, calibration.mask)[0])[0].size
+    resumed = load_checkpoint(run / "checkpoint_nuts",
+                              initial_chains(config, jnp.zeros((config.chains, dim)), int(whiten.global_index.shape[0])))
+    if resumed is None:
+        return None
+    arrays = resumed[0]
+    metric, positions, step = arrays.metric, arrays.position, arrays.step[0, -1]
+    kernel = blackjax.nuts.build_kernel()
+
+    def log_density(v):
+        return density(metric(v))
+
+    @jax.jit
+    def run_transitions(keys, positions):
+        def chain(ks, v):
+            def one(state, key):
+                state, info = kernel(key, state, log_density, step, jnp.ones(dim, v.dtype), config.max_doublings)
+                return state, info.num_integration_steps
+            return jax.lax.scan(one, blackjax.nuts.init(v, log_density), ks)[1]
+        return jax.vmap(chain)(keys, positions)
+
+    gradient = jax.jit(jax.vmap(jax.value_and_grad(log_density)))
+    keys = jax.vmap(lambda key: jax.random.split(key, transitions))(jax.random.split(jax.random.key(7), config.chains))
+    jax.block_until_ready(run_transitions(keys, positions))
+    jax.block_until_ready(gradient(positions))
+    nuts_times, gradient_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(gradient(positions))
+        gradient_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        steps = np.asarray(jax.block_until_ready(run_transitions(keys, positions)))
+        nuts_times.append(time.perf_counter() - start)
+    lockstep = int(steps.max(0).sum())  # a transition of all chains lasts as long as the longest tree
+    per_step, per_gradient = min(nuts_times) / lockstep, min(gradient_times)
+    return dict(transitions=transitions, lockstep_steps=lockstep, seconds_per_lockstep_step=round(per_step, 5),
+                gradient_seconds=round(per_gradient, 5), ratio=round(per_step / per_gradient, 3))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--nuts", type=int, default=0, help="NUTS transitions to time from a NUTS run's last positions")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Explicitly requested dtype")  # float64 constants, in float32 as asked
     calibration = load_calibration(args.run)
@@ -141,6 +200,16 @@ def main() -> None:
           f"{result['simulation_float32_log_density_error']:.2g}")
     print(f"float32 log density differs from float64 by up to {result['float32_log_density_error']:.2f} "
           f"(of {abs(values['float64'][0]):.0f})")
+    if args.nuts:
+        with jax.enable_x64(True):
+            nuts = nuts_against_gradient(args.run, calibration, data, prior, args.nuts)
+        if nuts is None:
+            print(f"--nuts: {args.run} holds no NUTS checkpoint (run diffcomm calibrate inference=nuts there)")
+        else:
+            result["nuts"] = nuts
+            print(f"NUTS from the run's last positions: {1e3 * nuts['seconds_per_lockstep_step']:.1f} ms per lockstep "
+                  f"leapfrog step ({nuts['lockstep_steps']} in {nuts['transitions']} transitions) against "
+                  f"{1e3 * nuts['gradient_seconds']:.1f} ms for the gradient of its density: {nuts['ratio']:.2f}")
     write_result(result, "posterior_gradient")
 
 
