@@ -88,20 +88,17 @@ def density_of(estimate, mask, data, prior):
     return (lambda x: log_joint(eqx.combine(unravel(x), fixed), data, prior)), flat
 
 
-def nuts_against_gradient(run: Path, calibration, data, prior, transitions: int, repeats: int = 3) -> dict | None:
+def nuts_against_gradient(run: Path, calibration, data, transitions: int, repeats: int = 3) -> dict | None:
     """Seconds per lockstep leapfrog step of `transitions` NUTS transitions from the last positions
     of a NUTS run's chains (its metric, its draws' step), and of the gradient of its density for
     those chains, interleaved; None without a NUTS checkpoint in `run`."""
     import blackjax
 
-    from diffcomm.posterior import initial_chains
+    from diffcomm.posterior import initial_chains, sampler_density
     from diffcomm.training import load_checkpoint
-    from diffcomm.whitening import whitening
 
     config = calibration.config.nuts
-    coords = coordinates(calibration, centre_national=config.centre_national)
-    whiten, _ = whitening(calibration, data, coords, rank=config.rank)
-    density = coords.density(whiten, data, prior, jnp.dtype(config.simulation_precision))
+    _, whiten, _, density = sampler_density(calibration, data, config)  # the sampler's own density
     dim = ravel_pytree(eqx.partition(calibration.estimate, calibration.mask)[0])[0].size
     resumed = load_checkpoint(run / "checkpoint_nuts",
                               initial_chains(config, jnp.zeros((config.chains, dim)), int(whiten.global_index.shape[0])))
@@ -202,7 +199,7 @@ def main() -> None:
           f"(of {abs(values['float64'][0]):.0f})")
     if args.nuts:
         with jax.enable_x64(True):
-            nuts = nuts_against_gradient(args.run, calibration, data, prior, args.nuts)
+            nuts = nuts_against_gradient(args.run, calibration, data, args.nuts)
         if nuts is None:
             print(f"--nuts: {args.run} holds no NUTS checkpoint (run diffcomm calibrate inference=nuts there)")
         else:

@@ -265,19 +265,27 @@ class Posterior:
         return self.names[: self.natural.shape[-1]]
 
 
+def sampler_density(calibration: Calibration, data: Dataset, config: NutsConfig):
+    """What NUTS samples for `calibration`: `(coords, whiten, curvature, density)`, the sampler's
+    coordinates, their whitening and the curvature eigenvalues it found, and the log density of
+    `w` with the simulation in `config.simulation_precision`."""
+    coords = coordinates(calibration, centre_national=config.centre_national)
+    whiten, curvature = whitening(calibration, data, coords, rank=config.rank)
+    density = coords.density(whiten, data, calibration_prior(calibration.config), jnp.dtype(config.simulation_precision))
+    return coords, whiten, curvature, density
+
+
 def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig, *, checkpoint: Path | None = None,
                      progress: bool = True) -> Posterior:
     """Run `config.chains` NUTS chains from the Laplace approximation of `calibration`: a warm-up of
     `config.warmup` steps, then `config.draws` draws each, checkpointed every `config.block`."""
     blackjax = require_sampler()
     started = time.perf_counter()
-    coords = coordinates(calibration, centre_national=config.centre_national)
-    whiten, curvature = whitening(calibration, data, coords, rank=config.rank)
+    coords, whiten, curvature, density = sampler_density(calibration, data, config)
     log.info("posterior: Laplace-whitened curvature, leading eigenvalues %s (%d corrected), %.0f s",
              np.array2string(curvature[:6], precision=1), int(whiten.correction.shape[0]), time.perf_counter() - started)
     free, fixed = eqx.partition(calibration.estimate, calibration.mask)
     flat, unravel = ravel_pytree(free)
-    density = coords.density(whiten, data, calibration_prior(calibration.config), jnp.dtype(config.simulation_precision))
     dim, chains, dtype, total = flat.size, config.chains, flat.dtype, config.warmup + config.draws
     kernel = blackjax.nuts.build_kernel()
     restart, da_update, da_final = step_adaptation(config, dtype)
