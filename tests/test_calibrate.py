@@ -137,6 +137,21 @@ def test_the_step_is_compiled_once_for_data_of_the_same_shape(small):
     assert traced == []
 
 
+@pytest.mark.parametrize("restarts", [1, 3])  # one start (the polish's path, no vmap) and several
+def test_a_new_fit_traces_its_step_once(small, restarts):
+    """The fit's state keeps its types from one step to the next, so a new loss compiles the step
+    once, not once for the first step and again for the rest (a weakly typed start did that: one
+    more compile of up to 11 s for the restarts and for the polish on the US metros)."""
+    data, start, free = small
+
+    def loss(estimate, data):  # a new function: a program no other test has compiled
+        return per_observation(estimate, data)
+
+    with traced_programs() as traced:
+        fit(loss, start, (data,), ADAM_40, settings(free, restarts=restarts, steps=3))
+    assert traced.count("_fit_step") == 1
+
+
 def test_calibrate_and_its_rolling_origin_refit_compile_once(fitted_small):
     """The refit on the same data with later years held out traces no program again, warm-started
     or not. (The first calibration compiles its programs unless the shared one already has.)"""

@@ -140,8 +140,9 @@ def fit(
         mask = estimate_mask(start, config.free, config.region_effects, config.national_effects)
     free, fixed = eqx.partition(start, mask)
     batch = _starts(free, key=jax.random.key(config.seed), restarts=config.restarts, spread=config.spread)
-    state = _FitState(batch, strongly_typed(jax.vmap(optimizer.init)(batch)), batch, jnp.full(config.restarts, jnp.inf), 0,
-                      {"loss": [], "grad_norm": []})
+    # strong types throughout: the step returns strong ones, and a weak one here would compile the step twice
+    state = _FitState(batch, strongly_typed(jax.vmap(optimizer.init)(batch)), batch,
+                      strongly_typed(jnp.full(config.restarts, jnp.inf)), 0, {"loss": [], "grad_norm": []})
     start = 0
     resumed = load_checkpoint(checkpoint_path, (state.batch, state.opt_state, state.best_free))
     if resumed is not None:
