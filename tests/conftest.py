@@ -6,6 +6,7 @@ Precision is not switched for the whole suite: the library's float32 path (the s
 is what the tests without the `x64` fixture run.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -102,6 +103,30 @@ def fresh_compiled_programs():
     recovery test, in the whole suite only, not when run alone; the cause is not pinned down)."""
     yield
     jax.clear_caches()
+
+
+@pytest.fixture
+def traced_programs():
+    """`with traced_programs() as names:` the names of the programs JAX traces inside the block
+    (each trace precedes a compilation). Counted from JAX's own record of its traces, so that a
+    test can ask it of programs another test compiled, where wrapping a function to count its calls
+    would compile it anew."""
+
+    @contextlib.contextmanager
+    def traced():
+        names = []
+
+        def listener(event, duration, *, fun_name="?", **kwargs):
+            if event == "/jax/core/compile/jaxpr_trace_duration":
+                names.append(fun_name)
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        try:
+            yield names
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listener)
+
+    return traced
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """Calibration: recovery of known parameters, resume after interruption, seeds, compiled once, Laplace."""
 
-import contextlib
 import dataclasses
 import json
 
@@ -30,7 +29,6 @@ def adam(steps):
 
 
 ADAM_40 = adam(40)  # one object: the fits below share one compiled step
-JAXPR_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"  # what JAX records of each trace (jax.monitoring)
 
 
 def per_observation(estimate, data):
@@ -96,25 +94,7 @@ def test_a_fixed_seed_gives_the_same_numbers_twice_and_another_seed_other_starts
     assert not np.array_equal(runs[0].history["loss"][0], runs[2].history["loss"][0])
 
 
-@contextlib.contextmanager
-def traced_programs():
-    """The names of the programs JAX traces inside the block (each trace precedes a compilation).
-    Counted from JAX's own record of its traces, so that a test can ask it of programs another
-    test compiled, where wrapping a function to count its calls would compile it anew."""
-    names = []
-
-    def listener(event, duration, *, fun_name="?", **kwargs):
-        if event == JAXPR_TRACE_EVENT:
-            names.append(fun_name)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield names
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
-def test_traced_programs_sees_a_new_program_and_not_one_compiled_before():
+def test_traced_programs_sees_a_new_program_and_not_one_compiled_before(traced_programs):
     """The instrument of the two tests below: it counts a trace, and none for a program already compiled."""
     double = jax.jit(lambda x: 2.0 * x)
     with traced_programs() as first:
@@ -124,7 +104,7 @@ def test_traced_programs_sees_a_new_program_and_not_one_compiled_before():
     assert len(first) >= 1 and again == []
 
 
-def test_the_step_is_compiled_once_for_data_of_the_same_shape(small):
+def test_the_step_is_compiled_once_for_data_of_the_same_shape(small, traced_programs):
     """A second fit on other data of the same shape (the rolling origin) reuses the compiled step.
     (The first fit's step is the one the resume test compiled: the same loss, optimizer and shapes.)"""
     data, start, free = small
@@ -138,7 +118,7 @@ def test_the_step_is_compiled_once_for_data_of_the_same_shape(small):
 
 
 @pytest.mark.parametrize("restarts", [1, 3])  # one start (the polish's path, no vmap) and several
-def test_a_new_fit_traces_its_step_once(small, restarts):
+def test_a_new_fit_traces_its_step_once(small, restarts, traced_programs):
     """The fit's state keeps its types from one step to the next, so a new loss compiles the step
     once, not once for the first step and again for the rest (a weakly typed start did that: one
     more compile of up to 11 s for the restarts and for the polish on the US metros)."""
@@ -152,7 +132,7 @@ def test_a_new_fit_traces_its_step_once(small, restarts):
     assert traced.count("_fit_step") == 1
 
 
-def test_calibrate_and_its_rolling_origin_refit_compile_once(fitted_small):
+def test_calibrate_and_its_rolling_origin_refit_compile_once(fitted_small, traced_programs):
     """The refit on the same data with later years held out traces no program again, warm-started
     or not. (The first calibration compiles its programs unless the shared one already has.)"""
     data, config, _ = fitted_small

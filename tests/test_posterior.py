@@ -177,11 +177,13 @@ def test_a_window_metric_stretches_the_one_direction_its_draws_spread_along_beyo
 
 
 @pytest.mark.slow
-def test_a_short_nuts_run_agrees_with_the_laplace_approximation_and_resumes(fitted_small, tmp_path):
+def test_a_short_nuts_run_agrees_with_the_laplace_approximation_and_resumes(fitted_small, tmp_path, traced_programs):
     data, _, calibration = fitted_small
     # metric windows at 25-50 and 50-125; trees of at most 7 leapfrog steps before the first metric
     config = NutsConfig(chains=2, warmup=150, draws=100, block=25, rank=8, early_doublings=3)
-    posterior = sample_posterior(calibration, data, config, checkpoint=tmp_path / "nuts", progress=False)
+    with traced_programs() as traced:
+        posterior = sample_posterior(calibration, data, config, checkpoint=tmp_path / "nuts", progress=False)
+    assert traced.count("block") == 2  # one program a tree limit: the warm-up's after the first metric is the draws'
     assert posterior.draws.shape == (2, 100, ravel_pytree(eqx.partition(calibration.estimate, calibration.mask)[0])[0].size)
     assert np.all(np.isfinite(posterior.draws)) and np.all(np.isfinite(posterior.log_density))
     assert np.ptp(posterior.step_size) == 0  # one step for all chains, from the warm-up's acceptance curve

@@ -48,7 +48,9 @@ positions, against Hamiltonian errors of order 0.1-1 that the acceptance reads. 
 Laplace approximation and the whitening stay in double.
 
 Chains are one `vmap`. Warm-up and draws run in blocks of `nuts.block` transitions, each block
-checkpointed (a rerun resumes) and reported. BlackJAX and ArviZ are the `posterior` extra.
+checkpointed (a rerun resumes) and reported; one compiled program for each tree limit, since
+whether a block adapts is an argument, not a program of its own (about 10 s of compilation each
+on the US metros). BlackJAX and ArviZ are the `posterior` extra.
 """
 
 from __future__ import annotations
@@ -300,7 +302,10 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     arrays, done = (arrays, 0) if resumed is None else (resumed[0], resumed[1]["step"])
 
     @eqx.filter_jit
-    def block(keys, arrays, first, adapt, doublings):  # static: `adapt` (warm-up: tune the step), `doublings` (tree limit)
+    def block(keys, arrays, first, adapt, doublings):
+        """`keys` (C, n): n transitions of every chain from transition `first`. `adapt` (traced, so
+        that the warm-up and the draws share one program): tune the step, keep the positions in `w`
+        for the metric; else keep the draws. `doublings` (static): the tree limit."""
         def log_density(v):
             return density(arrays.metric(v))
 
@@ -309,17 +314,14 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
                 state, info = kernel(k, state, log_density, step_size, jnp.ones(dim, dtype), doublings)
                 record = (info.is_divergent, info.num_integration_steps, info.acceptance_rate, step_size)
                 w = arrays.metric(state.position)
-                if adapt:
-                    return state, (w, state.logdensity, *record)
-                y = whiten(w)  # the draw's entries, and its log joint density (without the log Jacobian of y)
-                return state, (coords.entries(y), state.logdensity - coords.log_jacobian(y), *record)
+                y = whiten(w)  # a draw's entries, and its log joint density (without the log Jacobian of y)
+                kept = jnp.where(adapt, w, coords.entries(y).astype(w.dtype))
+                return state, (kept, state.logdensity - coords.log_jacobian(y), *record)
 
             states, da = carry
-            steps = jnp.full(chains, jnp.exp(da.log_step_size)) if adapt else drawn_steps
-            states, out = jax.vmap(chain)(ks, states, steps)
-            if adapt:  # one dual averaging for all chains, on their mean acceptance: one step, no chain waiting on another's
-                *_, acceptance, _ = out  # the record's acceptance (C,)
-                da = da_update(da, jnp.mean(acceptance))
+            states, out = jax.vmap(chain)(ks, states, jnp.where(adapt, jnp.exp(da.log_step_size), drawn_steps))
+            *_, acceptance, _ = out  # the record's acceptance (C,); one dual averaging for all chains, on their mean
+            da = jax.tree_util.tree_map(lambda new, old: jnp.where(adapt, new, old), da_update(da, jnp.mean(acceptance)), da)
             return (states, da), out
 
         drawn_steps = jax.lax.dynamic_index_in_dim(arrays.step, first, 1, keepdims=False)  # (C,) the draws' step sizes
@@ -327,19 +329,17 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
         (state, da), out = jax.lax.scan(transition, (states, arrays.adaptation), jnp.swapaxes(keys, 0, 1))
         x, logp, *record = (jnp.swapaxes(a, 0, 1) for a in out)  # (C, block, ...)
 
-        def put(old, new):
-            return jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), first, 1)
+        def put(old, new, at=first):  # at transitions `at` on; where `at` is out of range (the other phase), nothing
+            index = at + jnp.arange(new.shape[1])
+            return old.at[:, index].set(new.astype(old.dtype), mode="drop")
 
+        past = total + keys.shape[1]  # out of range of every record
         recorded = (arrays.divergent, arrays.leapfrogs, arrays.acceptance, arrays.step)
-        out = eqx.tree_at(lambda c: (c.position, c.adaptation, c.divergent, c.leapfrogs, c.acceptance, c.step), arrays,
-                          (state.position, da, *map(put, recorded, record)))
-        if adapt:
-            return out if not arrays.warm.shape[1] else eqx.tree_at(
-                lambda c: c.warm, out, jax.lax.dynamic_update_slice_in_dim(arrays.warm, x, first, 1))
-        at = first - config.warmup
-        return eqx.tree_at(lambda c: (c.draws, c.log_density), out,
-                           (jax.lax.dynamic_update_slice_in_dim(arrays.draws, x, at, 1),
-                            jax.lax.dynamic_update_slice_in_dim(arrays.log_density, logp, at, 1)))
+        at_draw = jnp.where(adapt, past, first - config.warmup)
+        return eqx.tree_at(lambda c: (c.position, c.adaptation, c.divergent, c.leapfrogs, c.acceptance, c.step, c.warm,
+                                      c.draws, c.log_density), arrays,
+                           (state.position, da, *map(put, recorded, record), put(arrays.warm, x, jnp.where(adapt, first, past)),
+                            put(arrays.draws, x, at_draw), put(arrays.log_density, logp, at_draw)))
 
     phases = (("warm-up", 0, config.warmup, "transition"), ("draws", config.warmup, total, "draw"))
     seconds = 0.0
@@ -351,7 +351,7 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
             size = min(config.block, end - done)
             keys = jax.vmap(lambda k: jax.random.split(k, size))(jax.random.split(jax.random.fold_in(key_steps, done), chains))
             doublings = config.early_doublings if windows and done < min(windows) else config.max_doublings
-            arrays = block(keys, arrays, jnp.asarray(done), name == "warm-up", doublings)  # `done` traced: one program
+            arrays = block(keys, arrays, jnp.asarray(done), jnp.asarray(name == "warm-up"), doublings)  # one program a limit
             done += size
             if done in windows:
                 arrays = _adapt_metric(arrays, windows[done], done, num_global, restart, da_final)
