@@ -95,7 +95,8 @@ def test_a_fixed_seed_gives_the_same_numbers_twice_and_another_seed_other_starts
 
 
 def test_traced_programs_sees_a_new_program_and_not_one_compiled_before(traced_programs):
-    """The instrument of the two tests below: it counts a trace, and none for a program already compiled."""
+    """The instrument of the tests that count traces (below and in test_posterior.py): it counts a
+    trace, and none for a program already compiled."""
     double = jax.jit(lambda x: 2.0 * x)
     with traced_programs() as first:
         double(jnp.ones(3))
