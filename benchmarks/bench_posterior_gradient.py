@@ -23,7 +23,9 @@ machine falls on all of them, and reports their ratios:
 With `--nuts N` and a run folder of `diffcomm calibrate inference=nuts`, it also times N NUTS
 transitions of the run's chains from their last positions, with the run's metric and draws'
 step, interleaved with the gradient of the same density for the same chains, and reports the
-seconds per lockstep leapfrog step against one gradient (what the trees' own work adds).
+seconds per lockstep leapfrog step against one gradient (what the trees' own work adds); where
+there are several devices (on CPU, as the command line makes them, one per core), also with the
+chains split over them as the sampler splits them (`nuts.devices`), interleaved with one device.
 
     python benchmarks/bench_posterior_gradient.py <run folder of diffcomm calibrate> [--chains 4] [--repeats 15] [--nuts 8]
 """
@@ -53,6 +55,7 @@ import diffcomm.model  # noqa: E402
 from diffcomm.calibrate import calibration_prior, load_calibration  # noqa: E402
 from diffcomm.data import load_dataset  # noqa: E402
 from diffcomm.loss import in_precision, log_joint  # noqa: E402
+from diffcomm.sharding import chain_mesh, provide_cpu_devices, shard_chains, usable_cores  # noqa: E402
 from diffcomm.whitening import coordinates  # noqa: E402
 
 
@@ -122,23 +125,34 @@ def nuts_against_gradient(run: Path, calibration, data, transitions: int, repeat
 
     gradient = jax.jit(jax.vmap(jax.value_and_grad(log_density)))
     keys = jax.vmap(lambda key: jax.random.split(key, transitions))(jax.random.split(jax.random.key(7), config.chains))
-    jax.block_until_ready(run_transitions(keys, positions))
-    jax.block_until_ready(gradient(positions))
-    nuts_times, gradient_times = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(gradient(positions))
-        gradient_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        steps = np.asarray(jax.block_until_ready(run_transitions(keys, positions)))
-        nuts_times.append(time.perf_counter() - start)
-    lockstep = int(steps.max(0).sum())  # a transition of all chains lasts as long as the longest tree
-    per_step, per_gradient = min(nuts_times) / lockstep, min(gradient_times)
-    return dict(transitions=transitions, lockstep_steps=lockstep, seconds_per_lockstep_step=round(per_step, 5),
-                gradient_seconds=round(per_gradient, 5), ratio=round(per_step / per_gradient, 3))
+    placements = {"one": (keys, positions)}
+    mesh = chain_mesh(config.chains, 0)  # the sampler's default: the chains split over the devices there are
+    if mesh is not None:
+        placements["split"] = (shard_chains(keys, mesh), shard_chains(positions, mesh))
+    nuts_times, gradient_times = ({name: [] for name in placements} for _ in range(2))
+    lockstep = {}
+    for _ in range(repeats + 1):  # the first round compiles; interleaved, so load falls on both placements
+        for name, (k, v) in placements.items():
+            start = time.perf_counter()
+            jax.block_until_ready(gradient(v))
+            gradient_times[name].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            steps = np.asarray(jax.block_until_ready(run_transitions(k, v)))
+            nuts_times[name].append(time.perf_counter() - start)
+            lockstep[name] = int(steps.max(0).sum())  # a transition of all chains lasts as long as the longest tree
+    per_step = {name: min(t[1:]) / lockstep[name] for name, t in nuts_times.items()}
+    per_gradient = {name: min(t[1:]) for name, t in gradient_times.items()}
+    result = dict(transitions=transitions, lockstep_steps=lockstep["one"], seconds_per_lockstep_step=round(per_step["one"], 5),
+                  gradient_seconds=round(per_gradient["one"], 5), ratio=round(per_step["one"] / per_gradient["one"], 3))
+    if mesh is not None:
+        result["split"] = dict(devices=mesh.size, seconds_per_lockstep_step=round(per_step["split"], 5),
+                               gradient_seconds=round(per_gradient["split"], 5),
+                               speedup=round(per_step["one"] / per_step["split"], 3))
+    return result
 
 
 def main() -> None:
+    provide_cpu_devices(usable_cores())  # as the command line makes them for NUTS: one CPU device per core
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--chains", type=int, default=4)
@@ -207,6 +221,11 @@ def main() -> None:
             print(f"NUTS from the run's last positions: {1e3 * nuts['seconds_per_lockstep_step']:.1f} ms per lockstep "
                   f"leapfrog step ({nuts['lockstep_steps']} in {nuts['transitions']} transitions) against "
                   f"{1e3 * nuts['gradient_seconds']:.1f} ms for the gradient of its density: {nuts['ratio']:.2f}")
+            if "split" in nuts:
+                split = nuts["split"]
+                print(f"the chains split over {split['devices']} devices: {1e3 * split['seconds_per_lockstep_step']:.1f} ms "
+                      f"per lockstep leapfrog step ({1e3 * split['gradient_seconds']:.1f} ms a gradient), "
+                      f"{split['speedup']:.2f} times faster than on one")
     write_result(result, "posterior_gradient")
 
 

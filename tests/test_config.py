@@ -19,6 +19,7 @@ from diffcomm.config import (
     OptimizeConfig,
     OptimizerConfig,
     PolicyConfig,
+    RuntimeConfig,
     ScenarioConfig,
     from_dict,
     parse_years,
@@ -63,6 +64,10 @@ def test_every_command_config_has_usable_defaults(name):
         (lambda: NutsConfig(early_doublings=9), "nuts.early_doublings must be in 1-nuts.max_doublings (8), got 9"),
         (lambda: NutsConfig(simulation_precision="half"), "nuts.simulation_precision must be float32 or float64, got 'half'"),
         (lambda: NutsConfig(metric_rank=-1), "nuts.metric_rank must be >= 0, got -1"),
+        (lambda: NutsConfig(chains=4, devices=3), "nuts.devices must be 0 (as many as there are) or a count that divides "
+         "nuts.chains (4), got 3"),
+        (lambda: CalibrateConfig(nuts=NutsConfig(devices=2), runtime=RuntimeConfig(devices=2)),
+         "nuts.devices must be 0 or 1 with runtime.devices > 1"),
         (lambda: PolicyConfig(discount=0.0), "policy.discount must be in (0, 1]"),
         (lambda: PolicyConfig(uncertainty="maybe"), "policy.uncertainty must be one of ['none', 'laplace', 'posterior']"),
         (lambda: PolicyConfig(draws=0), "policy.draws must be >= 1"),

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -95,3 +96,72 @@ def test_sharded_simulation_loss_gradient_policy_and_command_line_equal_one_devi
     assert ("diffcomm simulate: error: runtime.devices=4 must divide the number of regions, 10: each device holds as many; "
             "with the devices here, one of [1, 2]") in done.stderr.splitlines()
     assert not (tmp_path / "4" / "summary.json").exists()
+
+
+CHAINS_CHECK = textwrap.dedent("""
+    import logging, sys
+    import numpy as np
+    from hydra.core.global_hydra import GlobalHydra
+    from diffcomm import cli
+
+    regions = ("data.regions=[10420,10580,10740,12060,12420,12580,14460,16980,19100,19740,26420,31100,33460,35620,37980,"
+               "41860,41940,42660,47900,'00901']")
+
+    def run(devices):
+        GlobalHydra.instance().clear()
+        code = cli.main(["calibrate", regions, "fit.steps=25", "fit.restarts=2", "fit.polish_steps=0", "fit.progress=false",
+                         "evaluation.draws=20", "inference=nuts", "nuts.chains=2", "nuts.warmup=20", "nuts.draws=10",
+                         "nuts.block=10", "nuts.rank=2", "nuts.simulation_precision=float64", f"nuts.devices={devices}",
+                         f"hydra.run.dir={sys.argv[1]}/{devices}"])
+        logging.getLogger().handlers.clear()
+        return code
+
+    import jax
+    traced = []  # the programs traced (the count as in tests/conftest.py's traced_programs)
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, duration, *, fun_name="?", **kwargs: traced.append(fun_name)
+        if event == "/jax/core/compile/jaxpr_trace_duration" else None)
+    first = run(2)  # the first run makes the two CPU devices
+    print("sampler programs on two devices", traced.count("block"))
+    print("exit codes", first, run(1), run(4))  # four do not divide two chains
+
+    import equinox as eqx, jax, jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
+    from pathlib import Path
+    from jax.flatten_util import ravel_pytree
+    from diffcomm.calibrate import load_calibration
+    from diffcomm.config import NutsConfig
+    from diffcomm.laplace import _layout
+    from diffcomm.posterior import initial_chains
+    from diffcomm.training import load_checkpoint
+
+    free = eqx.partition(*(lambda c: (c.estimate, c.mask))(load_calibration(Path(sys.argv[1]) / "1")))[0]
+    like = initial_chains(NutsConfig(chains=2, warmup=20, draws=10, block=10), jnp.zeros((2, ravel_pytree(free)[0].size)),
+                          len(_layout(free)[0]))
+    for devices in (1, 2):
+        chains = load_checkpoint(Path(sys.argv[1]) / str(devices) / "checkpoint_nuts", like)[0]
+        np.save(Path(sys.argv[1]) / f"records{devices}.npy", np.stack([chains.acceptance, chains.leapfrogs, chains.step]))
+""")
+
+
+@pytest.mark.slow
+def test_nuts_chains_split_over_two_cpu_devices_sample_what_one_device_samples(tmp_path):
+    pytest.importorskip("blackjax")
+    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}  # the command line makes the devices
+    done = subprocess.run([sys.executable, "-c", CHAINS_CHECK, str(tmp_path)], env={**env, "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "exit codes 0 0 2" in done.stdout
+    # one program for the warm-up's 2 blocks and the draws' 1 (one tree limit without metric windows):
+    # the placement on the devices is the same before every block, so none is new to the cache
+    assert "sampler programs on two devices 1" in done.stdout
+    assert "posterior: the 2 chains split over 2 cpu devices" in (tmp_path / "2" / "calibrate.log").read_text()
+    assert "split over" not in (tmp_path / "1" / "calibrate.log").read_text()
+    one, two = (np.load(tmp_path / f"records{devices}.npy") for devices in (1, 2))  # acceptance, tree size, step
+    # the same chains, computed in two places: the same keys, starts and density (its sums ordered
+    # differently over two devices, within 1e-14); the early warm-up's long trees at large steps
+    # then amplify that (1e-8 by its fifth transition, chains apart by its tenth), so the first four
+    assert np.ptp(one[0, :, :4]) > 0.01 and np.ptp(one[1, :, :4]) > 0  # varied transitions, not a trivial match
+    np.testing.assert_allclose(two[:, :, :4], one[:, :, :4], rtol=1e-6)
+    assert ("diffcomm calibrate: error: nuts.devices must be 0 (as many as there are) or a count that divides "
+            "nuts.chains (2), got 4") in done.stderr.splitlines()

@@ -33,7 +33,7 @@ from .policy import PolicyProblem, optimize
 from .posterior import require_sampler, sample_posterior
 from .report import writers
 from .scenario import scenario_from_config, shock_window
-from .sharding import region_mesh, shard_regions
+from .sharding import chain_mesh, region_mesh, shard_regions
 from .simulate import simulate
 from .training import claim_run_folder
 
@@ -129,7 +129,7 @@ def run_calibrate(cfg: CalibrateConfig, out_dir: Path, *, optimizer: optax.Gradi
     posterior = None
     if cfg.inference == "nuts":
         posterior = sample_posterior(calibration, data, cfg.nuts, checkpoint=out_dir / "checkpoint_nuts",
-                                     progress=cfg.fit.progress)
+                                     progress=cfg.fit.progress, mesh=chain_mesh(cfg.nuts.chains, cfg.chain_devices))
     with RunOutputs(out_dir) as out:
         summary = writers.write_calibration(out, cfg, data, calibration, band, evaluation,
                                             seconds=time.perf_counter() - started, plain=plain_config, posterior=posterior)

@@ -43,6 +43,7 @@ from . import apps
 from .config import SCHEMAS
 from .errors import ConfigError, DataError
 from .report.sweep import FAILED_FILE, SWEEP_FILE, finished_run, write_sweep_table
+from .sharding import chain_devices, provide_cpu_devices, usable_cores
 from .training import Interrupted, clear_stop, request_stop
 
 COMMANDS = {
@@ -297,6 +298,8 @@ def _task(command: str) -> Callable[[DictConfig], None]:
                     kwargs["optimizer"] = instantiate(typed.optimizer.transform) if typed.optimizer.transform else None
                 except Exception as error:  # Hydra wraps whatever the target raised
                     raise ConfigError(f"optimizer.transform: {_first_line(error.__cause__ or error)}") from None
+            if command == "calibrate" and typed.inference == "nuts":  # JAX has not computed yet: it can still make devices
+                provide_cpu_devices(chain_devices(typed.nuts.chains, typed.chain_devices, usable_cores()))
             run = getattr(apps, f"run_{command}")
             with _compilation_cache(typed.runtime.compilation_cache):
                 _work_in_thread(lambda: run(typed, out_dir, **kwargs), x64=x64, staging=out_dir / ".staging")

@@ -40,6 +40,7 @@ from .effects import national_effects
 from .errors import ConfigError
 from .forecast import INTERVALS, forecast_inventors, forecast_patents, interval_probabilities, predictive_inventors
 from .posterior import sample_posterior
+from .sharding import chain_mesh
 
 if TYPE_CHECKING:
     from .data import Dataset
@@ -142,7 +143,8 @@ def evaluate(
         band, laplace_row, held_row = model_forecast(), None, None
         if config.inference == "nuts":  # the NUTS forecast is the model's; the Laplace one a diagnostic
             sampled = sample_posterior(fitted, data.through(origin), config.nuts, progress=config.fit.progress,
-                                       checkpoint=None if stem is None else Path(f"{stem}_nuts"))
+                                       checkpoint=None if stem is None else Path(f"{stem}_nuts"),
+                                       mesh=chain_mesh(config.nuts.chains, config.chain_devices))
             fitted.posterior = sampled.draws.reshape(-1, sampled.draws.shape[-1])
             laplace_row = dict(origin=origin, method=LAPLACE, **scores(truth, band["mean"][o:],
                                                                        {p: q[o:] for p, q in band["quantiles"].items()}))

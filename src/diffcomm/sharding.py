@@ -1,4 +1,5 @@
-"""Regions across devices: a one-axis device mesh named `regions`, and inputs placed on it.
+"""Regions or NUTS chains across devices: a one-axis device mesh named `regions` or `chains`, and
+inputs placed on it.
 
 Sharding is placement, not a different program: a `jit`-compiled function computes the same
 values whatever the placement of its inputs, and XLA's SPMD partitioner adds the communication
@@ -12,10 +13,17 @@ Each device must hold the same number of regions (XLA tiles an axis evenly), so 
 devices must divide the number of regions. Several hosts: start every process with
 `jax.distributed.initialize()` before anything else; `jax.devices()` then lists the devices of
 all hosts and the same mesh spans them (README, "Many devices").
+
+NUTS chains (`chain_mesh`, `shard_chains`): the sampler's chains are one `vmap`, so splitting
+its chain axis over devices splits the work with no communication but the chains' mean
+acceptance (one step-size search for all) and the lockstep of their trees. On CPU, XLA runs one
+device's program on about 1.7 of 2 cores; two CPU devices with two chains each use both
+(`provide_cpu_devices`, called by the command line before JAX's first computation).
 """
 
 from __future__ import annotations
 
+import os
 from typing import TypeVar
 
 import jax
@@ -24,9 +32,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .errors import ConfigError
 
-__all__ = ["AXIS", "region_mesh", "shard_regions"]
+__all__ = ["AXIS", "CHAINS", "chain_devices", "chain_mesh", "provide_cpu_devices", "region_mesh", "replicate",
+           "shard_chains", "shard_regions"]
 
 AXIS = "regions"
+CHAINS = "chains"
 T = TypeVar("T")
 
 
@@ -66,3 +76,58 @@ def shard_regions(tree: T, mesh: Mesh | None, num_regions: int) -> T:
         return jax.device_put(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
     return jax.tree_util.tree_map(place, tree)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def chain_devices(chains: int, asked: int, available: int) -> int:
+    """Devices `chains` are split over: `asked`, or for 0 the most of `available` that divides `chains`."""
+    if asked:
+        return asked
+    return max(d for d in range(1, min(chains, available) + 1) if chains % d == 0)
+
+
+def provide_cpu_devices(count: int) -> None:
+    """Ask JAX for `count` CPU devices. Only before its first computation, and not where `XLA_FLAGS`
+    already sets the count; otherwise the devices stay as they are (`chain_mesh` then uses those)."""
+    if count <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX has already computed something in this process
+        pass
+
+
+def chain_mesh(chains: int, asked: int) -> Mesh | None:
+    """A mesh with one axis, `CHAINS`, over the devices `chains` NUTS chains are split over
+    (`chain_devices` of `jax.devices()`); None for one."""
+    available = jax.devices()
+    count = chain_devices(chains, asked, len(available))
+    if count == 1:
+        return None
+    if count > len(available):
+        platform = available[0].platform
+        hint = (f"; on CPU the command line makes them, or set XLA_FLAGS=--xla_force_host_platform_device_count={count}"
+                if platform == "cpu" else "")
+        raise ConfigError(f"nuts.devices={count}, but JAX sees {len(available)} {platform} device(s){hint}")
+    return Mesh(np.asarray(available[:count]), (CHAINS,))
+
+
+def shard_chains(x: jax.Array, mesh: Mesh | None) -> jax.Array:
+    """`x` split along its first axis, the chains, over `mesh`; unchanged without a mesh."""
+    if mesh is None:
+        return x
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec(CHAINS)))
+
+
+def replicate(x: jax.Array, mesh: Mesh | None) -> jax.Array:
+    """`x` copied to every device of `mesh`; unchanged without a mesh."""
+    if mesh is None:
+        return x
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))

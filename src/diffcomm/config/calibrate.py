@@ -195,6 +195,8 @@ class NutsConfig:
     """The full posterior by NUTS (`inference=nuts`, `posterior.py`)."""
 
     chains: int = option(4, "chains, run as one vmap")
+    devices: int = option(0, "devices the chains are split over (jax.sharding; must divide nuts.chains); 0: as many as "
+                             "divide nuts.chains, up to the devices there are (on CPU the command line makes one per core)")
     warmup: int = option(200, "warm-up steps per chain (the step size tuned by dual averaging, the metric learnt in windows; "
                               "200: the metros' draws mixed as after 300, 46 s sooner)")
     draws: int = option(650, "draws per chain after the warm-up (650: ESS about 600 for the slowest weight on the metros)")
@@ -215,6 +217,8 @@ class NutsConfig:
 
     def __post_init__(self):
         _require(self.chains >= 1, "nuts.chains", ">= 1", self.chains)
+        _require(self.devices >= 0 and (self.devices == 0 or self.chains % self.devices == 0), "nuts.devices",
+                 f"0 (as many as there are) or a count that divides nuts.chains ({self.chains})", self.devices)
         _require(self.simulation_precision in PRECISIONS, "nuts.simulation_precision", " or ".join(PRECISIONS),
                  self.simulation_precision)
         _require(self.warmup >= 10, "nuts.warmup", ">= 10", self.warmup)
@@ -244,6 +248,8 @@ class CalibrateConfig:
 
     def __post_init__(self):
         _require(self.inference in INFERENCE, "inference", " or ".join(INFERENCE), self.inference)
+        _require(self.runtime.devices == 1 or self.nuts.devices <= 1, "nuts.devices", "0 or 1 with runtime.devices > 1 "
+                 "(the regions are split over the devices then, not the chains)", self.nuts.devices)
         d, e = self.data, self.evaluation
         if d.domain_panel is None:
             _require(self.model.num_domains == 1, "model.num_domains", "1 for calibration on the metros (the data count all "
@@ -265,6 +271,11 @@ class CalibrateConfig:
                      "evaluation.horizon or set evaluation.rolling_origin=false", origin)
             _require(low <= origin <= high, "evaluation.origins", f"years from data.first_year + 2 ({low}) to "
                      f"data.last_year - evaluation.horizon ({high})", origin)
+
+    @property
+    def chain_devices(self) -> int:
+        """`nuts.devices`, or 1 where the regions are split over the devices (`runtime.devices`)."""
+        return self.nuts.devices if self.runtime.devices == 1 else 1
 
 
 def parse_years(text: str, key: str = "years") -> tuple[int, int]:
