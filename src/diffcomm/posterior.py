@@ -47,12 +47,12 @@ trajectory of 20 steps within 6e-4 and its gradient within 3e-5 relative at the 
 positions, against Hamiltonian errors of order 0.1-1 that the acceptance reads. The MAP, the
 Laplace approximation and the whitening stay in double.
 
-Chains are one `vmap`, split over the devices there are (`nuts.devices`; `sharding.chain_mesh`):
-on CPU the command line makes one device per core (as many as divide the chains), since XLA runs
-one device's program on under two cores of two. Warm-up and draws run in blocks of `nuts.block` transitions, each block
-checkpointed (a rerun resumes) and reported; one compiled program for each tree limit, since
-whether a block adapts is an argument, not a program of its own (about 10 s of compilation each
-on the US metros). BlackJAX and ArviZ are the `posterior` extra.
+Chains are one `vmap`, split over the devices there are (`nuts.devices`, `sharding.py`; on CPU
+one per core, as one device's program runs on under two cores of two). Warm-up and draws run in
+blocks of `nuts.block` transitions, each checkpointed (a rerun resumes) and reported; one
+compiled program for each tree limit, since whether a block adapts is an argument, not a program
+of its own (about 10 s of compilation each on the US metros). BlackJAX and ArviZ are the
+`posterior` extra.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ from .calibrate import Calibration, calibration_prior
 from .config import NutsConfig
 from .errors import ConfigError
 from .laplace import _layout, free_natural
-from .sharding import replicate, shard_chains
+from .sharding import shard_chains
 from .training import Progress, load_checkpoint, log, save_checkpoint
 from .whitening import Metric, coordinates, whitening, window_metric
 
@@ -175,19 +175,8 @@ def initial_chains(config: NutsConfig, starts: jax.Array, num_global: int) -> _C
                    jnp.zeros((chains, total), dtype), jnp.zeros((chains, total), dtype))
 
 
-def _by_chain(arrays: _Chains) -> tuple[jax.Array, ...]:
-    return (arrays.position, arrays.warm, arrays.draws, arrays.log_density, arrays.divergent, arrays.leapfrogs,
-            arrays.acceptance, arrays.step)
-
-
-def _place(arrays: _Chains, mesh: Mesh | None) -> _Chains:
-    """`arrays` split over `mesh` along the chains, the metric and the step search copied to each of
-    its devices; unchanged without a mesh. The same placement before every block, so that the block
-    compiles once a tree limit (placed otherwise, an input is new to its cache)."""
-    if mesh is None:
-        return arrays
-    arrays = jax.tree_util.tree_map(lambda x: replicate(x, mesh), arrays)
-    return eqx.tree_at(_by_chain, arrays, tuple(shard_chains(x, mesh) for x in _by_chain(arrays)))
+_by_chain = lambda c: (c.position, c.warm, c.draws, c.log_density, c.divergent, c.leapfrogs, c.acceptance, c.step)  # noqa: E731
+"""What of `_Chains` has a chain axis (`sharding.shard_chains`); the metric and the step search do not."""
 
 
 def _adapt_metric(arrays: _Chains, start: int, end: int, num_global: int, restart, da_final) -> _Chains:
@@ -321,9 +310,7 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
     arrays = initial_chains(config, starts, num_global)
     resumed = load_checkpoint(checkpoint, arrays)
     arrays, done = (arrays, 0) if resumed is None else (resumed[0], resumed[1]["step"])
-    arrays = _place(arrays, mesh)
-    if mesh is not None:
-        log.info("posterior: the %d chains split over %d %s devices", chains, mesh.size, mesh.devices.flat[0].platform)
+    arrays = shard_chains(arrays, mesh, _by_chain)
 
     @eqx.filter_jit
     def block(keys, arrays, first, adapt, doublings):
@@ -379,10 +366,10 @@ def sample_posterior(calibration: Calibration, data: Dataset, config: NutsConfig
             arrays = block(keys, arrays, jnp.asarray(done), jnp.asarray(name == "warm-up"), doublings)  # one program a limit
             done += size
             if done in windows:
-                arrays = _place(_adapt_metric(arrays, windows[done], done, num_global, restart, da_final), mesh)
+                arrays = shard_chains(_adapt_metric(arrays, windows[done], done, num_global, restart, da_final), mesh, _by_chain)
             if done == config.warmup and name == "warm-up":  # the draws' step, from the warm-up's last stretch
-                arrays = _place(_draw_step(arrays, max(windows, default=config.warmup // 2), done,
-                                           config.target_acceptance, da_final), mesh)
+                arrays = shard_chains(_draw_step(arrays, max(windows, default=config.warmup // 2), done,
+                                                 config.target_acceptance, da_final), mesh, _by_chain)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, arrays, dict(step=done))
             recent = np.asarray(arrays.leapfrogs[:, done - size:done])

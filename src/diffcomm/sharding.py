@@ -23,17 +23,19 @@ device's program on about 1.7 of 2 cores; two CPU devices with two chains each u
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import TypeVar
+from typing import Callable, TypeVar
 
+import equinox as eqx
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .errors import ConfigError
 
-__all__ = ["AXIS", "CHAINS", "chain_devices", "chain_mesh", "provide_cpu_devices", "region_mesh", "replicate",
-           "shard_chains", "shard_regions"]
+__all__ = ["AXIS", "CHAINS", "chain_devices", "chain_mesh", "provide_cpu_devices", "region_mesh", "shard_chains",
+           "shard_regions"]
 
 AXIS = "regions"
 CHAINS = "chains"
@@ -116,18 +118,19 @@ def chain_mesh(chains: int, asked: int) -> Mesh | None:
         hint = (f"; on CPU the command line makes them, or set XLA_FLAGS=--xla_force_host_platform_device_count={count}"
                 if platform == "cpu" else "")
         raise ConfigError(f"nuts.devices={count}, but JAX sees {len(available)} {platform} device(s){hint}")
+    logging.getLogger("diffcomm").info("posterior: the %d chains split over %d %s devices", chains, count,
+                                       available[0].platform)
     return Mesh(np.asarray(available[:count]), (CHAINS,))
 
 
-def shard_chains(x: jax.Array, mesh: Mesh | None) -> jax.Array:
-    """`x` split along its first axis, the chains, over `mesh`; unchanged without a mesh."""
+def shard_chains(tree: T, mesh: Mesh | None, by_chain: Callable[[T], tuple] | None = None) -> T:
+    """`tree` with the arrays `by_chain(tree)` (all, without it) split along their first axis, the
+    chains, over `mesh` and every other array copied to each of its devices; unchanged without a
+    mesh. Placed the same way before every call, a tree keeps a compiled function from compiling again."""
     if mesh is None:
-        return x
-    return jax.device_put(x, NamedSharding(mesh, PartitionSpec(CHAINS)))
-
-
-def replicate(x: jax.Array, mesh: Mesh | None) -> jax.Array:
-    """`x` copied to every device of `mesh`; unchanged without a mesh."""
-    if mesh is None:
-        return x
-    return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+        return tree
+    split = NamedSharding(mesh, PartitionSpec(CHAINS))
+    if by_chain is None:
+        return jax.tree_util.tree_map(lambda x: jax.device_put(x, split), tree)
+    tree = jax.tree_util.tree_map(lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec())), tree)
+    return eqx.tree_at(by_chain, tree, tuple(jax.device_put(x, split) for x in by_chain(tree)))
