@@ -1,6 +1,8 @@
 """Regions split over devices compute what one device computes: the simulation, the calibration
-loss and its gradient, the policy objective and its gradient, and the command line. JAX fixes its
-devices when it starts, so each check runs in a fresh process with four forced CPU devices."""
+loss and its gradient, the policy objective and its gradient, and the command line; and NUTS
+chains split over two CPU devices, which the command line makes, run the chains one device runs.
+JAX fixes its devices when it starts, so each check runs in a fresh process (with four forced CPU
+devices for the regions)."""
 
 import os
 import subprocess
