@@ -55,7 +55,7 @@ import diffcomm.model  # noqa: E402
 from diffcomm.calibrate import calibration_prior, load_calibration  # noqa: E402
 from diffcomm.data import load_dataset  # noqa: E402
 from diffcomm.loss import in_precision, log_joint  # noqa: E402
-from diffcomm.sharding import chain_mesh, provide_cpu_devices, shard_chains, usable_cores  # noqa: E402
+from diffcomm.sharding import chain_devices, chain_mesh, provide_cpu_devices, shard_chains, usable_cores  # noqa: E402
 from diffcomm.whitening import coordinates  # noqa: E402
 
 
@@ -152,13 +152,13 @@ def nuts_against_gradient(run: Path, calibration, data, transitions: int, repeat
 
 
 def main() -> None:
-    provide_cpu_devices(usable_cores())  # as the command line makes them for NUTS: one CPU device per core
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--nuts", type=int, default=0, help="NUTS transitions to time from a NUTS run's last positions")
     args = parser.parse_args()
+    provide_cpu_devices(chain_devices(args.chains, 0, usable_cores()))  # as the command line makes them for NUTS
     warnings.filterwarnings("ignore", message="Explicitly requested dtype")  # float64 constants, in float32 as asked
     calibration = load_calibration(args.run)
     data = load_dataset(calibration.config.data)

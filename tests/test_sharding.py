@@ -127,7 +127,7 @@ CHAINS_CHECK = textwrap.dedent("""
     print("sampler programs on two devices", traced.count("block"))
     print("exit codes", first, run(1), run(4))  # four do not divide two chains
 
-    import equinox as eqx, jax, jax.numpy as jnp
+    import equinox as eqx, jax.numpy as jnp
     jax.config.update("jax_enable_x64", True)
     from pathlib import Path
     from jax.flatten_util import ravel_pytree

@@ -42,17 +42,21 @@ CHAINS = "chains"
 T = TypeVar("T")
 
 
+def _mesh(count: int, axis: str, key: str) -> Mesh:
+    """A mesh over the first `count` of `jax.devices()` with one axis, `axis`; a `ConfigError`
+    naming the option `key` where JAX sees fewer."""
+    available = jax.devices()
+    if count > len(available):
+        platform = available[0].platform
+        hint = (f"; on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count={count} before starting"
+                if platform == "cpu" else "")
+        raise ConfigError(f"{key}={count}, but JAX sees {len(available)} {platform} device(s){hint}")
+    return Mesh(np.asarray(available[:count]), (axis,))
+
+
 def region_mesh(devices: int) -> Mesh | None:
     """A mesh over the first `devices` of `jax.devices()` with one axis, `AXIS`; None for 1."""
-    if devices == 1:
-        return None
-    available = jax.devices()
-    if devices > len(available):
-        platform = available[0].platform
-        hint = (f"; on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count={devices} before starting"
-                if platform == "cpu" else "")
-        raise ConfigError(f"runtime.devices={devices}, but JAX sees {len(available)} {platform} device(s){hint}")
-    return Mesh(np.asarray(available[:devices]), (AXIS,))
+    return None if devices == 1 else _mesh(devices, AXIS, "runtime.devices")
 
 
 def shard_regions(tree: T, mesh: Mesh | None, num_regions: int) -> T:
@@ -109,18 +113,13 @@ def provide_cpu_devices(count: int) -> None:
 def chain_mesh(chains: int, asked: int) -> Mesh | None:
     """A mesh with one axis, `CHAINS`, over the devices `chains` NUTS chains are split over
     (`chain_devices` of `jax.devices()`); None for one."""
-    available = jax.devices()
-    count = chain_devices(chains, asked, len(available))
+    count = chain_devices(chains, asked, len(jax.devices()))
     if count == 1:
         return None
-    if count > len(available):
-        platform = available[0].platform
-        hint = (f"; on CPU the command line makes them, or set XLA_FLAGS=--xla_force_host_platform_device_count={count}"
-                if platform == "cpu" else "")
-        raise ConfigError(f"nuts.devices={count}, but JAX sees {len(available)} {platform} device(s){hint}")
+    mesh = _mesh(count, CHAINS, "nuts.devices")
     logging.getLogger("diffcomm").info("posterior: the %d chains split over %d %s devices", chains, count,
-                                       available[0].platform)
-    return Mesh(np.asarray(available[:count]), (CHAINS,))
+                                       mesh.devices.flat[0].platform)
+    return mesh
 
 
 def shard_chains(tree: T, mesh: Mesh | None, by_chain: Callable[[T], tuple] | None = None) -> T:
@@ -129,8 +128,8 @@ def shard_chains(tree: T, mesh: Mesh | None, by_chain: Callable[[T], tuple] | No
     mesh. Placed the same way before every call, a tree keeps a compiled function from compiling again."""
     if mesh is None:
         return tree
-    split = NamedSharding(mesh, PartitionSpec(CHAINS))
+    split, copied = NamedSharding(mesh, PartitionSpec(CHAINS)), NamedSharding(mesh, PartitionSpec())
     if by_chain is None:
         return jax.tree_util.tree_map(lambda x: jax.device_put(x, split), tree)
-    tree = jax.tree_util.tree_map(lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec())), tree)
-    return eqx.tree_at(by_chain, tree, tuple(jax.device_put(x, split) for x in by_chain(tree)))
+    tree = eqx.tree_at(by_chain, tree, tuple(jax.device_put(x, split) for x in by_chain(tree)))
+    return jax.tree_util.tree_map(lambda x: x if getattr(x, "sharding", None) == split else jax.device_put(x, copied), tree)
