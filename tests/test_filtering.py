@@ -2,14 +2,17 @@
 
 import numpy as np
 
-from diffcomm.filtering import filter_level, kalman
+from diffcomm.filtering import filter_level, kalman, moving_path
 
 
-def test_a_flat_path_and_steady_counts_leave_no_deviation():
-    expected = np.full((8, 3), 20.0)
-    level = filter_level(expected.copy(), expected)
-    np.testing.assert_allclose(level.deviation, 0.0, atol=1e-9)
-    np.testing.assert_allclose(level.counts(expected[-1]), expected[-1], rtol=1e-9)
+def test_the_level_of_regions_with_few_counts_is_their_expected_count():
+    # Poisson counts of a steady mean 1 or 4 around a path at that mean: the log of a count lies
+    # below the log of its mean (by 0.22 at a mean of 1), which the filter corrects for
+    rng = np.random.default_rng(2)
+    for mean in (1.0, 4.0):
+        expected = np.full((10, 4000), mean)
+        level = filter_level(rng.poisson(expected).astype(float), expected)
+        np.testing.assert_allclose(np.mean(level.counts(expected[-1])), mean, rtol=0.05)
 
 
 def test_the_filter_averages_noise_and_follows_lasting_moves():
@@ -38,3 +41,17 @@ def test_the_one_step_likelihood_prefers_the_true_step_size():
     residuals = np.log(observed + 0.5) - np.log(expected + 0.5)
     likelihood = {tau: kalman(residuals, expected, tau, 1e6)[2] for tau in (0.05, 0.2, 0.8)}
     assert max(likelihood, key=likelihood.get) == 0.2
+
+
+def test_the_filter_finds_how_much_of_the_paths_regional_change_the_counts_follow():
+    rng = np.random.default_rng(3)
+    years, regions = 10, 3000
+    trend = rng.normal(0, 0.08, size=regions)  # each region's path drifts in share
+    expected = 40.0 * np.exp(np.arange(years)[:, None] * trend[None])
+    for passthrough in (0.3, 1.0):
+        wander = np.cumsum(rng.normal(0, 0.05, size=(years, regions)), axis=0)
+        observed = rng.poisson(moving_path(expected, passthrough) * np.exp(wander)).astype(float)
+        level = filter_level(observed, expected)
+        assert abs(level.passthrough - passthrough) < 0.1, (passthrough, level.passthrough)
+        # the level moves on with the path the counts follow
+        np.testing.assert_allclose(level.path(expected), moving_path(expected, level.passthrough))

@@ -57,17 +57,24 @@ def test_a_forecast_conditions_on_the_counts_up_to_the_year_before_it(fitted_sma
             forecast(fitted, data, first, last)
 
 
-def test_the_filtered_level_restarts_the_path_at_the_origin(fitted_small):
+def test_the_filtered_level_moves_as_the_path_moves_after_the_origin(fitted_small):
     data, _, fitted = fitted_small
     history = data.observed_patents()[:4]
     band = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, 6, key=jax.random.key(2), draws=20,
                             level=0.9, history=history)
     level = band["level"]
-    path = np.asarray(expected_path(fitted.estimate, data, 4, 4, None))
-    counts = level.counts(path[-1])
-    restarted = np.asarray(expected_path(fitted.estimate, data, 6, 4, jax.numpy.asarray(counts)))
-    np.testing.assert_allclose(band["fitted"], restarted, rtol=1e-9)
-    np.testing.assert_allclose(band["fitted"][:4], path, rtol=1e-9)  # before the origin: the fit
+    path = np.asarray(expected_path(fitted.estimate, data, 6, 6, None))
+    np.testing.assert_allclose(band["fitted"][:4], path[:4], rtol=1e-9)  # before the origin: the fit
+    moving = level.path(path)  # with the share of the path's regional change the filter fitted
+    start = level.counts(moving[3])
+    np.testing.assert_allclose(band["fitted"][4:], (start + 0.5) * (moving[4:] + 0.5) / (moving[3] + 0.5) - 0.5, rtol=1e-9)
+    # the counts up to the origin set the level: a region's doubled history doubles its forecast, about
+    doubled = history.copy()
+    doubled[:, 0] = 2 * doubled[:, 0] + 0.5
+    again = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, 6, key=jax.random.key(2), draws=20,
+                             level=0.9, history=doubled)
+    assert 1.5 < (again["fitted"][4, 0] + 0.5) / (band["fitted"][4, 0] + 0.5) < 2.5
+    np.testing.assert_allclose(again["fitted"][4, 1:], band["fitted"][4, 1:], rtol=0.2)
 
 
 def test_one_step_ahead_the_forecast_restarts_from_the_origins_counts_as_the_fit_does(fitted_small):

@@ -154,7 +154,8 @@ def evaluate(
         rows.append(dict(origin=origin, method=MODEL, **scores(truth, band["mean"][o:],
                                                                {p: q[o:] for p, q in band["quantiles"].items()})))
         if "level" in band:  # a filtered level (not with `data.one_step_ahead`, which restarts from the counts)
-            held = np.repeat(band["level"].counts(band["fitted"][o - 1])[None], horizon, axis=0)  # a diagnostic, no intervals
+            level = band["level"]
+            held = np.repeat(level.counts(level.path(band["fitted"][:o])[-1])[None], horizon, axis=0)  # no intervals
             forecasts[origin][LEVEL_HELD] = held
             held_row = dict(origin=origin, method=LEVEL_HELD, **scores(truth, held, None))
             diagnostics.append(held_row)
@@ -166,7 +167,8 @@ def evaluate(
             rows.append(dict(origin=origin, method=name, **scores(truth, mean, quantiles)))
         calibrations[origin] = fitted
         model = rows[-len(methods) - 1]
-        held = "" if held_row is None else f"; level held {held_row['male']:.4f}"
+        held = "" if held_row is None else (f"; level held {held_row['male']:.4f}; the filter's pass-through "
+                                            f"{band['level'].passthrough:.2f}, step {band['level'].tau:.3f}")
         log.info("origin %d: model MALE %.4f (best baseline %.4f%s), 90%% coverage %.3f (%.0f s)", origin,
                  model["male"], min(r["male"] for r in rows[-len(methods):]), held, model["coverage_90"],
                  time.perf_counter() - began)

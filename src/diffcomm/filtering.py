@@ -4,18 +4,28 @@ The calibrated model gives every region a path of expected patents `mu_rt`. What
 leaves out moves a region off that path and stays: a firm arrives or leaves, a lab closes. So
 the observed log count is the path, a persistent deviation and count noise,
 
-    log(y_rt + 1/2) = log mu_rt + d_rt + noise,   d_rt = d_r,t-1 + tau eps_rt   (a local level),
+    log(y_rt + 1/2) = log(m_rt + 1/2) + d_rt - v_rt / 2 + noise,   d_rt = d_r,t-1 + tau eps_rt   (a local level),
 
-with the noise's variance that of a negative binomial count with dispersion `kappa`, read on the
-log scale (delta method: (mu + mu^2/kappa) / (mu + 1/2)^2). A Kalman filter over the years up to
-the origin gives each region's deviation there, `d_r` with variance `P_r`: a weighted mean of
-its recent residuals, the weights set by how much the deviations move (`tau`) against how noisy
-a count is (`kappa`, and the count's size). tau and kappa are fitted by maximum likelihood on
-the one-step-ahead predictions (the filter's prediction error decomposition).
+with the noise's variance `v_rt` that of a negative binomial count with dispersion `kappa`, read
+on the log scale (delta method: (m + m^2/kappa) / (m + 1/2)^2), and `-v/2` the same expansion's
+second-order term: the log of a count lies below the log of its mean on average (by 0.22 for a
+Poisson count of mean 1), so without it the level of a region of few patents would be read too
+low, and its forecast with it. `exp(log(m + 1/2) + d) - 1/2` is the region's expected count.
+The path the level moves with, `m_rt`,
+is the model's path with a share `beta` (the pass-through) of each region's change of share since
+the first year: `log(m_rt + 1/2) = log(mu_rt + 1/2) - (1 - beta) c_rt`, with `c_rt` the change of
+log(mu_rt + 1/2) - log(sum_r mu_rt) since the first year. With beta = 1 the counts follow the
+path's regional moves; with beta = 0 only its national total, the regions' own levels then
+being the deviations. A Kalman filter over the years up to the origin gives each region's
+deviation there, `d_r` with variance `P_r`: a weighted mean of its recent residuals, the weights
+set by how much the deviations move (`tau`) against how noisy a count is (`kappa`, and the
+count's size). tau, kappa and beta are fitted by maximum likelihood on the one-step-ahead
+predictions (the filter's prediction error decomposition), on the years up to the origin only.
 
-A forecast restarts knowledge from the filtered level `mu_ro exp(d_r)` rather than from the
-last count alone, so that a noisy last year does not set the whole forecast; ahead of the
-origin the deviation goes on as a random walk, whose variance `tau^2 h` the intervals carry.
+A forecast moves the filtered level `m_ro exp(d_r)` as `m` moves after the origin (the filter's
+own forecast), rather than from the last count alone, so that a noisy last year does not set the
+whole forecast; ahead of the origin the deviation goes on as a random walk, whose variance
+`tau^2 h` the intervals carry.
 """
 
 from __future__ import annotations
@@ -33,16 +43,32 @@ PRIOR_VARIANCE = 1.0
 class Level:
     """Filtered deviations at the origin and the fitted scales."""
 
-    deviation: np.ndarray  # (R,) d_r on the log scale
+    deviation: np.ndarray  # (R,) d_r on the log scale of the expected count
     variance: np.ndarray  # (R,) P_r
     tau: float  # sd of the deviation's yearly step
     kappa: float  # negative binomial dispersion of the counts around the level
+    passthrough: float = 1.0  # beta: the share of the path's regional change the counts follow
+
+    def path(self, expected: np.ndarray) -> np.ndarray:
+        """The path (..., T, R) the level moves with, from the model's expected counts (..., T, R)
+        whose first row is the first year filtered (`moving_path`)."""
+        return moving_path(expected, self.passthrough)
 
     def counts(self, expected: np.ndarray, standard: np.ndarray | float = 0.0) -> np.ndarray:
-        """The counts the filtered level stands for, given the path's expected counts (R,) at the
-        origin; with `standard` normal draws (..., R), draws of them from the deviation's posterior."""
+        """The expected counts the filtered level stands for, given the moving path's counts (R,)
+        at the origin (the last row of `path`); with `standard` normal draws (..., R), draws of
+        them from the deviation's posterior."""
         deviation = self.deviation + np.sqrt(self.variance) * standard
         return np.maximum(np.exp(np.log(expected + 0.5) + deviation) - 0.5, 0.0)
+
+
+def moving_path(expected: np.ndarray, passthrough: float) -> np.ndarray:
+    """The expected counts (..., T, R) with only `passthrough` of each region's change of log
+    share since the first row kept (the module's docstring)."""
+    log_mu = np.log(expected + 0.5)
+    share = log_mu - np.log(np.sum(expected, axis=-1, keepdims=True))
+    change = share - share[..., :1, :]
+    return np.maximum(np.exp(log_mu - (1 - passthrough) * change) - 0.5, 0.0)
 
 
 def kalman(residuals: np.ndarray, expected: np.ndarray, tau: float, kappa: float):
@@ -61,7 +87,7 @@ def kalman(residuals: np.ndarray, expected: np.ndarray, tau: float, kappa: float
         noise = (mu + mu**2 / kappa) / (mu + 0.5) ** 2
         seen = np.isfinite(residuals[t])
         total = variance + noise
-        error = np.where(seen, residuals[t] - deviation, 0.0)
+        error = np.where(seen, residuals[t] + 0.5 * noise - deviation, 0.0)  # E log(y + 1/2) = log(mu + 1/2) - noise / 2
         loglik -= 0.5 * np.sum(np.where(seen, np.log(2 * np.pi * total) + error**2 / total, 0.0))
         gain = np.where(seen, variance / total, 0.0)
         deviation = deviation + gain * error
@@ -69,16 +95,19 @@ def kalman(residuals: np.ndarray, expected: np.ndarray, tau: float, kappa: float
     return deviation, variance, loglik
 
 
-def filter_level(observed: np.ndarray, expected: np.ndarray) -> Level:
-    """Fit tau and kappa by maximum likelihood and filter to the last year of `observed` (T, R),
-    NaN where not observed, around the model's expected counts `expected` (T, R)."""
-    residuals = np.log(observed + 0.5) - np.log(expected + 0.5)
+def filter_level(observed: np.ndarray, expected: np.ndarray, passthrough: float | None = None) -> Level:
+    """Fit tau, kappa and the pass-through (unless given) by maximum likelihood and filter to the
+    last year of `observed` (T, R), NaN where not observed, around the model's expected counts
+    `expected` (T, R)."""
+    log_observed = np.log(observed + 0.5)
 
-    def negative_loglik(x):
-        return -kalman(residuals, expected, float(np.exp(x[0])), float(np.exp(x[1])))[2]
+    def run(x):
+        moving = moving_path(expected, x[2] if passthrough is None else passthrough)
+        return kalman(log_observed - np.log(moving + 0.5), moving, float(np.exp(x[0])), float(np.exp(x[1])))
 
-    best = minimize(negative_loglik, np.log([0.1, 20.0]), method="Nelder-Mead",
-                    options=dict(xatol=1e-4, fatol=1e-3, maxiter=400))
-    tau, kappa = (float(v) for v in np.exp(best.x))
-    deviation, variance, _ = kalman(residuals, expected, tau, kappa)
-    return Level(deviation, variance, tau, kappa)
+    start = [np.log(0.1), np.log(20.0)] + ([0.5] if passthrough is None else [])
+    best = minimize(lambda x: -run(x)[2], np.array(start), method="Nelder-Mead",
+                    options=dict(xatol=1e-4, fatol=1e-3, maxiter=800))
+    deviation, variance, _ = run(best.x)
+    beta = float(best.x[2]) if passthrough is None else passthrough
+    return Level(deviation, variance, float(np.exp(best.x[0])), float(np.exp(best.x[1])), beta)

@@ -5,8 +5,9 @@ estimate (parameters, region effects and national year effects; one `vmap`-ped e
 the Laplace approximation, or from the NUTS draws where the calibration has them, continues the
 national effect past the fitted years with fresh shocks, and draws counts from the negative
 binomial: the interval holds parameter, latent-effect, national and count uncertainty. Forecasts
-condition on the counts observed at their origin: knowledge restarts from them, read at that
-year's national effect (`simulate.restart_knowledge`).
+condition on the counts observed up to their origin: each region's level filtered from them
+(`filtering.py`) moves as the model's path moves after the origin. A policy starts from the same
+level, knowledge restarted there at the year's national effect (`simulate.restart_knowledge`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,8 @@ from .loss import conditioned_path, observed_counts
 from .observation import knowledge_growth, national_factor, sample_counts
 from .simulate import (
     first_knowledge,
-    make_forcing,
     region_drivers,
     restart_knowledge,
-    simulate,
     simulate_from_data,
 )
 from .state import State
@@ -68,28 +67,18 @@ def _innovations(estimate: Estimate, num_years: int, key: jax.Array | None, spre
 
 def expected_path(estimate: Estimate, data: Dataset, num_years: int, origin_years: int, origin_counts, key=None,
                   spread=1.0) -> jax.Array:
-    """Expected patents (num_years, R) of one estimate: simulate to the origin, restart knowledge
-    from the counts observed there (if any), simulate on; national effects applied, with fresh
-    shocks after the fitted years drawn with `key` (none with `key=None`) at `spread`.
-
-    After a restart the model's knowledge growth (`observation.knowledge_growth`) continues from
-    its value at the origin, so the national factor at the origin reproduces the counts restarted from.
+    """Expected patents (num_years, R) of one estimate, national effects applied, with fresh
+    shocks after the fitted years drawn with `key` (none with `key=None`) at `spread`: the
+    model's path; with `data.one_step_ahead`, each year restarted from the year before's count as
+    the fit does, up to the origin (`origin_years`, from `origin_counts` there where given).
     """
     params = estimate.params
     p = params.natural()
     eta = national_effects(p, _innovations(estimate, num_years, key, spread))
     if data.one_step_ahead:
         return conditioned_path(estimate, data, _restart_counts(data, num_years, origin_years, origin_counts), eta)[3]
-    if origin_counts is None or origin_years == num_years:
-        own = simulate_from_data(params, data, num_years, effects=estimate.effects)[1].patents
-        return own * jnp.exp(national_factor(p, own, first_knowledge(params, data), eta))[:, None]
-    state, before, growth = _restarted(estimate, data, origin_years, origin_counts, eta)
-    rest = make_forcing(num_years - origin_years, data.num_regions)
-    _, later = simulate(params, state, region_drivers(params, data, estimate.effects), data.graph, rest, record_states=False)
-    later_knowledge = (later.observations.patents * jnp.exp(-p.patents_intercept)) ** (1.0 / p.patents_knowledge_elasticity)
-    growth_later = growth + jnp.log(jnp.sum(later_knowledge, axis=-1)) - jnp.log(jnp.sum(state.regions.knowledge))
-    factor_later = eta[origin_years:] - p.patents_knowledge_elasticity * growth_later
-    return jnp.concatenate([before, later.observations.patents * jnp.exp(factor_later)[:, None]])
+    own = simulate_from_data(params, data, num_years, effects=estimate.effects)[1].patents
+    return own * jnp.exp(national_factor(p, own, first_knowledge(params, data), eta))[:, None]
 
 
 def _restart_counts(data: Dataset, num_years: int, origin_years: int, origin_counts) -> jax.Array:
@@ -135,9 +124,10 @@ def _ensemble_means(ensemble: Estimate, data: Dataset, num_years: int, origin_ye
 def origin_level(estimate: Estimate, data: Dataset, history: np.ndarray) -> tuple[Level, np.ndarray]:
     """The regions' filtered levels at the origin (`filtering.py`) around the estimate's path,
     from the counts `history` (O, R) of the years up to the origin (NaN where not observed), and
-    the path's expected counts at the origin (R,), which `Level.counts` reads the levels against."""
+    the moving path's counts at the origin (R,), which `Level.counts` reads the levels against."""
     expected = np.asarray(expected_path(estimate, data, history.shape[0], history.shape[0], None))
-    return filter_level(history, expected), expected[-1]
+    level = filter_level(history, expected)
+    return level, level.path(expected)[-1]
 
 
 def forecast_patents(
@@ -156,10 +146,11 @@ def forecast_patents(
     """Predictive mean and central intervals of patents for `num_years` years after the first.
 
     With `history`, the counts (O, R) observed in the O years after the first up to an origin,
-    the forecast conditions on them: knowledge restarts at the origin from each region's level
-    filtered from its counts (`origin_level`), and the deviation from the path goes on as a
-    random walk; with `data.one_step_ahead`, from the origin's counts themselves, as the fit
-    restarted it every year. Years up to the origin are the model's fit.
+    the forecast conditions on them: each region's level filtered from its counts
+    (`origin_level`) moves as each draw's path moves after the origin, with the share of the
+    path's regional change the filter fitted (`filtering.py`), and the deviation from the path
+    goes on as a random walk; with `data.one_step_ahead`, knowledge restarts from the origin's
+    counts themselves, as the fit restarted it every year. Years up to the origin are the model's fit.
 
     **Arguments:** the estimate, its Laplace approximation and the mask of what was fitted
     (`Calibration.mask`); the data; `draws` from the approximation, or from `posterior` (N, D),
@@ -177,24 +168,14 @@ def forecast_patents(
     ensemble = jax.tree_util.tree_map(lambda one, many: jnp.concatenate([one[None], many]), estimate, sampled)
     extra = {}
     if history is None or history.shape[0] in (0, num_years):
-        origin, counts, walk = num_years, None, None
+        means, dispersion = _ensemble_means(ensemble, data, num_years, num_years, None, k_national)
     elif data.one_step_ahead:  # as the fit did every year: knowledge restarts from the origin's counts
-        origin, walk = history.shape[0], None
         counts = jnp.broadcast_to(jnp.asarray(history[-1]), (draws + 1, data.num_regions))
+        means, dispersion = _ensemble_means(ensemble, data, num_years, history.shape[0], counts, k_national)
     else:
-        origin = history.shape[0]
-        filtered, expected = origin_level(estimate, data, history)
-        k_start, k_walk = jax.random.split(k_level)
-        start = np.array(jax.random.normal(k_start, (draws + 1, data.num_regions)))
-        start[0] = 0.0
-        counts = jnp.asarray(filtered.counts(expected, start))  # the first (central) member at the filtered level
-        steps = np.array(jax.random.normal(k_walk, (draws + 1, num_years - origin, data.num_regions)))
-        steps[0] = 0.0
-        walk = np.exp(filtered.tau * np.cumsum(steps, axis=1))
-        extra["level"] = filtered
-    means, dispersion = _ensemble_means(ensemble, data, num_years, origin, counts, k_national)
-    if walk is not None:
-        means = means.at[:, origin:].multiply(jnp.asarray(walk, means.dtype))
+        means, dispersion = _ensemble_means(ensemble, data, num_years, num_years, None, k_national)
+        extra["level"] = filtered = origin_level(estimate, data, history)[0]
+        means = means.at[:, history.shape[0]:].set(_moved_level(filtered, np.asarray(means), history.shape[0], k_level))
     if not bool(jnp.all(jnp.isfinite(means))):
         raise FloatingPointError("the forecast has non-finite values: the fitted parameters leave the model's stable range")
     probabilities = interval_probabilities(level, *INTERVALS)
@@ -204,6 +185,21 @@ def forecast_patents(
     low, high = round((1 - level) / 2, 9), round((1 + level) / 2, 9)
     return dict(mean=np.asarray(band["mean"]), lower=quantiles[low], upper=quantiles[high], total_lower=totals[low],
                 total_upper=totals[high], fitted=np.asarray(means[0]), quantiles=quantiles, **extra)
+
+
+def _moved_level(filtered: Level, means: np.ndarray, origin: int, key: jax.Array) -> np.ndarray:
+    """Each member's forecast after the origin (S, num_years - origin, R): the level at the origin,
+    drawn from the filtered deviation's posterior (the first member, the estimate, at the filtered
+    level), moved as the member's own path moves (`Level.path`), times a random walk of step `tau`
+    (none for the first member)."""
+    k_start, k_walk = jax.random.split(key)
+    start = np.array(jax.random.normal(k_start, means.shape[:1] + means.shape[2:]))
+    steps = np.array(jax.random.normal(k_walk, (means.shape[0], means.shape[1] - origin, means.shape[2])))
+    start[0], steps[0] = 0.0, 0.0
+    path = filtered.path(means)
+    level = filtered.counts(path[0, origin - 1], start)  # read against the estimate's path, as it was filtered
+    ahead = (path[:, origin:] + 0.5) / (path[:, origin - 1:origin] + 0.5)
+    return np.maximum((level[:, None] + 0.5) * ahead * np.exp(filtered.tau * np.cumsum(steps, axis=1)) - 0.5, 0.0)
 
 
 @eqx.filter_jit
@@ -262,6 +258,7 @@ class Forecast:
     lower: np.ndarray
     upper: np.ndarray
     total: tuple[np.ndarray, np.ndarray]  # the interval of the sum over regions, (T,) each
+    level: Level | None = None  # the regions' filtered level at the origin, where the forecast moves it on
 
     def table(self) -> pd.DataFrame:
         """One row per region and asked year: `region, year, mean, lower, upper`."""
@@ -297,7 +294,7 @@ def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year
     shown = np.full((len(years), data.num_regions), np.nan)
     shown[: min(len(years), len(observed))] = observed[: len(years)]
     return Forecast(data.codes, data.names, years, first_year, start + origin, shown, band["mean"], band["lower"],
-                    band["upper"], (band["total_lower"], band["total_upper"]))
+                    band["upper"], (band["total_lower"], band["total_upper"]), band.get("level"))
 
 
 # --------------------------------------------------------------------------------------------
