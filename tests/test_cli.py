@@ -339,6 +339,7 @@ def test_forecast_out_of_and_inside_the_data(calibrated, tmp_path, years, expect
     assert (frame.lower <= frame.upper).all() and (frame["mean"] > 0).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["origin_year"] == min(expected) - 1
+    assert set(summary["level"]) == {"passthrough", "step", "dispersion"} and summary["level"]["step"] > 0
     total = pd.DataFrame(summary["total"]).set_index("year")  # the interval of the sum, one row per asked year
     assert set(total.index) == expected
     sums = frame.groupby("year")[["lower", "upper"]].sum()

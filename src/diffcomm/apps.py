@@ -168,8 +168,10 @@ def run_forecast(cfg: ForecastConfig, out_dir: Path, *, plain_config: dict) -> d
     source = "NUTS posterior" if calibration.posterior is not None else "Laplace approximation"
     with RunOutputs(out_dir) as out:
         summary = writers.write_forecast(out, result, level=cfg.level, run=str(cfg.run), config=plain_config, draws_from=source)
-    log.info("forecast %d-%d for %d regions, parameter draws from the %s -> %s", first, last, data.num_regions, source,
-             out_dir / "forecast.csv")
+    moved = "" if result.level is None else (f", each region's filtered level moved with {result.level.passthrough:.2f} of "
+                                             f"the path's regional change and a random walk of step {result.level.tau:.3f}")
+    log.info("forecast %d-%d for %d regions, parameter draws from the %s%s -> %s", first, last, data.num_regions, source,
+             moved, out_dir / "forecast.csv")
     return summary
 
 

@@ -245,6 +245,8 @@ def write_forecast(out: RunOutputs, forecast: Forecast, *, level: float, run: st
                    regions=len(forecast.codes), origin_year=forecast.origin_year, parameter_draws=draws_from,
                    total=[dict(year=int(y), lower=float(lo), upper=float(hi)) for y, lo, hi in zip(future, lower, upper)],
                    config=config)
+    if forecast.level is not None:  # how the regions' filtered level moves on (`filtering.py`)
+        summary["level"] = dict(passthrough=forecast.level.passthrough, step=forecast.level.tau, dispersion=forecast.level.kappa)
     out.finish(summary)
     return summary
 
