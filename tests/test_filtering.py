@@ -1,6 +1,7 @@
 """The filtered level at a forecast origin."""
 
 import numpy as np
+import pytest
 
 from diffcomm.filtering import filter_level, kalman, moving_path
 
@@ -55,3 +56,8 @@ def test_the_filter_finds_how_much_of_the_paths_regional_change_the_counts_follo
         assert abs(level.passthrough - passthrough) < 0.1, (passthrough, level.passthrough)
         # the level moves on with the path the counts follow
         np.testing.assert_allclose(level.path(expected), moving_path(expected, level.passthrough))
+
+
+def test_one_year_of_counts_is_refused():
+    with pytest.raises(ValueError, match="two years of counts at least, got 1"):
+        filter_level(np.array([[12.0, 18.0, 41.0]]), np.array([[10.0, 20.0, 40.0]]))

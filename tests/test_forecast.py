@@ -55,6 +55,9 @@ def test_a_forecast_conditions_on_the_counts_up_to_the_year_before_it(fitted_sma
     for first, last in ((2007, 2200), (2000, 2003), (2008, 2007)):
         with pytest.raises(ConfigError, match="years must lie in 2001-2056"):
             forecast(fitted, data, first, last)
+    with pytest.raises(ConfigError, match="two observed years at least .* start in 2001 .* or from 2003, got 2002"):
+        forecast(fitted, data, 2002, 2004)  # one year of counts cannot say how levels move
+    assert np.isfinite(forecast(fitted, data, 2003, 2004, draws=10).mean).all()
 
 
 def test_the_filtered_level_moves_as_the_path_moves_after_the_origin(fitted_small):

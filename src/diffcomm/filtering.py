@@ -98,7 +98,9 @@ def kalman(residuals: np.ndarray, expected: np.ndarray, tau: float, kappa: float
 def filter_level(observed: np.ndarray, expected: np.ndarray, passthrough: float | None = None) -> Level:
     """Fit tau, kappa and the pass-through (unless given) by maximum likelihood and filter to the
     last year of `observed` (T, R), NaN where not observed, around the model's expected counts
-    `expected` (T, R)."""
+    `expected` (T, R). Needs two years at least: one year says nothing of the step or the pass-through."""
+    if observed.shape[0] < 2:
+        raise ValueError(f"the level's filter needs two years of counts at least, got {observed.shape[0]}")
     log_observed = np.log(observed + 0.5)
 
     def run(x):

@@ -279,12 +279,16 @@ def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year
 
     The forecast conditions on the last observed year before `first_year`: years inside the
     data give one-step-ahead and longer forecasts from there (fitted values with intervals).
-    Raises `ConfigError` for years the data or the horizon (`MAX_HORIZON`) do not allow.
+    Raises `ConfigError` for years the data or the horizon (`MAX_HORIZON`) do not allow, and for a
+    first year with one observed year before it (too few to read the regions' levels from).
     """
     start, end = data.years[0], data.years[-1]
     if not start < first_year <= last_year <= end + MAX_HORIZON:
         raise ConfigError(f"years must lie in {start + 1}-{end + MAX_HORIZON} (after the data's first year, and at most "
                           f"{MAX_HORIZON} years after its last), first to last; got {first_year}-{last_year}")
+    if first_year == start + 2:
+        raise ConfigError(f"years: a forecast reads each region's level from two observed years at least before the first "
+                          f"year asked; start in {start + 1} (the fitted path, no counts) or from {start + 3}, got {first_year}")
     observed = data.observed_patents()
     origin = min(end, first_year - 1) - start  # years after the first
     band = forecast_patents(calibration.estimate, calibration.laplace, calibration.mask, data, last_year - start,
