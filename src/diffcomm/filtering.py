@@ -11,10 +11,11 @@ on the log scale (delta method: (m + m^2/kappa) / (m + 1/2)^2), and `-v/2` the s
 second-order term: the log of a count lies below the log of its mean on average (by 0.22 for a
 Poisson count of mean 1), so without it the level of a region of few patents would be read too
 low, and its forecast with it. `exp(log(m + 1/2) + d) - 1/2` is the region's expected count.
-The path the level moves with, `m_rt`,
-is the model's path with a share `beta` (the pass-through) of each region's change of share since
-the first year: `log(m_rt + 1/2) = log(mu_rt + 1/2) - (1 - beta) c_rt`, with `c_rt` the change of
-log(mu_rt + 1/2) - log(sum_r mu_rt) since the first year. With beta = 1 the counts follow the
+
+The path the level moves with, `m_rt`, is the model's path with a share `beta` (the
+pass-through) of each region's change of share since the first year: `log(m_rt + 1/2) =
+log(mu_rt + 1/2) - (1 - beta) c_rt`, with `c_rt` the change of log(mu_rt + 1/2) - log(sum_r mu_rt)
+since the first year. With beta = 1 the counts follow the
 path's regional moves; with beta = 0 only its national total, the regions' own levels then
 being the deviations. A Kalman filter over the years up to the origin gives each region's
 deviation there, `d_r` with variance `P_r`: a weighted mean of its recent residuals, the weights
@@ -47,7 +48,7 @@ class Level:
     variance: np.ndarray  # (R,) P_r
     tau: float  # sd of the deviation's yearly step
     kappa: float  # negative binomial dispersion of the counts around the level
-    passthrough: float = 1.0  # beta: the share of the path's regional change the counts follow
+    passthrough: float  # beta: the share of the path's regional change the counts follow
 
     def path(self, expected: np.ndarray) -> np.ndarray:
         """The path (..., T, R) the level moves with, from the model's expected counts (..., T, R)

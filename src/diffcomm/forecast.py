@@ -167,13 +167,13 @@ def forecast_patents(
     sampled = draw_estimates(estimate, mask, approx, key=k_params, num=draws, posterior=posterior)
     ensemble = jax.tree_util.tree_map(lambda one, many: jnp.concatenate([one[None], many]), estimate, sampled)
     extra = {}
-    if history is None or history.shape[0] in (0, num_years):
-        means, dispersion = _ensemble_means(ensemble, data, num_years, num_years, None, k_national)
-    elif data.one_step_ahead:  # as the fit did every year: knowledge restarts from the origin's counts
+    conditioned = history is not None and history.shape[0] not in (0, num_years)
+    if conditioned and data.one_step_ahead:  # as the fit did every year: knowledge restarts from the origin's counts
         counts = jnp.broadcast_to(jnp.asarray(history[-1]), (draws + 1, data.num_regions))
         means, dispersion = _ensemble_means(ensemble, data, num_years, history.shape[0], counts, k_national)
     else:
         means, dispersion = _ensemble_means(ensemble, data, num_years, num_years, None, k_national)
+    if conditioned and not data.one_step_ahead:  # the filtered level moved on along each member's path
         extra["level"] = filtered = origin_level(estimate, data, history)[0]
         means = means.at[:, history.shape[0]:].set(_moved_level(filtered, np.asarray(means), history.shape[0], k_level))
     if not bool(jnp.all(jnp.isfinite(means))):
