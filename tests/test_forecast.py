@@ -86,6 +86,7 @@ def test_one_step_ahead_the_forecast_restarts_from_the_origins_counts_as_the_fit
     band = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, ahead, 6, key=jax.random.key(2), draws=20,
                             level=0.9, history=ahead.observed_patents()[:4])
     assert "level" not in band  # no filtered level: the counts themselves
+    assert np.isfinite(forecast(fitted, ahead, 2002, 2004, draws=5).mean).all()  # so one year of counts is enough
     fit = np.asarray(expected_patents(fitted.estimate, ahead)[0])  # every year one step ahead of the year before's count
     np.testing.assert_allclose(band["fitted"][:5], fit[:5], rtol=1e-9)  # the first year ahead included
     assert not np.allclose(band["fitted"][5], fit[5])  # two years ahead: from the forecast's own year 5, not the count

@@ -286,7 +286,7 @@ def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year
     if not start < first_year <= last_year <= end + MAX_HORIZON:
         raise ConfigError(f"years must lie in {start + 1}-{end + MAX_HORIZON} (after the data's first year, and at most "
                           f"{MAX_HORIZON} years after its last), first to last; got {first_year}-{last_year}")
-    if first_year == start + 2:
+    if first_year == start + 2 and not data.one_step_ahead:  # one_step_ahead restarts from the count, no filter
         raise ConfigError(f"years: a forecast reads each region's level from two observed years at least before the first "
                           f"year asked; start in {start + 1} (the fitted path, no counts) or from {start + 3}, got {first_year}")
     observed = data.observed_patents()
