@@ -41,6 +41,8 @@ from scipy.special import gammaln
 
 PRIOR_VARIANCE = 1.0
 """The variance of a region's deviation before its first count (on the log scale)."""
+MIN_YEARS = 2
+"""The years of counts the filter needs: one says nothing of the step or the pass-through."""
 TINY = 1e-4
 """The least expected count a path is read at (a region the model gives nothing)."""
 
@@ -132,7 +134,7 @@ def filter_level(observed: np.ndarray, expected: np.ndarray, passthrough: float 
     """Fit tau, kappa and the pass-through (unless given) by maximum likelihood and filter to the
     last year of `observed` (T, R), NaN where not observed, around the model's expected counts
     `expected` (T, R). Needs two years at least: one year says nothing of the step or the pass-through."""
-    if observed.shape[0] < 2:
+    if observed.shape[0] < MIN_YEARS:
         raise ValueError(f"the level's filter needs two years of counts at least, got {observed.shape[0]}")
     log_observed = np.log(observed + 0.5)
 

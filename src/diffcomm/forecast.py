@@ -27,7 +27,7 @@ from .config import ForecastConfig
 from .domains import PanelEstimate, expected, years_of
 from .effects import Estimate, national_effects
 from .errors import ConfigError
-from .filtering import Level, filter_level
+from .filtering import MIN_YEARS, Level, filter_level
 from .inputs import Drivers
 from .laplace import Laplace, draw_estimates
 from .loss import conditioned_path, observed_counts
@@ -174,7 +174,8 @@ def forecast_patents(
     else:
         means, dispersion = _ensemble_means(ensemble, data, num_years, num_years, None, k_national)
     if conditioned and not data.one_step_ahead:  # the filtered level moved on along each member's path
-        extra["level"] = filtered = origin_level(estimate, data, history)[0]
+        # filtered around the estimate's path up to the origin, which the first member already is (`origin_level`)
+        extra["level"] = filtered = filter_level(history, np.asarray(means[0, :history.shape[0]]))
         means = means.at[:, history.shape[0]:].set(_moved_level(filtered, np.asarray(means), history.shape[0], k_level))
     if not bool(jnp.all(jnp.isfinite(means))):
         raise FloatingPointError("the forecast has non-finite values: the fitted parameters leave the model's stable range")
@@ -286,11 +287,12 @@ def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year
     if not start < first_year <= last_year <= end + MAX_HORIZON:
         raise ConfigError(f"years must lie in {start + 1}-{end + MAX_HORIZON} (after the data's first year, and at most "
                           f"{MAX_HORIZON} years after its last), first to last; got {first_year}-{last_year}")
-    if first_year == start + 2 and not data.one_step_ahead:  # one_step_ahead restarts from the count, no filter
-        raise ConfigError(f"years: a forecast reads each region's level from two observed years at least before the first "
-                          f"year asked; start in {start + 1} (the fitted path, no counts) or from {start + 3}, got {first_year}")
-    observed = data.observed_patents()
     origin = min(end, first_year - 1) - start  # years after the first
+    if 0 < origin < MIN_YEARS and not data.one_step_ahead:  # one_step_ahead restarts from the count, no filter
+        raise ConfigError(f"years: a forecast reads each region's level from two observed years at least before the first "
+                          f"year asked; start in {start + 1} (the fitted path, no counts) or from {start + 1 + MIN_YEARS}, "
+                          f"got {first_year}")
+    observed = data.observed_patents()
     band = forecast_patents(calibration.estimate, calibration.laplace, calibration.mask, data, last_year - start,
                             key=jax.random.key(0) if key is None else key, draws=draws, level=level,
                             history=observed[:origin], posterior=calibration.posterior)
