@@ -15,6 +15,7 @@ from diffcomm.baselines import (
     panel_regression,
     persistence,
     predictive_quantiles,
+    pseudo_dispersion,
 )
 from diffcomm.inputs import Drivers
 
@@ -78,3 +79,16 @@ def test_intervals_are_as_wide_as_past_errors_say():
     fresh = rng.negative_binomial(5.0, 5.0 / (5.0 + mean[None]), size=(2, 600))
     inside = np.mean((fresh >= q[0.05]) & (fresh <= q[0.95]))
     assert 0.86 < inside < 0.95
+
+
+def test_a_mixtures_dispersion_leaves_out_the_spread_its_members_carry():
+    rng = np.random.default_rng(3)
+    members = 20.0 * np.exp(0.5 * rng.standard_normal((300, 1, 2000)))  # (S, years ahead, R): a wide lognormal spread
+    pick = rng.integers(0, 300, size=2000)
+    observed = rng.poisson(members[pick, 0, np.arange(2000)])[None].astype(float)  # each region one member's Poisson count
+    observed[0, :10] = np.nan  # not observed: skipped
+    mixed = pseudo_dispersion([(members, observed)], 2)
+    assert mixed[0] > 300 and mixed[1] == mixed[0]  # the members carry the spread: Poisson around them; h=2 keeps h=1's
+    single = pseudo_dispersion([(members.mean(axis=0, keepdims=True), observed)], 1)  # one path: the spread is noise
+    np.testing.assert_allclose(single, 1 / (np.exp(0.25) - 1), rtol=0.35)  # a lognormal(0.5) mixing: variance ratio
+    assert pseudo_dispersion([], 3) is None

@@ -19,7 +19,7 @@ past errors say, and no wider. All work on `history`, the (Y, R) counts of the f
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from .inputs import LATENT_DRIVERS, Drivers
-from .observation import negative_binomial_nll
+from .observation import negative_binomial_logpmf
 
 Method = Callable[[np.ndarray, int], np.ndarray]
 """(history (Y, R), horizon H) -> mean counts (H, R)."""
@@ -132,24 +132,55 @@ def _fit_panel(start, counts, mask, x, steps):
     return theta
 
 
-def horizon_dispersion(method: Method, history: np.ndarray, horizon: int) -> np.ndarray:
-    """The negative binomial dispersion r_h (H,) that best explains the method's errors h years
-    ahead from each earlier origin inside `history` with at least `MIN_HISTORY` years before it."""
-    grid = np.exp(np.linspace(np.log(0.3), np.log(3000.0), 120))
-    loglik = np.zeros((horizon, grid.size))
-    for cut in range(MIN_HISTORY, history.shape[0]):
-        ahead = min(horizon, history.shape[0] - cut)
-        mean = method(history[:cut], ahead)
-        for h in range(ahead):
-            y, mu = history[cut + h], mean[h]
-            ok = np.isfinite(y) & np.isfinite(mu)
-            mean_h = jnp.asarray(np.maximum(mu[ok], 1e-3))
-            loglik[h] -= np.asarray(jax.vmap(lambda r: negative_binomial_nll(mean_h, y[ok], r, np.ones(ok.sum())))(grid))
-    best = grid[np.argmax(loglik, axis=1)]
-    for h in range(1, horizon):  # horizons no pseudo-origin reaches keep the longest one reached
-        if not loglik[h].any():
+DISPERSION_GRID = np.exp(np.linspace(np.log(0.3), np.log(3000.0), 120))
+"""The negative binomial dispersions a predictive distribution's is chosen among."""
+
+
+def pseudo_dispersion(pseudo: Iterable[tuple[np.ndarray, np.ndarray]], horizon: int) -> np.ndarray | None:
+    """The negative binomial dispersion r_h (H,) under which pseudo-forecasts are most likely.
+
+    Each item of `pseudo` is one earlier origin's forecast and what followed it: the means
+    (S, n, R) of S members mixed with equal weight (S = 1: a single mean path), and the observed
+    counts (n, R), NaN where not observed, n <= `horizon` years ahead. Counts are negative binomial
+    with dispersion r_h around each member h years ahead. Horizons no item reaches keep the
+    longest one reached. **Returns** None when `pseudo` is empty.
+    """
+    loglik, reached = np.zeros((horizon, DISPERSION_GRID.size)), np.zeros(horizon, bool)
+    for members, observed in pseudo:
+        for h in range(observed.shape[0]):
+            y = observed[h]
+            weight = np.isfinite(y) & np.all(np.isfinite(members[:, h]), axis=0)
+            loglik[h] += np.asarray(_mixture_loglik(jnp.asarray(np.maximum(np.nan_to_num(members[:, h]), 1e-3)),
+                                                    jnp.asarray(np.nan_to_num(y)), jnp.asarray(weight, float)))
+            reached[h] = True
+    if not reached.any():
+        return None
+    best = DISPERSION_GRID[np.argmax(loglik, axis=1)]
+    for h in range(1, horizon):
+        if not reached[h]:
             best[h] = best[h - 1]
     return best
+
+
+@jax.jit
+def _mixture_loglik(members, y, weight):
+    """log of the equal mixture over members (S, N) of NB(y | member, r), summed over the cells
+    with weight 1, for each r of `DISPERSION_GRID`."""
+    def at(r):
+        mixed = jax.scipy.special.logsumexp(negative_binomial_logpmf(members, y, r), axis=0) - jnp.log(members.shape[0])
+        return jnp.sum(jnp.where(weight > 0, mixed, 0.0))
+
+    return jax.lax.map(at, jnp.asarray(DISPERSION_GRID, members.dtype))
+
+
+def horizon_dispersion(method: Method, history: np.ndarray, horizon: int) -> np.ndarray:
+    """The negative binomial dispersion r_h (H,) that best explains the method's errors h years
+    ahead from each earlier origin inside `history` with at least `MIN_HISTORY` years before it
+    (`pseudo_dispersion`); the grid's widest where there is no such origin."""
+    pseudo = ((method(history[:cut], n)[None], history[cut:cut + n])
+              for cut in range(MIN_HISTORY, history.shape[0]) for n in [min(horizon, history.shape[0] - cut)])
+    best = pseudo_dispersion(pseudo, horizon)
+    return np.full(horizon, DISPERSION_GRID[0]) if best is None else best
 
 
 def predictive_quantiles(mean: np.ndarray, dispersion: np.ndarray, probabilities, key: jax.Array,

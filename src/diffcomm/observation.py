@@ -82,20 +82,24 @@ def national_factor(p: NaturalParams, patents: Float[Array, "t r"], first_knowle
     return eta - p.patents_knowledge_elasticity * knowledge_growth(p, patents, first_knowledge)
 
 
-def negative_binomial_nll(mean: Array, count: Array, dispersion: Array, mask: Array) -> Float[Array, ""]:
-    """-log NB(count | mean, size = dispersion), summed where mask is 1.
+def negative_binomial_logpmf(mean: Array, count: Array, dispersion: Array) -> Array:
+    """log NB(count | mean, size = dispersion), elementwise.
 
     Variance is mean + mean^2 / dispersion; large dispersion approaches the Poisson.
     """
     r = dispersion
-    log_p = (
+    return (
         gammaln(count + r)
         - gammaln(r)
         - gammaln(count + 1.0)
         + r * (jnp.log(r) - jnp.log(r + mean))
         + count * (jnp.log(mean) - jnp.log(r + mean))
     )
-    return -jnp.sum(jnp.where(mask > 0, log_p, 0.0))
+
+
+def negative_binomial_nll(mean: Array, count: Array, dispersion: Array, mask: Array) -> Float[Array, ""]:
+    """-log NB(count | mean, size = dispersion) (`negative_binomial_logpmf`), summed where mask is 1."""
+    return -jnp.sum(jnp.where(mask > 0, negative_binomial_logpmf(mean, count, dispersion), 0.0))
 
 
 def beta_binomial_nll(
