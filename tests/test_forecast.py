@@ -80,6 +80,24 @@ def test_the_filtered_level_moves_as_the_path_moves_after_the_origin(fitted_smal
     np.testing.assert_allclose(again["fitted"][4, 1:], band["fitted"][4, 1:], rtol=0.2)
 
 
+
+def test_counts_ahead_are_as_dispersed_as_the_forecasts_own_past_errors_say(fitted_small):
+    data, _, fitted = fitted_small
+    path = np.asarray(expected_path(fitted.estimate, data, 5, 5, None))
+    rng = np.random.default_rng(0)
+    bands = {}
+    for r in (2.0, 1000.0):  # histories of counts around the estimate's path, noisy and close to Poisson
+        history = rng.negative_binomial(r, r / (r + path)).astype(float)
+        bands[r] = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, 6, key=jax.random.key(2),
+                                    draws=30, level=0.9, history=history)
+    assert 1.0 < bands[2.0]["count_dispersion"][0] < 4.0 < 50.0 < bands[1000.0]["count_dispersion"][0]
+    width = {r: np.mean(np.log1p(b["upper"][5]) - np.log1p(b["lower"][5])) for r, b in bands.items()}
+    assert width[2.0] > 2 * width[1000.0]
+    # three years of counts leave no earlier origin to learn from: the fitted dispersion stays
+    short = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, 6, key=jax.random.key(2), draws=30,
+                             level=0.9, history=history[:3])
+    assert "level" in short and "count_dispersion" not in short
+
 def test_one_step_ahead_the_forecast_restarts_from_the_origins_counts_as_the_fit_does(fitted_small):
     data, _, fitted = fitted_small
     ahead = dataclasses.replace(data, one_step_ahead=True)

@@ -170,6 +170,8 @@ def run_forecast(cfg: ForecastConfig, out_dir: Path, *, plain_config: dict) -> d
         summary = writers.write_forecast(out, result, level=cfg.level, run=str(cfg.run), config=plain_config, draws_from=source)
     moved = "" if result.level is None else (f", each region's filtered level moved with {result.level.passthrough:.2f} of "
                                              f"the path's regional change and a random walk of step {result.level.tau:.3f}")
+    if result.count_dispersion is not None:
+        moved += ", counts around it of dispersion " + " / ".join(f"{r:.0f}" for r in result.count_dispersion)
     log.info("forecast %d-%d for %d regions, parameter draws from the %s%s -> %s", first, last, data.num_regions, source,
              moved, out_dir / "forecast.csv")
     return summary

@@ -169,6 +169,8 @@ def evaluate(
         model = rows[-len(methods) - 1]
         held = "" if held_row is None else (f"; level held {held_row['male']:.4f}; the filter's pass-through "
                                             f"{band['level'].passthrough:.2f}, step {band['level'].tau:.3f}")
+        if "count_dispersion" in band:
+            held += "; count dispersion ahead " + " / ".join(f"{r:.0f}" for r in band["count_dispersion"])
         log.info("origin %d: model MALE %.4f (best baseline %.4f%s), 90%% coverage %.3f (%.0f s)", origin,
                  model["male"], min(r["male"] for r in rows[-len(methods):]), held, model["coverage_90"],
                  time.perf_counter() - began)

@@ -6,8 +6,10 @@ the Laplace approximation, or from the NUTS draws where the calibration has them
 national effect past the fitted years with fresh shocks, and draws counts from the negative
 binomial: the interval holds parameter, latent-effect, national and count uncertainty. Forecasts
 condition on the counts observed up to their origin: each region's level filtered from them
-(`filtering.py`) moves as the model's path moves after the origin. A policy starts from the same
-level, knowledge restarted there at the year's national effect (`simulate.restart_knowledge`).
+(`filtering.py`) moves as the model's path moves after the origin, and the counts' dispersion
+around it in each year ahead is the one the forecast's own errors at earlier origins inside the
+history say (`_count_dispersion`), as the baselines' is. A policy starts from the same level,
+knowledge restarted there at the year's national effect (`simulate.restart_knowledge`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Array
 
+from .baselines import MIN_HISTORY, pseudo_dispersion
 from .calibrate import Calibration
 from .config import ForecastConfig
 from .domains import PanelEstimate, expected, years_of
@@ -149,8 +152,11 @@ def forecast_patents(
     the forecast conditions on them: each region's level filtered from its counts
     (`origin_level`) moves as each draw's path moves after the origin, with the share of the
     path's regional change the filter fitted (`filtering.py`), and the deviation from the path
-    goes on as a random walk; with `data.one_step_ahead`, knowledge restarts from the origin's
-    counts themselves, as the fit restarted it every year. Years up to the origin are the model's fit.
+    goes on as a random walk, and counts are drawn around it with the dispersion per year ahead
+    that fits the forecast's own errors at earlier origins (`_count_dispersion`; the fitted
+    dispersion where the history has no such origin). With `data.one_step_ahead`, knowledge
+    restarts from the origin's counts themselves, as the fit restarted it every year, and counts
+    keep the fitted dispersion. Years up to the origin are the model's fit.
 
     **Arguments:** the estimate, its Laplace approximation and the mask of what was fitted
     (`Calibration.mask`); the data; `draws` from the approximation, or from `posterior` (N, D),
@@ -159,7 +165,8 @@ def forecast_patents(
     **Returns:** `mean`, `lower`, `upper`, each (num_years, R); `fitted` (the mean at the
     estimate with no future shock); `total_lower`, `total_upper` (num_years,): the interval of
     the sum over regions (not the sum of the regions' bounds); `quantiles` {probability:
-    (num_years, R)} for the central intervals of `INTERVALS`; and with a history `level` (`Level`).
+    (num_years, R)} for the central intervals of `INTERVALS`; and with a history `level` (`Level`)
+    and, where it was fitted, `count_dispersion` (num_years - O,).
     """
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
@@ -173,14 +180,19 @@ def forecast_patents(
         means, dispersion = _ensemble_means(ensemble, data, num_years, history.shape[0], counts, k_national)
     else:
         means, dispersion = _ensemble_means(ensemble, data, num_years, num_years, None, k_national)
+    dispersion = jnp.broadcast_to(dispersion[:, None], means.shape[:2])  # (S, num_years): count dispersion per year
     if conditioned and not data.one_step_ahead:  # the filtered level moved on along each member's path
         # filtered around the estimate's path up to the origin, which the first member already is (`origin_level`)
         extra["level"] = filtered = filter_level(history, np.asarray(means[0, :history.shape[0]]))
         means = means.at[:, history.shape[0]:].set(_moved_level(filtered, np.asarray(means), history.shape[0], k_level))
+        ahead = _count_dispersion(history, ensemble, data, num_years, jax.random.fold_in(k_level, 1))
+        if ahead is not None:
+            extra["count_dispersion"] = ahead
+            dispersion = dispersion.at[:, history.shape[0]:].set(jnp.asarray(ahead, dispersion.dtype))
     if not bool(jnp.all(jnp.isfinite(means))):
         raise FloatingPointError("the forecast has non-finite values: the fitted parameters leave the model's stable range")
     probabilities = interval_probabilities(level, *INTERVALS)
-    band = _predictive_band(means[1:], dispersion[1:], k_counts, tuple(probabilities))
+    band = _predictive_band(means[1:], dispersion[1:, :, None], k_counts, tuple(probabilities))
     quantiles = dict(zip(probabilities, np.asarray(band.pop("quantiles"))))
     totals = dict(zip(probabilities, np.asarray(band.pop("totals"))))
     low, high = round((1 - level) / 2, 9), round((1 + level) / 2, 9)
@@ -201,6 +213,40 @@ def _moved_level(filtered: Level, means: np.ndarray, origin: int, key: jax.Array
     level = filtered.counts(path[0, origin - 1], start)  # read against the estimate's path, as it was filtered
     ahead = (path[:, origin:] + 0.5) / (path[:, origin - 1:origin] + 0.5)
     return np.maximum((level[:, None] + 0.5) * ahead * np.exp(filtered.tau * np.cumsum(steps, axis=1)) - 0.5, 0.0)
+
+
+
+def _count_dispersion(history: np.ndarray, ensemble: Estimate, data: Dataset, num_years: int, key: jax.Array
+                      ) -> np.ndarray | None:
+    """The counts' dispersion around the moved level for each year after the origin (H,), where
+    the O years of `history` end and `num_years` = O + H: the one under which the forecast's own
+    pseudo-forecasts are most likely (`baselines.pseudo_dispersion`), as the baselines' is. From
+    each earlier origin inside the history with `MIN_HISTORY` years before it, each member of
+    `ensemble` is simulated with its national innovations after that origin drawn afresh, as the
+    forecast draws them (`_fresh_after`), the level filtered from the counts up to there is moved
+    along each path (`_moved_level`), and the counts that followed are scored. The members' other
+    parameters and region effects are the fit's through the origin, which has seen the years they
+    forecast. None without such an origin."""
+    origin, horizon = history.shape[0], num_years - history.shape[0]
+    k_effects, k_national, k_level = jax.random.split(key, 3)
+
+    def pseudo():
+        for cut in range(MIN_HISTORY, origin):
+            n = min(horizon, origin - cut)
+            members = _fresh_after(ensemble, cut, jax.random.fold_in(k_effects, cut))
+            means = np.asarray(_ensemble_means(members, data, num_years, num_years, None, k_national)[0])
+            level = filter_level(history[:cut], means[0, :cut])
+            yield _moved_level(level, means[:, :cut + n], cut, jax.random.fold_in(k_level, cut))[1:], history[cut:cut + n]
+
+    return pseudo_dispersion(pseudo(), horizon)
+
+
+def _fresh_after(ensemble: Estimate, years: int, key: jax.Array) -> Estimate:
+    """The ensemble (leading axis S) with its national innovations after the first `years` drawn
+    afresh, N(0, 1), as a forecast from there draws them; none for the first member, the estimate."""
+    fitted = ensemble.effects.year
+    fresh = jax.random.normal(key, fitted.shape, fitted.dtype).at[0].set(0.0)
+    return eqx.tree_at(lambda e: e.effects.year, ensemble, jnp.where(jnp.arange(fitted.shape[1]) >= years, fresh, fitted))
 
 
 @eqx.filter_jit
@@ -260,6 +306,7 @@ class Forecast:
     upper: np.ndarray
     total: tuple[np.ndarray, np.ndarray]  # the interval of the sum over regions, (T,) each
     level: Level | None = None  # the regions' filtered level at the origin, where the forecast moves it on
+    count_dispersion: np.ndarray | None = None  # (years after the origin,) of the counts around the moved level
 
     def table(self) -> pd.DataFrame:
         """One row per region and asked year: `region, year, mean, lower, upper`."""
@@ -300,7 +347,7 @@ def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year
     shown = np.full((len(years), data.num_regions), np.nan)
     shown[: min(len(years), len(observed))] = observed[: len(years)]
     return Forecast(data.codes, data.names, years, first_year, start + origin, shown, band["mean"], band["lower"],
-                    band["upper"], (band["total_lower"], band["total_upper"]), band.get("level"))
+                    band["upper"], (band["total_lower"], band["total_upper"]), band.get("level"), band.get("count_dispersion"))
 
 
 # --------------------------------------------------------------------------------------------

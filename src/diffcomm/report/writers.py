@@ -247,6 +247,8 @@ def write_forecast(out: RunOutputs, forecast: Forecast, *, level: float, run: st
                    config=config)
     if forecast.level is not None:  # how the regions' filtered level moves on (`filtering.py`)
         summary["level"] = dict(passthrough=forecast.level.passthrough, step=forecast.level.tau, dispersion=forecast.level.kappa)
+    if forecast.count_dispersion is not None:  # per year after the origin, from the forecast's own past errors
+        summary["count_dispersion"] = [float(r) for r in forecast.count_dispersion]
     out.finish(summary)
     return summary
 
