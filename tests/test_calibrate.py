@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from diffcomm.calibrate import Calibration, calibrate, calibration_prior, fit, load_calibration, polish, save_calibration
+from diffcomm.calibrate import FORMAT, Calibration, calibrate, calibration_prior, fit, load_calibration, polish, save_calibration
 from diffcomm.config import FitConfig
 from diffcomm.effects import Estimate
 from diffcomm.errors import ConfigError
@@ -228,8 +228,8 @@ def test_the_polish_lowers_the_objective_and_never_raises_it(fitted_small):
 def test_a_calibration_of_an_earlier_format_is_refused_in_one_line(tmp_path):
     for name in ("summary.json", "fitted.eqx", "laplace.npz"):
         (tmp_path / name).write_text("{}")
-    (tmp_path / "calibration.json").write_text('{"format": 2, "precision": "float64", "config": {}}')
-    with pytest.raises(ConfigError, match=r"calibration format 2, this one reads 3\): calibrate again"):
+    (tmp_path / "calibration.json").write_text(f'{{"format": {FORMAT - 1}, "precision": "float64", "config": {{}}}}')
+    with pytest.raises(ConfigError, match=rf"calibration format {FORMAT - 1}, this one reads {FORMAT}\): calibrate again"):
         load_calibration(tmp_path)
     for damaged in ('{"format": ', "[3]"):  # cut short, or not an object: one line, not a traceback
         (tmp_path / "calibration.json").write_text(damaged)

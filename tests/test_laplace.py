@@ -66,12 +66,13 @@ def test_the_structured_approximation_matches_the_dense_one(problem, approx):
     glob = np.r_[np.arange(num_params), np.arange(num_params + 60, num_params + 65)]
     dense = covariance[np.ix_(glob, glob)]
     sd = np.sqrt(np.diag(dense))
-    # the colouring leaves out how one region's effect moves the others' outputs (through the
-    # international community): terms of order 1/R, a few percent with these 30 regions
-    np.testing.assert_allclose(np.sqrt(np.diag(approx.covariance)), sd, rtol=0.05)
-    assert np.all(np.abs(approx.covariance - dense) <= 0.05 * np.outer(sd, sd))  # correlations agree to 0.05
+    # the colouring leaves out how one region's effect moves the others' outputs through the ties and
+    # the international community (terms of order 1/R); the national factor's part is exact (without
+    # it the drift's sd was 1.3% off with these 30 regions, 180% with the metros' 1,002)
+    np.testing.assert_allclose(np.sqrt(np.diag(approx.covariance)), sd, rtol=0.003)
+    assert np.all(np.abs(approx.covariance - dense) <= 0.003 * np.outer(sd, sd))  # correlations agree to 0.003
     dense_sd = np.sqrt(np.diag(covariance))[region]
-    np.testing.assert_allclose(approx.region_sd(), dense_sd, rtol=0.08)  # the largest regions move the world most
+    np.testing.assert_allclose(approx.region_sd(), dense_sd, rtol=0.003)
     assert approx.names[num_params:] == [f"national_innovation[{t}]" for t in range(1, 6)]
 
 

@@ -11,7 +11,7 @@ ORDER = ["errors", "files", "sharding", "params", "archetypes", "inputs", "effec
          "observation", "edges",
          "model", "simulate", "scenario", "loss", "domains", "training", "laplace", "fitting", "calibrate",
          "calibrate_domains", "whitening", "posterior",
-         "filtering", "forecast", "ensemble", "baselines", "evaluation", "policy", "comparison", "report", "apps", "cli"]
+         "baselines", "filtering", "forecast", "ensemble", "evaluation", "policy", "comparison", "report", "apps", "cli"]
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
 
 

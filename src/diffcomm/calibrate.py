@@ -249,9 +249,10 @@ def calibrate(
 # --------------------------------------------------------------------------------------------
 
 FILES = ("calibration.json", "fitted.eqx", "laplace.npz")
-FORMAT = 3  # of `calibration.json` and `fitted.eqx`; 3: the parameter `nonlocal_tie_slope` was added
+FORMAT = 4  # of the run's files; 3: the parameter `nonlocal_tie_slope` was added; 4: the Laplace's national part
 POSTERIOR_DRAWS = "posterior_draws.npy"  # with inference=nuts: every chain's draws of the free entries, flat
 _LAPLACE_ARRAYS = ("mean", "covariance", "natural", "natural_se", "region_mean", "region_precision", "cross")
+_LAPLACE_OPTIONAL = ("region_update", "region_core")  # None without region effects, stored empty
 
 
 def save_calibration(calibration: Calibration, folder: Path) -> None:
@@ -267,7 +268,8 @@ def save_calibration(calibration: Calibration, folder: Path) -> None:
     a = calibration.laplace
     with atomic_path(folder / "laplace.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, names=np.asarray(a.names), region_effects=np.asarray(a.region_effects, dtype=str),
-                 positive_definite=a.positive_definite, **{name: getattr(a, name) for name in _LAPLACE_ARRAYS})
+                 positive_definite=a.positive_definite, **{name: getattr(a, name) for name in _LAPLACE_ARRAYS},
+                 **{name: np.zeros(0) if getattr(a, name) is None else getattr(a, name) for name in _LAPLACE_OPTIONAL})
 
 
 def load_calibration(folder: Path) -> Calibration:
@@ -301,7 +303,8 @@ def load_calibration(folder: Path) -> Calibration:
             estimate = eqx.tree_deserialise_leaves(folder / "fitted.eqx", like)
         with np.load(folder / "laplace.npz") as npz:
             approx = Laplace(list(npz["names"]), positive_definite=bool(npz["positive_definite"]),
-                             region_effects=list(npz["region_effects"]), **{name: npz[name] for name in _LAPLACE_ARRAYS})
+                             region_effects=list(npz["region_effects"]), **{name: npz[name] for name in _LAPLACE_ARRAYS},
+                             **{name: npz[name] if npz[name].size else None for name in _LAPLACE_OPTIONAL})
     except ConfigError:
         raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, zipfile.BadZipFile) as error:  # truncated or edited

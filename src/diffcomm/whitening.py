@@ -152,7 +152,8 @@ def whitening(calibration: Calibration, data: Dataset, coords: Coordinates, *, r
     # the Laplace approximation carried from x to y by the map's Jacobian on the globals at its mean
     x = jnp.asarray(centre, dtype)
     jacobian = np.asarray(jax.jacfwd(lambda g: coords.centred(x.at[gi].set(g))[gi])(x[gi]))
-    shift = -np.einsum("ref,grf->gre", inverse, approx.cross)  # per unit of the globals' deviation in x
+    # per unit of the globals' deviation in x
+    shift = -approx.region_solve(approx.cross) if ri.size else np.zeros((len(gi), *ri.shape))
     base = Whitening(coords.centred(x), jnp.asarray(gi), jnp.asarray(ri),
                      jnp.asarray(jacobian @ np.linalg.cholesky(approx.covariance), dtype),
                      jnp.asarray(np.einsum("gh,gre->hre", np.linalg.inv(jacobian), shift), dtype),
