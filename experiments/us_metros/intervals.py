@@ -1,6 +1,7 @@
-"""Where the model's 90% intervals miss at each rolling origin: their mean width and penalty on
-log(1 + count) (the two parts of the interval score) and the shares of observations below and
-above them, over all regions and over those with 50 patents or more in the forecast year.
+"""Where the model's 90% intervals miss at each rolling origin, beside the negative-binomial
+panel's: their mean width and penalty on log(1 + count) (the two parts of the interval score)
+and the shares of observations below and above them, over all regions, those with fewer than 5
+patents in the forecast year and those with 50 or more.
 
     python experiments/us_metros/intervals.py experiments/us_metros/run
 
@@ -15,9 +16,10 @@ import jax
 import numpy as np
 
 import diffcomm as dc
+from diffcomm.baselines import baseline_forecast, baselines
 from diffcomm.forecast import forecast_patents
 
-HORIZON, LARGE = 3, 50
+HORIZON, SMALL, LARGE = 3, 5, 50
 
 
 def parts(low, high, y) -> str:
@@ -29,21 +31,26 @@ def main(run: Path) -> None:
     calibration = dc.load_calibration(run)
     config, data = calibration.config, dc.load_dataset(calibration.config.data)
     observed = data.observed_patents()
-    print("| origin | regions | width | penalty | below | above |\n|---|---|---|---|---|---|")
+    panel = baselines(data.drivers)["NB panel regression"]
+    first = np.asarray(data.first_patents)[None]
+    print("| origin | method | regions | width | penalty | below | above |\n|---|---|---|---|---|---|---|")
     for origin in config.evaluation.origins:
         o = origin - data.years[0]
         fitted = dc.calibrate(data.through(origin), config, checkpoint=run / f"checkpoint_origin_{origin}")
         band = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, o + HORIZON,
                                 key=jax.random.key(config.fit.seed + origin), draws=config.evaluation.draws, level=0.9,
                                 history=observed[:o])
+        _, quantiles = baseline_forecast(panel, np.vstack([first, observed[:o]]), HORIZON, sorted(band["quantiles"]),
+                                         jax.random.key(origin))  # as the evaluation's
         truth = observed[o:o + HORIZON]
         seen = np.isfinite(truth)
         y = np.log1p(truth[seen])
-        low, high = (np.log1p(band["quantiles"][p][o:][seen]) for p in (0.05, 0.95))
-        large = truth[seen] >= LARGE
-        print(f"| {origin} | all | {parts(low, high, y)} |\n| {origin} | {LARGE} patents or more | "
-              f"{parts(low[large], high[large], y[large])} |", flush=True)
-
+        groups = {"all": np.ones(y.shape, bool), f"under {SMALL} patents": truth[seen] < SMALL,
+                  f"{LARGE} patents or more": truth[seen] >= LARGE}
+        for method, q in (("model", {p: v[o:] for p, v in band["quantiles"].items()}), ("NB panel", quantiles)):
+            low, high = (np.log1p(q[p][seen]) for p in (0.05, 0.95))
+            for name, g in groups.items():
+                print(f"| {origin} | {method} | {name} ({g.mean():.0%}) | {parts(low[g], high[g], y[g])} |", flush=True)
 
 if __name__ == "__main__":
     with jax.enable_x64(True):
