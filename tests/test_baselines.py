@@ -92,3 +92,5 @@ def test_a_mixtures_dispersion_leaves_out_the_spread_its_members_carry():
     single = pseudo_dispersion([(members.mean(axis=0, keepdims=True), observed)], 1)  # one path: the spread is noise
     np.testing.assert_allclose(single, 1 / (np.exp(0.25) - 1), rtol=0.35)  # a lognormal(0.5) mixing: variance ratio
     assert pseudo_dispersion([], 3) is None
+    unseen = np.vstack([observed, np.full_like(observed, np.nan)])  # two years ahead, nothing observed
+    np.testing.assert_array_equal(pseudo_dispersion([(np.concatenate([members, members], axis=1), unseen)], 2), mixed)

@@ -1,5 +1,7 @@
 """The structured Laplace approximation against the dense one, and draws from it."""
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -74,6 +76,14 @@ def test_the_structured_approximation_matches_the_dense_one(problem, approx):
     dense_sd = np.sqrt(np.diag(covariance))[region]
     np.testing.assert_allclose(approx.region_sd(), dense_sd, rtol=0.003)
     assert approx.names[num_params:] == [f"national_innovation[{t}]" for t in range(1, 6)]
+
+
+def test_one_step_ahead_leaves_the_national_part_out(problem):
+    """With each year restarted from the counts the restart carries the national factor into a
+    region's own outputs, which the national part does not model: it is left out."""
+    data, estimate, prior, mask = problem
+    one_step = laplace(estimate, dataclasses.replace(data, one_step_ahead=True), prior, mask)
+    assert one_step.positive_definite and one_step.region_update is None and one_step.region_core is None
 
 
 def test_draws_follow_the_approximation(problem, approx):

@@ -142,14 +142,16 @@ def pseudo_dispersion(pseudo: Iterable[tuple[np.ndarray, np.ndarray]], horizon: 
     Each item of `pseudo` is one earlier origin's forecast and what followed it: the means
     (S, n, R) of S members mixed with equal weight (S = 1: a single mean path), and the observed
     counts (n, R), NaN where not observed, n <= `horizon` years ahead. Counts are negative binomial
-    with dispersion r_h around each member h years ahead. Horizons no item reaches keep the
-    longest one reached. **Returns** None when `pseudo` is empty.
+    with dispersion r_h around each member h years ahead. Horizons no item reaches (with an
+    observed count) keep the longest one reached. **Returns** None when none is reached.
     """
     loglik, reached = np.zeros((horizon, DISPERSION_GRID.size)), np.zeros(horizon, bool)
     for members, observed in pseudo:
         for h in range(observed.shape[0]):
             y = observed[h]
             weight = np.isfinite(y) & np.all(np.isfinite(members[:, h]), axis=0)
+            if not weight.any():  # nothing observed this far ahead from this origin
+                continue
             loglik[h] += np.asarray(_mixture_loglik(jnp.asarray(np.maximum(np.nan_to_num(members[:, h]), 1e-3)),
                                                     jnp.asarray(np.nan_to_num(y)), jnp.asarray(weight, float)))
             reached[h] = True

@@ -185,7 +185,7 @@ def forecast_patents(
         # filtered around the estimate's path up to the origin, which the first member already is (`origin_level`)
         extra["level"] = filtered = filter_level(history, np.asarray(means[0, :history.shape[0]]))
         means = means.at[:, history.shape[0]:].set(_moved_level(filtered, np.asarray(means), history.shape[0], k_level))
-        ahead = _count_dispersion(history, ensemble, data, num_years, jax.random.fold_in(k_level, 1))
+        ahead = _count_dispersion(history, ensemble, data, num_years, jax.random.fold_in(k_level, 2))  # not split's keys
         if ahead is not None:
             extra["count_dispersion"] = ahead
             dispersion = dispersion.at[:, history.shape[0]:].set(jnp.asarray(ahead, dispersion.dtype))

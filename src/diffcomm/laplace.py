@@ -13,7 +13,9 @@ amount, the change of the model's total knowledge that one region's effect makes
 regions these 1/R terms are of order 1, and without them the effects of all regions at once
 stood in for the national drift (whose standard error came out three times the dense one's on
 the metros). Its part is exact and of rank 2T (T fitted years), read by T reverse-mode
-products, and enters through the Woodbury identity (`Laplace.region_solve`). The global
+products, and enters through the Woodbury identity (`Laplace.region_solve`); it is built for the
+free path, and left out with `data.one_step_ahead`, where each year's restart also carries the
+factor into the region's own outputs. The global
 marginal covariance is the inverse of the Schur complement, and a region's effects given the
 globals are Gaussian with the region precision (the mean exact; the spread from the region's
 own block, the national part left out there). Cost: G + E forward and T reverse products
@@ -38,6 +40,7 @@ from .loss import (
     Prior,
     fisher_weights,
     fitted_outputs,
+    free_path,
     negative_log_posterior,
     negative_log_prior,
     region_outputs,
@@ -187,7 +190,8 @@ def _information(free: Estimate, fixed: Estimate, data: Dataset, prior: Prior, g
     the fitted outputs along every global direction and one per region effect, plus the prior's
     Hessian and the observation noise parameters' own curvature; and the natural values of the
     free parameters with their Jacobian in the global directions; and the national factor's
-    Jacobian in the region directions (T, R, E; `_national_part`), None without region effects."""
+    Jacobian in the region directions (T, R, E; `_national_part`), None without region effects
+    or with `data.one_step_ahead`."""
     flat, unravel = ravel_pytree(free)
     size, num_global = flat.shape[0], global_index.shape[0]
 
@@ -215,9 +219,10 @@ def _information(free: Estimate, fixed: Estimate, data: Dataset, prior: Prior, g
         return free_natural(at(flat.at[global_index].set(g)), free)
 
     def factor(x):  # the national factor: the part of every region's log expected count that is the same
-        return jnp.mean(fitted_outputs(at(x), data)[0] - region_outputs(at(x), data)[0], axis=1)
+        return free_path(at(x), data)[1]
 
-    factor_jacobian = jax.jacrev(factor)(flat)[:, region_index] if region_index.shape[1] else None  # (T, R, E)
+    national = region_index.shape[1] and not data.one_step_ahead
+    factor_jacobian = jax.jacrev(factor)(flat)[:, region_index] if national else None  # (T, R, E)
     g = flat[global_index]
     return flat, outputs, weights, prior_hessian, noise, natural_values(g), jax.jacfwd(natural_values)(g), factor_jacobian
 
@@ -263,7 +268,8 @@ def laplace(estimate: Estimate, data: Dataset, prior: Prior, mask: Estimate) -> 
     update = core = None
     if num_effects and blocks_ok:
         inverse = np.linalg.inv(precision)
-        cross, update, core = _national_part(outputs, weights, factor, cross, inverse, num_global)
+        if factor is not None:
+            cross, update, core = _national_part(outputs, weights, factor, cross, inverse, num_global)
         schur = h_gg - np.einsum("gre,hre->gh", cross, _region_solve(inverse, update, core, cross))
     else:
         schur = h_gg
@@ -277,7 +283,10 @@ def laplace(estimate: Estimate, data: Dataset, prior: Prior, mask: Estimate) -> 
 
 def sample(estimate: Estimate, mask: Estimate, approx: Laplace, *, key: jax.Array, num: int) -> Estimate:
     """`num` draws of the estimate from the Laplace approximation, stacked (leading axis `num`):
-    the globals from their marginal, each region's effects from its conditional given them.
+    the globals from their marginal, each region's effects from its conditional given them (the
+    conditional mean exact; the spread around it from the region's own block, without the
+    national part's coupling between regions, which moves the national total only where the
+    patents' knowledge elasticity is not 1).
 
     Where the Hessian was not positive definite every draw equals the estimate.
     """

@@ -36,15 +36,20 @@ def expected_patents(estimate: Estimate, data: Dataset, precision=None) -> tuple
     if precision is not None and jnp.dtype(precision) != estimate.params.dtype:
         dtype = estimate.params.dtype
         return in_precision(expected_patents(in_precision(estimate, precision), in_precision(data, precision)), dtype)
-    params = estimate.params
-    p = params.natural()
     if data.one_step_ahead:
         *_, patents, share = one_step_path(estimate, data)
         return patents, share
-    _, predicted = simulate_from_data(params, data, data.patents.shape[0], effects=estimate.effects, checkpoint=True)
-    first = first_knowledge(params, data)
-    factor = national_factor(p, predicted.patents, first, national_effects(p, estimate.effects.year))
+    predicted, factor = free_path(estimate, data)
     return predicted.patents * jnp.exp(factor)[:, None], predicted.nonlocal_share
+
+
+def free_path(estimate: Estimate, data: Dataset):
+    """The model's own observations along one free path from the first year (`simulate_from_data`)
+    and the national factor (T,) that turns its patents into expected counts (`national_factor`)."""
+    params, p = estimate.params, estimate.params.natural()
+    _, predicted = simulate_from_data(params, data, data.patents.shape[0], effects=estimate.effects, checkpoint=True)
+    eta = national_effects(p, estimate.effects.year)
+    return predicted, national_factor(p, predicted.patents, first_knowledge(params, data), eta)
 
 
 def in_precision(tree, dtype):
