@@ -57,6 +57,15 @@ def test_the_filter_finds_how_much_of_the_paths_regional_change_the_counts_follo
         assert abs(level.passthrough - passthrough) < 0.1, (passthrough, level.passthrough)
 
 
+def test_the_pass_through_is_a_share_even_where_the_counts_run_against_the_path():
+    rng = np.random.default_rng(4)
+    trend = rng.normal(0, 0.08, size=3000)
+    expected = 40.0 * np.exp(np.arange(8)[:, None] * trend[None])
+    observed = rng.poisson(moving_path(expected, -1.0)).astype(float)  # regions move against the path's change
+    level = filter_level(observed, expected)
+    assert 0.0 <= level.passthrough < 0.05  # unbounded, the fit gave about -1
+
+
 def test_one_year_of_counts_is_refused():
     with pytest.raises(ValueError, match="two years of counts at least, got 1"):
         filter_level(np.array([[12.0, 18.0, 41.0]]), np.array([[10.0, 20.0, 40.0]]))

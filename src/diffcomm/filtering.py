@@ -21,9 +21,11 @@ beta = 1 the counts follow the path's regional moves; with beta = 0 only its nat
 regions' own levels then being the deviations. A Kalman filter over the years up to the origin
 gives each region's deviation there, `d_r` with variance `P_r`: a weighted mean of its recent
 residuals, the weights set by how much the deviations move (`tau`) against how noisy a count is
-(`kappa`, and the count's size). tau, kappa and beta are fitted by maximum likelihood on the
+(`kappa`, and the count's size). tau, kappa (at most `MAX_DISPERSION`) and beta are fitted by maximum likelihood on the
 one-step-ahead predictions (the filter's prediction error decomposition), on the years up to
-the origin only; beta is not bounded to [0, 1].
+the origin only; beta is a share, kept in [0, 1] (a logistic transform), so that where the counts
+say little about it (a path that hardly moves) it cannot run off to values that would move the
+regions against, or beyond, the path's change in the years ahead.
 
 A forecast moves the filtered level, `(m_ro + 1/2) exp(d_r) - 1/2`, as `m + 1/2` moves after
 the origin (the filter's own forecast), rather than from the last count alone, so that a noisy
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import gammaln
+from scipy.special import expit, gammaln
 
 PRIOR_VARIANCE = 1.0
 """The variance of a region's deviation before its first count (on the log scale)."""
@@ -45,6 +47,9 @@ MIN_YEARS = 2
 """The years of counts the filter needs: one says nothing of the step or the pass-through."""
 TINY = 1e-4
 """The least expected count a path is read at (a region the model gives nothing)."""
+MAX_DISPERSION = 1e6
+"""The largest count dispersion the filter fits: Poisson around the level, to a part in a
+thousand at a mean of 1,000 (without it the fit runs to overflow where the counts are Poisson)."""
 
 
 @dataclass(frozen=True)
@@ -138,13 +143,18 @@ def filter_level(observed: np.ndarray, expected: np.ndarray, passthrough: float 
         raise ValueError(f"the level's filter needs two years of counts at least, got {observed.shape[0]}")
     log_observed = np.log(observed + 0.5)
 
-    def run(x):
-        moving = moving_path(expected, x[2] if passthrough is None else passthrough)
-        return kalman(log_observed - np.log(moving + 0.5), moving, float(np.exp(x[0])), float(np.exp(x[1])))
+    def share(x) -> float:  # the pass-through from its logit (given: as given)
+        return float(expit(x[2])) if passthrough is None else passthrough
 
-    start = [np.log(0.1), np.log(20.0)] + ([0.5] if passthrough is None else [])
+    def dispersion(x) -> float:
+        return float(np.exp(min(x[1], np.log(MAX_DISPERSION))))
+
+    def run(x):
+        moving = moving_path(expected, share(x))
+        return kalman(log_observed - np.log(moving + 0.5), moving, float(np.exp(x[0])), dispersion(x))
+
+    start = [np.log(0.1), np.log(20.0)] + ([0.0] if passthrough is None else [])  # a pass-through of 1/2
     best = minimize(lambda x: -run(x)[2], np.array(start), method="Nelder-Mead",
                     options=dict(xatol=1e-4, fatol=1e-3, maxiter=800))
     deviation, variance, _ = run(best.x)
-    beta = float(best.x[2]) if passthrough is None else passthrough
-    return Level(deviation, variance, float(np.exp(best.x[0])), float(np.exp(best.x[1])), beta)
+    return Level(deviation, variance, float(np.exp(best.x[0])), dispersion(best.x), share(best.x))
