@@ -326,7 +326,10 @@ def forecast(calibration: Calibration, data: Dataset, first_year: int, last_year
     """Forecast patents for `first_year`..`last_year` from a calibration.
 
     The forecast conditions on the last observed year before `first_year`: years inside the
-    data give one-step-ahead and longer forecasts from there (fitted values with intervals).
+    data give one-step-ahead and longer forecasts from there (fitted values with intervals). Such
+    a forecast follows the national effects the calibration fitted to those years, while the
+    count noise is sized by pseudo-forecasts that draw theirs afresh (`_count_dispersion`), so
+    its count noise is sized for a forecast that did not know the national level, not for it.
     Raises `ConfigError` for years the data or the horizon (`MAX_HORIZON`) do not allow, and for a
     first year with one observed year before it (too few to read the regions' levels from).
     """
