@@ -69,7 +69,7 @@ def test_the_filtered_level_moves_as_the_path_moves_after_the_origin(fitted_smal
     path = np.asarray(expected_path(fitted.estimate, data, 6, 6, None))
     np.testing.assert_allclose(band["fitted"][:4], path[:4], rtol=1e-9)  # before the origin: the fit
     moving = level.path(path)  # with the share of the path's regional change the filter fitted
-    start = level.counts(moving[3])
+    start = level.counts(path[:4])
     np.testing.assert_allclose(band["fitted"][4:], (start + 0.5) * (moving[4:] + 0.5) / (moving[3] + 0.5) - 0.5, rtol=1e-9)
     # the counts up to the origin set the level: a region's doubled history doubles its forecast, about
     doubled = history.copy()

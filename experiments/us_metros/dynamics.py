@@ -41,7 +41,7 @@ def moved(path: np.ndarray, history: np.ndarray, passthrough: float | None):
     """The filtered level (pass-through fitted where None) moved along its path; and the level."""
     level = filter_level(history, path[:len(history)], passthrough)
     moving, o = level.path(path), len(history)
-    start = level.counts(moving[o - 1])
+    start = level.counts(path[:o])
     return (start + 0.5) * (moving[o:] + 0.5) / (moving[o - 1] + 0.5) - 0.5, level, start
 
 

@@ -155,7 +155,7 @@ def evaluate(
                                                                {p: q[o:] for p, q in band["quantiles"].items()})))
         if "level" in band:  # a filtered level (not with `data.one_step_ahead`, which restarts from the counts)
             level = band["level"]
-            held = np.repeat(level.counts(level.path(band["fitted"][:o])[-1])[None], horizon, axis=0)  # no intervals
+            held = np.repeat(level.counts(band["fitted"][:o])[None], horizon, axis=0)  # no intervals
             forecasts[origin][LEVEL_HELD] = held
             held_row = dict(origin=origin, method=LEVEL_HELD, **scores(truth, held, None))
             diagnostics.append(held_row)

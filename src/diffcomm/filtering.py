@@ -21,11 +21,11 @@ beta = 1 the counts follow the path's regional moves; with beta = 0 only its nat
 regions' own levels then being the deviations. A Kalman filter over the years up to the origin
 gives each region's deviation there, `d_r` with variance `P_r`: a weighted mean of its recent
 residuals, the weights set by how much the deviations move (`tau`) against how noisy a count is
-(`kappa`, and the count's size). tau, kappa (at most `MAX_DISPERSION`) and beta are fitted by maximum likelihood on the
-one-step-ahead predictions (the filter's prediction error decomposition), on the years up to
-the origin only; beta is a share, kept in [0, 1] (a logistic transform), so that where the counts
-say little about it (a path that hardly moves) it cannot run off to values that would move the
-regions against, or beyond, the path's change in the years ahead.
+(`kappa`, and the count's size). tau, kappa (at most `MAX_DISPERSION`) and beta are fitted by
+maximum likelihood on the one-step-ahead predictions (the filter's prediction error
+decomposition), on the years up to the origin only; beta is a share, kept in [0, 1] (a logistic
+transform), so that where the counts say little about it (a path that hardly moves) it cannot
+run off to values that would move the regions against, or beyond, the path's change ahead.
 
 A forecast moves the filtered level, `(m_ro + 1/2) exp(d_r) - 1/2`, as `m + 1/2` moves after
 the origin (the filter's own forecast), rather than from the last count alone, so that a noisy
@@ -68,11 +68,12 @@ class Level:
         return moving_path(expected, self.passthrough)
 
     def counts(self, expected: np.ndarray, standard: np.ndarray | float = 0.0) -> np.ndarray:
-        """The expected counts the filtered level stands for, given the moving path's counts (R,)
-        at the origin (the last row of `path`); with `standard` normal draws (..., R), draws of
-        them from the deviation's posterior."""
+        """The expected counts (R,) the filtered level stands for at the origin, read along the
+        moving path (`path`) of the model's expected counts `expected` (T, R) from the first year
+        filtered to the origin, as it was filtered; with `standard` normal draws (..., R), draws
+        of them from the deviation's posterior."""
         deviation = self.deviation + np.sqrt(self.variance) * standard
-        return np.maximum(np.exp(np.log(expected + 0.5) + deviation) - 0.5, 0.0)
+        return np.maximum(np.exp(np.log(self.path(expected)[-1] + 0.5) + deviation) - 0.5, 0.0)
 
 
 def moving_path(expected: np.ndarray, passthrough: float) -> np.ndarray:

@@ -127,10 +127,9 @@ def _ensemble_means(ensemble: Estimate, data: Dataset, num_years: int, origin_ye
 def origin_level(estimate: Estimate, data: Dataset, history: np.ndarray) -> tuple[Level, np.ndarray]:
     """The regions' filtered levels at the origin (`filtering.py`) around the estimate's path,
     from the counts `history` (O, R) of the years up to the origin (NaN where not observed), and
-    the moving path's counts at the origin (R,), which `Level.counts` reads the levels against."""
+    that path (O, R), along which `Level.counts` reads the levels."""
     expected = np.asarray(expected_path(estimate, data, history.shape[0], history.shape[0], None))
-    level = filter_level(history, expected)
-    return level, level.path(expected)[-1]
+    return filter_level(history, expected), expected
 
 
 def forecast_patents(
@@ -182,9 +181,8 @@ def forecast_patents(
         means, dispersion = _ensemble_means(ensemble, data, num_years, num_years, None, k_national)
     dispersion = jnp.broadcast_to(dispersion[:, None], means.shape[:2])  # (S, num_years): count dispersion per year
     if conditioned and not data.one_step_ahead:  # the filtered level moved on along each member's path
-        # filtered around the estimate's path up to the origin, which the first member already is (`origin_level`)
-        extra["level"] = filtered = filter_level(history, np.asarray(means[0, :history.shape[0]]))
-        means = means.at[:, history.shape[0]:].set(_moved_level(filtered, np.asarray(means), history.shape[0], k_level))
+        extra["level"], moved = _from_level(history, np.asarray(means), k_level)
+        means = means.at[:, history.shape[0]:].set(moved)
         ahead = _count_dispersion(history, ensemble, data, num_years, jax.random.fold_in(k_level, 2))  # not split's keys
         if ahead is not None:
             extra["count_dispersion"] = ahead
@@ -200,6 +198,14 @@ def forecast_patents(
                 total_upper=totals[high], fitted=np.asarray(means[0]), quantiles=quantiles, **extra)
 
 
+def _from_level(history: np.ndarray, means: np.ndarray, key: jax.Array) -> tuple[Level, np.ndarray]:
+    """The regions' level filtered from the counts `history` (O, R) around the first member's path
+    up to the origin, the estimate's (as `origin_level`'s, already simulated), and each member's
+    forecast after the origin from it (`_moved_level`), for the years of `means` (S, T, R) after O."""
+    filtered = filter_level(history, means[0, :history.shape[0]])
+    return filtered, _moved_level(filtered, means, history.shape[0], key)
+
+
 def _moved_level(filtered: Level, means: np.ndarray, origin: int, key: jax.Array) -> np.ndarray:
     """Each member's forecast after the origin (S, num_years - origin, R): the level at the origin,
     drawn from the filtered deviation's posterior (the first member, the estimate, at the filtered
@@ -209,11 +215,10 @@ def _moved_level(filtered: Level, means: np.ndarray, origin: int, key: jax.Array
     start = np.array(jax.random.normal(k_start, means.shape[:1] + means.shape[2:]))
     steps = np.array(jax.random.normal(k_walk, (means.shape[0], means.shape[1] - origin, means.shape[2])))
     start[0], steps[0] = 0.0, 0.0
+    level = filtered.counts(means[0, :origin], start)  # along the estimate's path, as it was filtered
     path = filtered.path(means)
-    level = filtered.counts(path[0, origin - 1], start)  # read against the estimate's path, as it was filtered
     ahead = (path[:, origin:] + 0.5) / (path[:, origin - 1:origin] + 0.5)
     return np.maximum((level[:, None] + 0.5) * ahead * np.exp(filtered.tau * np.cumsum(steps, axis=1)) - 0.5, 0.0)
-
 
 
 def _count_dispersion(history: np.ndarray, ensemble: Estimate, data: Dataset, num_years: int, key: jax.Array
@@ -235,8 +240,8 @@ def _count_dispersion(history: np.ndarray, ensemble: Estimate, data: Dataset, nu
             n = min(horizon, origin - cut)
             members = _fresh_after(ensemble, cut, jax.random.fold_in(k_effects, cut))
             means = np.asarray(_ensemble_means(members, data, num_years, num_years, None, k_national)[0])
-            level = filter_level(history[:cut], means[0, :cut])
-            yield _moved_level(level, means[:, :cut + n], cut, jax.random.fold_in(k_level, cut))[1:], history[cut:cut + n]
+            moved = _from_level(history[:cut], means[:, :cut + n], jax.random.fold_in(k_level, cut))[1]
+            yield moved[1:], history[cut:cut + n]
 
     return pseudo_dispersion(pseudo(), horizon)
 
