@@ -35,6 +35,11 @@ Method = Callable[[np.ndarray, int], np.ndarray]
 MIN_HISTORY = 3
 """Years of history a pseudo-forecast origin needs."""
 
+COUNT_DRAWS = 2000
+"""Counts drawn per cell for the quantiles of a predictive distribution, the baselines' and the
+model's alike (the model's spread over its parameter draws), so that their intervals carry the
+same Monte Carlo error."""
+
 
 def persistence(history: np.ndarray, horizon: int) -> np.ndarray:
     """The last observed count of each region, for every year ahead (NaN if none)."""
@@ -186,7 +191,7 @@ def horizon_dispersion(method: Method, history: np.ndarray, horizon: int) -> np.
 
 
 def predictive_quantiles(mean: np.ndarray, dispersion: np.ndarray, probabilities, key: jax.Array,
-                         draws: int = 2000) -> dict[float, np.ndarray]:
+                         draws: int = COUNT_DRAWS) -> dict[float, np.ndarray]:
     """Quantiles of negative binomial counts with mean `mean` (H, R) and dispersion per horizon
     (H,), from `draws` gamma-Poisson draws."""
     r = jnp.asarray(dispersion)[:, None]
