@@ -9,7 +9,7 @@ import pytest
 
 from diffcomm.effects import national_effects
 from diffcomm.errors import ConfigError
-from diffcomm.forecast import _predictive_band, calibrated_regions, expected_path, forecast, forecast_patents
+from diffcomm.forecast import calibrated_regions, expected_path, forecast, forecast_patents
 from diffcomm.loss import expected_patents
 from diffcomm.simulate import simulate_from_data
 
@@ -35,23 +35,6 @@ def test_predictive_band_holds_the_fitted_path_and_count_noise(fitted_small):
     observed = data.observed_patents()
     inside = (observed >= band["lower"][:6]) & (observed <= band["upper"][:6])
     assert 0.75 < inside.mean() <= 1.0  # a 90% band on the data the model was fitted to
-
-
-def test_band_quantiles_draw_many_counts_around_each_draw(x64):
-    # two draws of the mean: the quantiles must come from many counts around each, as the baselines'
-    # do, and not from one count per draw; an equal mixture of NB(10, size 5) and NB(40, size 5)
-    from scipy import stats
-
-    means = np.broadcast_to(np.array([10.0, 40.0])[:, None, None], (2, 2, 300))
-    band = _predictive_band(means, np.full((2, 2, 1), 5.0), jax.random.key(0), (0.05, 0.5, 0.95), 1000)
-    grid = np.arange(400)
-    cdf = 0.5 * (stats.nbinom.cdf(grid, 5, 5 / 15) + stats.nbinom.cdf(grid, 5, 5 / 45))
-    exact = np.array([grid[np.argmax(cdf >= q)] for q in (0.05, 0.5, 0.95)])  # 4, 18, 65
-    quantiles = np.asarray(band["quantiles"])  # (3, T, R)
-    assert quantiles.shape == (3, 2, 300)
-    np.testing.assert_allclose(quantiles.mean(axis=-1), exact[:, None] * np.ones(2), atol=0.5)
-    assert np.all(quantiles.std(axis=-1) < [[0.5], [1.0], [2.5]])  # 2,000 counts a cell; two would spread ~20 at 95%
-    assert np.asarray(band["totals"]).shape == (3, 2)
 
 
 def test_a_forecast_conditions_on_the_counts_up_to_the_year_before_it(fitted_small):

@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
 from diffcomm.inputs import Graph
 from diffcomm.model import init_state
 from diffcomm.observation import (
     beta_binomial_nll,
+    count_quantiles,
     knowledge_from_patents,
     negative_binomial_deviance,
     negative_binomial_nll,
@@ -65,3 +67,19 @@ def test_deviance_is_zero_at_the_data_and_skips_missing_cells():
     y = np.asarray([[0.0, 5.0], [np.nan, 12.0]])
     assert negative_binomial_deviance(y, np.where(np.isnan(y), 1.0, np.maximum(y, 1e-12)), 4.0) == pytest.approx(0.0, abs=1e-9)
     assert negative_binomial_deviance(y, np.full_like(y, 6.0), 4.0) > 0
+
+
+def test_count_quantiles_draw_many_counts_around_each_mixture_member():
+    # two draws of the mean: the quantiles must come from many counts around each, as the baselines'
+    # do, and not from one count per draw; an equal mixture of NB(10, size 5) and NB(40, size 5)
+    means = np.broadcast_to(np.array([10.0, 40.0])[:, None, None], (2, 2, 300))
+    quantiles, totals = count_quantiles(means, np.full((2, 2, 1), 5.0), (0.05, 0.5, 0.95), jax.random.key(0))
+    grid = np.arange(400)
+    cdf = 0.5 * (stats.nbinom.cdf(grid, 5, 5 / 15) + stats.nbinom.cdf(grid, 5, 5 / 45))
+    exact = np.array([grid[np.argmax(cdf >= q)] for q in (0.05, 0.5, 0.95)])  # 4, 18, 65
+    assert quantiles.shape == (3, 2, 300)
+    np.testing.assert_allclose(quantiles.mean(axis=-1), exact[:, None] * np.ones(2), atol=0.5)
+    assert np.all(quantiles.std(axis=-1) < [[0.5], [1.0], [2.5]])  # 2,000 counts a cell; two would spread ~20 at 95%
+    # a total over cells is drawn within one member: its tails are the members' totals, 3,000 and 12,000
+    assert totals.shape == (3, 2)
+    np.testing.assert_allclose(totals[[0, 2]], [[2878] * 2, [12421] * 2], rtol=0.03)

@@ -27,18 +27,13 @@ import numpy as np
 import optax
 
 from .inputs import LATENT_DRIVERS, Drivers
-from .observation import negative_binomial_logpmf
+from .observation import COUNT_DRAWS, count_quantiles, negative_binomial_logpmf
 
 Method = Callable[[np.ndarray, int], np.ndarray]
 """(history (Y, R), horizon H) -> mean counts (H, R)."""
 
 MIN_HISTORY = 3
 """Years of history a pseudo-forecast origin needs."""
-
-COUNT_DRAWS = 2000
-"""Counts drawn per cell for the quantiles of a predictive distribution, the baselines' and the
-model's alike (the model's spread over its parameter draws), so that their intervals carry the
-same Monte Carlo error."""
 
 
 def persistence(history: np.ndarray, horizon: int) -> np.ndarray:
@@ -193,15 +188,11 @@ def horizon_dispersion(method: Method, history: np.ndarray, horizon: int) -> np.
 def predictive_quantiles(mean: np.ndarray, dispersion: np.ndarray, probabilities, key: jax.Array,
                          draws: int = COUNT_DRAWS) -> dict[float, np.ndarray]:
     """Quantiles of negative binomial counts with mean `mean` (H, R) and dispersion per horizon
-    (H,), from `draws` gamma-Poisson draws."""
-    r = jnp.asarray(dispersion)[:, None]
-    mu = jnp.asarray(np.nan_to_num(mean, nan=1.0))
-    key_gamma, key_poisson = jax.random.split(key)
-    rate = jax.random.gamma(key_gamma, r, (draws, *mu.shape)) * mu / r
-    counts = jax.random.poisson(key_poisson, rate).astype(mu.dtype)
-    out = np.asarray(jnp.quantile(counts, jnp.asarray(list(probabilities)), axis=0))
+    (H,), from `draws` counts a cell (`observation.count_quantiles`); NaN where the mean is."""
+    cells = count_quantiles(np.nan_to_num(mean, nan=1.0)[None], np.asarray(dispersion)[None, :, None], probabilities,
+                            key, draws)[0]
     missing = ~np.isfinite(mean)
-    return {p: np.where(missing, np.nan, q) for p, q in zip(probabilities, out)}
+    return {p: np.where(missing, np.nan, q) for p, q in zip(probabilities, cells)}
 
 
 def baseline_forecast(method: Method, history: np.ndarray, horizon: int, probabilities, key: jax.Array

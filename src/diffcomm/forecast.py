@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Array
 
-from .baselines import COUNT_DRAWS, MIN_HISTORY, pseudo_dispersion
+from .baselines import MIN_HISTORY, pseudo_dispersion
 from .calibrate import Calibration
 from .config import ForecastConfig
 from .domains import PanelEstimate, expected, years_of
@@ -34,7 +34,7 @@ from .filtering import MIN_YEARS, Level, filter_level
 from .inputs import Drivers
 from .laplace import Laplace, draw_estimates
 from .loss import conditioned_path, observed_counts
-from .observation import knowledge_growth, national_factor, sample_counts
+from .observation import count_quantiles, knowledge_growth, national_factor, sample_counts
 from .simulate import (
     first_knowledge,
     region_drivers,
@@ -156,7 +156,7 @@ def forecast_patents(
     dispersion where the history has no such origin). With `data.one_step_ahead`, knowledge
     restarts from the origin's counts themselves, as the fit restarted it every year, and counts
     keep the fitted dispersion. Years up to the origin are the model's fit. The quantiles are
-    those of `baselines.COUNT_DRAWS` counts a cell, spread evenly over the draws, as the baselines'.
+    those of `observation.COUNT_DRAWS` counts a cell, spread evenly over the draws, as the baselines'.
 
     **Arguments:** the estimate, its Laplace approximation and the mask of what was fitted
     (`Calibration.mask`); the data; `draws` from the approximation, or from `posterior` (N, D),
@@ -191,13 +191,12 @@ def forecast_patents(
     if not bool(jnp.all(jnp.isfinite(means))):
         raise FloatingPointError("the forecast has non-finite values: the fitted parameters leave the model's stable range")
     probabilities = interval_probabilities(level, *INTERVALS)
-    per_member = -(-COUNT_DRAWS // draws)  # counts drawn around each draw's mean
-    band = _predictive_band(means[1:], dispersion[1:, :, None], k_counts, tuple(probabilities), per_member)
-    quantiles = dict(zip(probabilities, np.asarray(band.pop("quantiles"))))
-    totals = dict(zip(probabilities, np.asarray(band.pop("totals"))))
+    cells, sums = count_quantiles(np.asarray(means[1:]), np.asarray(dispersion[1:, :, None]), probabilities, k_counts)
+    quantiles, totals = dict(zip(probabilities, cells)), dict(zip(probabilities, sums))
     low, high = round((1 - level) / 2, 9), round((1 + level) / 2, 9)
-    return dict(mean=np.asarray(band["mean"]), lower=quantiles[low], upper=quantiles[high], total_lower=totals[low],
-                total_upper=totals[high], fitted=np.asarray(means[0]), quantiles=quantiles, **extra)
+    return dict(mean=np.asarray(jnp.mean(means[1:], axis=0)), lower=quantiles[low], upper=quantiles[high],
+                total_lower=totals[low], total_upper=totals[high], fitted=np.asarray(means[0]), quantiles=quantiles,
+                **extra)
 
 
 def _from_level(history: np.ndarray, means: np.ndarray, key: jax.Array) -> tuple[Level, np.ndarray]:
@@ -254,25 +253,6 @@ def _fresh_after(ensemble: Estimate, years: int, key: jax.Array) -> Estimate:
     fitted = ensemble.effects.year
     fresh = jax.random.normal(key, fitted.shape, fitted.dtype).at[0].set(0.0)
     return eqx.tree_at(lambda e: e.effects.year, ensemble, jnp.where(jnp.arange(fitted.shape[1]) >= years, fresh, fitted))
-
-
-@eqx.filter_jit
-def _predictive_band(means, dispersion, key, probabilities: tuple[float, ...], per_member: int) -> dict[str, jax.Array]:
-    """Mean over the draws' means (S, T, R), and quantiles of counts drawn around each draw's
-    mean, `per_member` for each, per cell and of the total over regions; a year at a time, so
-    that S x per_member x R counts are held at once."""
-    q = jnp.asarray(probabilities)
-    dispersion = jnp.broadcast_to(dispersion, means.shape)
-
-    def year(args):
-        k, mu, r = args  # (S, R)
-        counts = jax.vmap(lambda kk: sample_counts(kk, mu, r))(jax.random.split(k, per_member))  # (P, S, R)
-        counts = counts.reshape(-1, mu.shape[-1])
-        return jnp.quantile(counts, q, axis=0), jnp.quantile(jnp.sum(counts, axis=-1), q)
-
-    cells, totals = jax.lax.map(year, (jax.random.split(key, means.shape[1]), jnp.swapaxes(means, 0, 1),
-                                       jnp.swapaxes(dispersion, 0, 1)))
-    return dict(mean=jnp.mean(means, axis=0), quantiles=jnp.swapaxes(cells, 0, 1), totals=jnp.swapaxes(totals, 0, 1))
 
 
 def calibrated_regions(calibration: Calibration, data: Dataset, draws: Estimate | None = None, *,
