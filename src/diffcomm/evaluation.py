@@ -39,6 +39,7 @@ from .config import CalibrateConfig
 from .effects import national_effects
 from .errors import ConfigError
 from .forecast import INTERVALS, forecast_inventors, forecast_patents, interval_probabilities, predictive_inventors
+from .observation import count_quantiles
 from .posterior import sample_posterior
 from .sharding import chain_mesh
 
@@ -212,9 +213,10 @@ def evaluate_panel(data: DomainDataset, config: CalibrateConfig, *, optimizer: o
         fitted = calibrate_panel(data.through(origin), config, optimizer=optimizer, checkpoint=stem, phase=f"origin {origin}: ")
         truth = np.where(np.isfinite(observed[o])[None], observed[list(ahead)], np.nan)
         draws = draw_panel_estimates(fitted, key=jax.random.key(config.fit.seed + origin), num=e.draws)
-        means, counts = predictive_inventors(draws, data, o, ahead, jax.random.key(origin))
+        means, dispersion = predictive_inventors(draws, data, o, ahead)
         probabilities = interval_probabilities(*INTERVALS)
-        model_quantiles = np.quantile(np.asarray(counts).reshape(e.draws, len(ahead), -1), probabilities, axis=0)
+        model_quantiles = count_quantiles(np.asarray(means).reshape(e.draws, len(ahead), -1),
+                                          np.asarray(dispersion)[:, None, None], probabilities, jax.random.key(origin))[0]
         central = np.asarray(forecast_inventors(fitted.estimate, data, o, ahead)).reshape(len(ahead), -1)
         cells = int(np.isfinite(truth).sum())
         rows.append(dict(origin=origin, method="model", cells=cells,

@@ -34,7 +34,7 @@ from .filtering import MIN_YEARS, Level, filter_level
 from .inputs import Drivers
 from .laplace import Laplace, draw_estimates
 from .loss import conditioned_path, observed_counts
-from .observation import count_quantiles, knowledge_growth, national_factor, sample_counts
+from .observation import count_quantiles, knowledge_growth, national_factor
 from .simulate import (
     first_knowledge,
     region_drivers,
@@ -368,8 +368,8 @@ def forecast_inventors(estimate: PanelEstimate, data: DomainDataset, origin: int
 
 
 @eqx.filter_jit
-def predictive_inventors(draws: PanelEstimate, data: DomainDataset, origin: int, ahead: tuple[int, ...], key: jax.Array):
-    """Expected inventors under each parameter draw, and counts drawn around them."""
+def predictive_inventors(draws: PanelEstimate, data: DomainDataset, origin: int, ahead: tuple[int, ...]):
+    """Expected inventors under each parameter draw (D, A, R, K) and each draw's count dispersion
+    (D,), the negative binomial mixture whose quantiles `observation.count_quantiles` reads."""
     means = eqx.filter_vmap(lambda e: forecast_inventors(e, data, origin, ahead))(draws)
-    dispersion = jnp.exp(draws.noise.inventors_dispersion)[:, None, None, None]
-    return means, sample_counts(key, means, dispersion)
+    return means, jnp.exp(draws.noise.inventors_dispersion)
