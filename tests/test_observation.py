@@ -83,3 +83,10 @@ def test_count_quantiles_draw_many_counts_around_each_mixture_member():
     # a total over cells is drawn within one member: its tails are the members' totals, 3,000 and 12,000
     assert totals.shape == (3, 2)
     np.testing.assert_allclose(totals[[0, 2]], [[2878] * 2, [12421] * 2], rtol=0.03)
+
+
+def test_count_quantiles_hold_means_beyond_the_poisson_samplers_range():
+    # a parameter draw far outside the data can give means near 1e20, where NumPy's Poisson refuses
+    means = np.array([5.0, 1e20])[:, None, None] * np.ones((2, 1, 4))
+    quantiles, _ = count_quantiles(means, np.full((2, 1, 1), 1e6), (0.05, 0.95), jax.random.key(1))
+    assert np.all(quantiles[0] < 15) and np.allclose(quantiles[1], 1e20, rtol=1e-2)

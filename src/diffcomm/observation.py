@@ -153,6 +153,8 @@ def sample_counts(key: jax.Array, mean: Array, dispersion: Array) -> Array:
     return jax.random.poisson(k_poisson, rate).astype(mean.dtype)
 
 
+HUGE_RATE = 1e12
+"""Above this rate a Poisson count is drawn from its normal approximation (`count_quantiles`)."""
 COUNT_DRAWS = 2000
 """Counts drawn per cell for the quantiles of a predictive distribution (`count_quantiles`), the
 model's and the baselines' alike, so that their intervals carry the same Monte Carlo error."""
@@ -172,7 +174,10 @@ def count_quantiles(means: np.ndarray, dispersion: np.ndarray, probabilities, ke
     cells, totals = np.empty((q.size, *means.shape[1:])), np.empty((q.size, means.shape[1]))
     for t in range(means.shape[1]):
         mu, r = means[:, t], size[:, t]
-        counts = rng.negative_binomial(r, r / (r + mu), size=(per, *mu.shape)).reshape(-1, mu.shape[-1])
+        rate = rng.gamma(r, mu / r, size=(per, *mu.shape))  # NB as a gamma-Poisson mixture
+        huge = rate > HUGE_RATE  # NumPy's Poisson refuses rates near 1e19; there its sd is a part in 1e6
+        counts = np.where(huge, rate + np.sqrt(rate) * rng.standard_normal(rate.shape), rng.poisson(np.where(huge, 0.0, rate)))
+        counts = counts.reshape(-1, mu.shape[-1])
         cells[:, t], totals[:, t] = np.quantile(counts, q, axis=0), np.quantile(counts.sum(axis=-1), q)
     return cells, totals
 
