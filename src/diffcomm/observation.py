@@ -153,8 +153,9 @@ def sample_counts(key: jax.Array, mean: Array, dispersion: Array) -> Array:
     return jax.random.poisson(k_poisson, rate).astype(mean.dtype)
 
 
-HUGE_RATE = 1e12
-"""Above this rate a Poisson count is drawn from its normal approximation (`count_quantiles`)."""
+HUGE_MEAN = 1e12
+"""Above this mean a negative binomial count is drawn as its gamma rate plus the Poisson part's
+normal approximation (`count_quantiles`)."""
 COUNT_DRAWS = 2000
 """Counts drawn per cell for the quantiles of a predictive distribution (`count_quantiles`), the
 model's and the baselines' alike, so that their intervals carry the same Monte Carlo error."""
@@ -174,9 +175,11 @@ def count_quantiles(means: np.ndarray, dispersion: np.ndarray, probabilities, ke
     cells, totals = np.empty((q.size, *means.shape[1:])), np.empty((q.size, means.shape[1]))
     for t in range(means.shape[1]):
         mu, r = means[:, t], size[:, t]
-        rate = rng.gamma(r, mu / r, size=(per, *mu.shape))  # NB as a gamma-Poisson mixture
-        huge = rate > HUGE_RATE  # NumPy's Poisson refuses rates near 1e19; there its sd is a part in 1e6
-        counts = np.where(huge, rate + np.sqrt(rate) * rng.standard_normal(rate.shape), rng.poisson(np.where(huge, 0.0, rate)))
+        huge = np.broadcast_to(mu > HUGE_MEAN, (per, *mu.shape))
+        counts = rng.negative_binomial(r, r / (r + np.where(mu > HUGE_MEAN, 0.0, mu)), size=huge.shape).astype(float)
+        if huge.any():  # NumPy refuses Poisson rates near 1e19: the gamma part exact, the Poisson's sd a part in 1e6
+            rate = rng.gamma(r, mu / r, size=huge.shape)
+            counts = np.where(huge, rate + np.sqrt(rate) * rng.standard_normal(huge.shape), counts)
         counts = counts.reshape(-1, mu.shape[-1])
         cells[:, t], totals[:, t] = np.quantile(counts, q, axis=0), np.quantile(counts.sum(axis=-1), q)
     return cells, totals
