@@ -90,3 +90,5 @@ def test_count_quantiles_hold_means_beyond_the_poisson_samplers_range():
     means = np.array([5.0, 1e20])[:, None, None] * np.ones((2, 1, 4))
     quantiles, _ = count_quantiles(means, np.full((2, 1, 1), 1e6), (0.05, 0.95), jax.random.key(1))
     assert np.all(quantiles[0] < 15) and np.allclose(quantiles[1], 1e20, rtol=1e-2)
+    with pytest.raises(ValueError, match="finite"):  # a draw outside the stable range is the caller's to leave out
+        count_quantiles(np.array([[[np.nan]]]), 5.0, (0.5,), jax.random.key(0))

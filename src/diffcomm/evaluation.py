@@ -214,9 +214,14 @@ def evaluate_panel(data: DomainDataset, config: CalibrateConfig, *, optimizer: o
         truth = np.where(np.isfinite(observed[o])[None], observed[list(ahead)], np.nan)
         draws = draw_panel_estimates(fitted, key=jax.random.key(config.fit.seed + origin), num=e.draws)
         means, dispersion = predictive_inventors(draws, data, o, ahead)
+        means = np.asarray(means).reshape(e.draws, len(ahead), -1)
+        stable = np.isfinite(means).all(axis=(1, 2))
+        if not stable.all():
+            log.warning("origin %d: %d of %d parameter draws leave the model's stable range (non-finite inventors); "
+                        "the intervals are read from the other %d", origin, (~stable).sum(), e.draws, stable.sum())
         probabilities = interval_probabilities(*INTERVALS)
-        model_quantiles = count_quantiles(np.asarray(means).reshape(e.draws, len(ahead), -1),
-                                          np.asarray(dispersion)[:, None, None], probabilities, jax.random.key(origin))[0]
+        model_quantiles = count_quantiles(means[stable], np.asarray(dispersion)[stable, None, None], probabilities,
+                                          jax.random.key(origin))[0]
         central = np.asarray(forecast_inventors(fitted.estimate, data, o, ahead)).reshape(len(ahead), -1)
         cells = int(np.isfinite(truth).sum())
         rows.append(dict(origin=origin, method="model", cells=cells,

@@ -170,6 +170,8 @@ def count_quantiles(means: np.ndarray, dispersion: np.ndarray, probabilities, ke
     times faster than JAX's on a CPU, seeded from `key`."""
     means = np.asarray(means, dtype=float)
     size = np.broadcast_to(np.asarray(dispersion, dtype=float), means.shape)
+    if not (np.isfinite(means).all() and np.all(means >= 0) and np.all(size > 0)):
+        raise ValueError("count_quantiles: the means must be finite and non-negative, the dispersions positive")
     q, per = np.asarray(list(probabilities), dtype=float), -(-draws // means.shape[0])
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
     cells, totals = np.empty((q.size, *means.shape[1:])), np.empty((q.size, means.shape[1]))
