@@ -1,7 +1,7 @@
 """Where the model's 90% intervals miss at each rolling origin, beside the negative-binomial
 panel's: their mean width and penalty on log(1 + count) (the two parts of the interval score)
 and the shares of observations below and above them, over all regions, those with fewer than 5
-patents in the forecast year and those with 50 or more.
+patents in the forecast year, those with 5 to 49 and those with 50 or more.
 
     python experiments/us_metros/intervals.py experiments/us_metros/run
 
@@ -46,6 +46,7 @@ def main(run: Path) -> None:
         seen = np.isfinite(truth)
         y = np.log1p(truth[seen])
         groups = {"all": np.ones(y.shape, bool), f"under {SMALL} patents": truth[seen] < SMALL,
+                  f"{SMALL} to {LARGE - 1} patents": (truth[seen] >= SMALL) & (truth[seen] < LARGE),
                   f"{LARGE} patents or more": truth[seen] >= LARGE}
         for method, q in (("model", {p: v[o:] for p, v in band["quantiles"].items()}), ("NB panel", quantiles)):
             low, high = (np.log1p(q[p][seen]) for p in (0.05, 0.95))

@@ -1,0 +1,76 @@
+"""A diagnostic of the rolling origin's 90% intervals by size of region: the model as it forecasts,
+and the model with every parameter draw's level at the filtered level (no level drawn from its
+filtered spread, in the forecast and in the pseudo-forecasts that size its count noise), beside
+the negative-binomial panel: interval score, width, penalty and MALE over all regions and those
+with under 5, 5 to 49, and 50 or more patents in the forecast year.
+
+    python experiments/us_metros/level_spread.py experiments/us_metros/run
+
+Resumes each origin's fit from the run's checkpoints; the same keys as the evaluation. The second
+variant replaces `forecast._moved_level` for the run of this script only.
+"""
+
+import importlib
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import diffcomm as dc
+from diffcomm.baselines import baseline_forecast, baselines
+
+F = importlib.import_module("diffcomm.forecast")
+HORIZON, PROBABILITIES = 3, [0.05, 0.25, 0.75, 0.95]
+MOVED_LEVEL = F._moved_level
+
+
+def at_filtered_level(filtered, means, origin, key):
+    """`forecast._moved_level` with every member's start at the filtered level (its random walk kept)."""
+    steps = np.array(jax.random.normal(jax.random.split(key)[1], (means.shape[0], means.shape[1] - origin, means.shape[2])))
+    steps[0] = 0.0
+    level = filtered.counts(means[0, :origin], np.zeros(means.shape[:1] + means.shape[2:]))
+    path = filtered.path(means)
+    ahead = (path[:, origin:] + 0.5) / (path[:, origin - 1:origin] + 0.5)
+    return np.maximum((level[:, None] + 0.5) * ahead * np.exp(filtered.tau * np.cumsum(steps, axis=1)) - 0.5, 0.0)
+
+
+def parts(mean, low, high, truth, seen) -> dict[str, np.ndarray]:
+    y = np.log1p(truth[seen])
+    low, high = np.log1p(low[seen]), np.log1p(high[seen])
+    penalty = 20 * (np.maximum(low - y, 0) + np.maximum(y - high, 0))
+    return dict(score=high - low + penalty, width=high - low, penalty=penalty, male=np.abs(np.log1p(mean[seen]) - y))
+
+
+def main(run: Path) -> None:
+    calibration = dc.load_calibration(run)
+    config, data = calibration.config, dc.load_dataset(calibration.config.data)
+    observed, first = data.observed_patents(), np.asarray(data.first_patents)[None]
+    panel = baselines(data.drivers)["NB panel regression"]
+    print("| origin | forecast | regions | IS 90% | width | penalty | MALE |\n|---|---|---|---|---|---|---|")
+    for origin in config.evaluation.origins:
+        o = origin - data.years[0]
+        fitted = dc.calibrate(data.through(origin), config, checkpoint=run / f"checkpoint_origin_{origin}")
+        truth = observed[o:o + HORIZON]
+        seen = np.isfinite(truth)
+        groups = {"all": np.ones(seen.sum(), bool), "under 5": truth[seen] < 5,
+                  "5 to 49": (truth[seen] >= 5) & (truth[seen] < 50), "50 or more": truth[seen] >= 50}
+        rows = {}
+        for name, moved in (("model", MOVED_LEVEL), ("model, level at the filtered level", at_filtered_level)):
+            F._moved_level = moved
+            band = F.forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, o + HORIZON,
+                                      key=jax.random.key(config.fit.seed + origin), draws=config.evaluation.draws,
+                                      level=0.9, history=observed[:o])
+            rows[name] = parts(band["mean"][o:], band["quantiles"][0.05][o:], band["quantiles"][0.95][o:], truth, seen)
+        F._moved_level = MOVED_LEVEL
+        mean, q = baseline_forecast(panel, np.vstack([first, observed[:o]]), HORIZON, PROBABILITIES, jax.random.key(origin))
+        rows["NB panel"] = parts(mean, q[0.05], q[0.95], truth, seen)
+        for name, p in rows.items():
+            for group, g in groups.items():
+                cells = " | ".join(f"{p[k][g].mean():.{4 if k == 'male' else 3}f}" for k in ("score", "width", "penalty", "male"))
+                print(f"| {origin} | {name} | {group} ({g.mean():.0%}) | {cells} |", flush=True)
+
+
+if __name__ == "__main__":
+    with jax.enable_x64(True):
+        main(Path(sys.argv[1]))
