@@ -24,12 +24,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pandas as pd
+from origins import HORIZON, origins
 
-import diffcomm as dc
 from diffcomm.filtering import filter_level
 from diffcomm.forecast import expected_path
-
-HORIZON = 3
 
 
 def male(mean: np.ndarray, truth: np.ndarray) -> float:
@@ -46,21 +44,17 @@ def moved(path: np.ndarray, history: np.ndarray, passthrough: float | None):
 
 
 def main(run: Path) -> pd.DataFrame:
-    calibration = dc.load_calibration(run)
-    data = dc.load_dataset(calibration.config.data)
-    observed = data.observed_patents()
+    data, _, fits = origins(run)
     rows = []
-    for origin in calibration.config.evaluation.origins:
-        o = origin - data.years[0]
-        fitted = dc.calibrate(data.through(origin), calibration.config, checkpoint=run / f"checkpoint_origin_{origin}")
-        truth, history = observed[o:o + HORIZON], observed[:o]
-        path = np.asarray(expected_path(fitted.estimate, data, o + HORIZON, o + HORIZON, None))
+    for at in fits:
+        o, truth, history = at.fitted_years, at.truth, at.history
+        path = np.asarray(expected_path(at.fitted.estimate, data, o + HORIZON, o + HORIZON, None))
         model, level, start = moved(path, history, None)
         change = np.log(path[o:] + 0.5) - np.log(path[o - 1] + 0.5)
         regional = change - (np.log(path[o:].sum(axis=1)) - np.log(path[o - 1].sum()))[:, None]
         seen = np.isfinite(truth[-1])
         realised = np.log(truth[-1] + 0.5) - np.log(start + 0.5)
-        rows.append(dict(origin=origin, model=male(model, truth), path=male(moved(path, history, 1.0)[0], truth),
+        rows.append(dict(origin=at.origin, model=male(model, truth), path=male(moved(path, history, 1.0)[0], truth),
                          national_only=male(moved(path, history, 0.0)[0], truth),
                          held=male(np.repeat(start[None], HORIZON, axis=0), truth),
                          passthrough=level.passthrough, tau=level.tau, regional_sd=float(np.std(regional[-1])),

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from origins import HORIZON, origins
 
-import diffcomm as dc
-from diffcomm.baselines import baseline_forecast, baselines
+from diffcomm.baselines import baseline_forecast
 from diffcomm.forecast import forecast_patents
 
-HORIZON, SMALL, LARGE = 3, 5, 50
+SMALL, LARGE = 5, 50
 
 
 def parts(low, high, y) -> str:
@@ -28,21 +28,16 @@ def parts(low, high, y) -> str:
 
 
 def main(run: Path) -> None:
-    calibration = dc.load_calibration(run)
-    config, data = calibration.config, dc.load_dataset(calibration.config.data)
-    observed = data.observed_patents()
-    panel = baselines(data.drivers)["NB panel regression"]
-    first = np.asarray(data.first_patents)[None]
+    data, panel, fits = origins(run)
     print("| origin | method | regions | width | penalty | below | above |\n|---|---|---|---|---|---|---|")
-    for origin in config.evaluation.origins:
-        o = origin - data.years[0]
-        fitted = dc.calibrate(data.through(origin), config, checkpoint=run / f"checkpoint_origin_{origin}")
-        band = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, o + HORIZON,
-                                key=jax.random.key(config.fit.seed + origin), draws=config.evaluation.draws, level=0.9,
-                                history=observed[:o])
-        _, quantiles = baseline_forecast(panel, np.vstack([first, observed[:o]]), HORIZON, sorted(band["quantiles"]),
-                                         jax.random.key(origin))  # as the evaluation's
-        truth = observed[o:o + HORIZON]
+    for at in fits:
+        o, config = at.fitted_years, at.fitted.config
+        band = forecast_patents(at.fitted.estimate, at.fitted.laplace, at.fitted.mask, data, o + HORIZON,
+                                key=jax.random.key(config.fit.seed + at.origin), draws=config.evaluation.draws, level=0.9,
+                                history=at.history)
+        _, quantiles = baseline_forecast(panel, at.panel_history, HORIZON, sorted(band["quantiles"]),
+                                         jax.random.key(at.origin))  # as the evaluation's
+        truth = at.truth
         seen = np.isfinite(truth)
         y = np.log1p(truth[seen])
         groups = {"all": np.ones(y.shape, bool), f"under {SMALL} patents": truth[seen] < SMALL,
@@ -51,7 +46,8 @@ def main(run: Path) -> None:
         for method, q in (("model", {p: v[o:] for p, v in band["quantiles"].items()}), ("NB panel", quantiles)):
             low, high = (np.log1p(q[p][seen]) for p in (0.05, 0.95))
             for name, g in groups.items():
-                print(f"| {origin} | {method} | {name} ({g.mean():.0%}) | {parts(low[g], high[g], y[g])} |", flush=True)
+                print(f"| {at.origin} | {method} | {name} ({g.mean():.0%}) | {parts(low[g], high[g], y[g])} |", flush=True)
+
 
 if __name__ == "__main__":
     with jax.enable_x64(True):

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from origins import HORIZON, origins
 
-import diffcomm as dc
-from diffcomm.baselines import baseline_forecast, baselines
+from diffcomm.baselines import baseline_forecast
 
 F = importlib.import_module("diffcomm.forecast")
-HORIZON, PROBABILITIES = 3, [0.05, 0.25, 0.75, 0.95]
+PROBABILITIES = [0.05, 0.25, 0.75, 0.95]
 MOVED_LEVEL = F._moved_level
 
 
@@ -43,32 +43,27 @@ def parts(mean, low, high, truth, seen) -> dict[str, np.ndarray]:
 
 
 def main(run: Path) -> None:
-    calibration = dc.load_calibration(run)
-    config, data = calibration.config, dc.load_dataset(calibration.config.data)
-    observed, first = data.observed_patents(), np.asarray(data.first_patents)[None]
-    panel = baselines(data.drivers)["NB panel regression"]
+    data, panel, fits = origins(run)
     print("| origin | forecast | regions | IS 90% | width | penalty | MALE |\n|---|---|---|---|---|---|---|")
-    for origin in config.evaluation.origins:
-        o = origin - data.years[0]
-        fitted = dc.calibrate(data.through(origin), config, checkpoint=run / f"checkpoint_origin_{origin}")
-        truth = observed[o:o + HORIZON]
+    for at in fits:
+        o, config, truth = at.fitted_years, at.fitted.config, at.truth
         seen = np.isfinite(truth)
         groups = {"all": np.ones(seen.sum(), bool), "under 5": truth[seen] < 5,
                   "5 to 49": (truth[seen] >= 5) & (truth[seen] < 50), "50 or more": truth[seen] >= 50}
         rows = {}
         for name, moved in (("model", MOVED_LEVEL), ("model, level at the filtered level", at_filtered_level)):
             F._moved_level = moved
-            band = F.forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, o + HORIZON,
-                                      key=jax.random.key(config.fit.seed + origin), draws=config.evaluation.draws,
-                                      level=0.9, history=observed[:o])
+            band = F.forecast_patents(at.fitted.estimate, at.fitted.laplace, at.fitted.mask, data, o + HORIZON,
+                                      key=jax.random.key(config.fit.seed + at.origin), draws=config.evaluation.draws,
+                                      level=0.9, history=at.history)
             rows[name] = parts(band["mean"][o:], band["quantiles"][0.05][o:], band["quantiles"][0.95][o:], truth, seen)
         F._moved_level = MOVED_LEVEL
-        mean, q = baseline_forecast(panel, np.vstack([first, observed[:o]]), HORIZON, PROBABILITIES, jax.random.key(origin))
+        mean, q = baseline_forecast(panel, at.panel_history, HORIZON, PROBABILITIES, jax.random.key(at.origin))
         rows["NB panel"] = parts(mean, q[0.05], q[0.95], truth, seen)
         for name, p in rows.items():
             for group, g in groups.items():
                 cells = " | ".join(f"{p[k][g].mean():.{4 if k == 'male' else 3}f}" for k in ("score", "width", "penalty", "male"))
-                print(f"| {origin} | {name} | {group} ({g.mean():.0%}) | {cells} |", flush=True)
+                print(f"| {at.origin} | {name} | {group} ({g.mean():.0%}) | {cells} |", flush=True)
 
 
 if __name__ == "__main__":

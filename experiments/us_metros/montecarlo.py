@@ -14,13 +14,13 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from origins import HORIZON, origins
 
-import diffcomm as dc
-from diffcomm.baselines import baseline_forecast, baselines
+from diffcomm.baselines import baseline_forecast
 from diffcomm.evaluation import scores
 from diffcomm.forecast import forecast_patents
 
-HORIZON, KEYS = 3, 6
+KEYS = 6
 
 
 def summary(rows: list[dict[str, float]]) -> str:
@@ -32,25 +32,18 @@ def summary(rows: list[dict[str, float]]) -> str:
 
 
 def main(run: Path) -> None:
-    calibration = dc.load_calibration(run)
-    config, data = calibration.config, dc.load_dataset(calibration.config.data)
-    observed = data.observed_patents()
-    panel = baselines(data.drivers)["NB panel regression"]
-    first = np.asarray(data.first_patents)[None]
+    data, panel, fits = origins(run)
     print(f"| origin | method | MALE | IS 90% | cover 90% |  (mean ± sd over {KEYS} keys)\n|---|---|---|---|---|")
-    for origin in config.evaluation.origins:
-        o = origin - data.years[0]
-        fitted = dc.calibrate(data.through(origin), config, checkpoint=run / f"checkpoint_origin_{origin}")
-        truth, model, other = observed[o:o + HORIZON], [], []
+    for at in fits:
+        o, model, other = at.fitted_years, [], []
         for k in range(KEYS):
-            band = forecast_patents(fitted.estimate, fitted.laplace, fitted.mask, data, o + HORIZON,
-                                    key=jax.random.key(1000 + k), draws=config.evaluation.draws, level=0.9,
-                                    history=observed[:o])
-            model.append(scores(truth, band["mean"][o:], {p: q[o:] for p, q in band["quantiles"].items()}))
-            mean, quantiles = baseline_forecast(panel, np.vstack([first, observed[:o]]), HORIZON,
-                                                sorted(band["quantiles"]), jax.random.key(k))
-            other.append(scores(truth, mean, quantiles))
-        print(f"| {origin} | model | {summary(model)} |\n| {origin} | NB panel | {summary(other)} |", flush=True)
+            band = forecast_patents(at.fitted.estimate, at.fitted.laplace, at.fitted.mask, data, o + HORIZON,
+                                    key=jax.random.key(1000 + k), draws=at.fitted.config.evaluation.draws, level=0.9,
+                                    history=at.history)
+            model.append(scores(at.truth, band["mean"][o:], {p: q[o:] for p, q in band["quantiles"].items()}))
+            mean, quantiles = baseline_forecast(panel, at.panel_history, HORIZON, sorted(band["quantiles"]), jax.random.key(k))
+            other.append(scores(at.truth, mean, quantiles))
+        print(f"| {at.origin} | model | {summary(model)} |\n| {at.origin} | NB panel | {summary(other)} |", flush=True)
 
 
 if __name__ == "__main__":
