@@ -176,12 +176,12 @@ def count_quantiles(means: np.ndarray, dispersion: np.ndarray, probabilities, ke
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
     cells, totals = np.empty((q.size, *means.shape[1:])), np.empty((q.size, means.shape[1]))
     for t in range(means.shape[1]):
-        mu, r = means[:, t], size[:, t]
-        huge = np.broadcast_to(mu > HUGE_MEAN, (per, *mu.shape))
-        counts = rng.negative_binomial(r, r / (r + np.where(mu > HUGE_MEAN, 0.0, mu)), size=huge.shape).astype(float)
+        mu, r, shape = means[:, t], size[:, t], (per, *means.shape[::2])
+        huge = mu > HUGE_MEAN
+        counts = rng.negative_binomial(r, r / (r + np.where(huge, 0.0, mu)), size=shape).astype(float)
         if huge.any():  # NumPy refuses Poisson rates near 1e19: the gamma part exact, the Poisson's sd a part in 1e6
-            rate = rng.gamma(r, mu / r, size=huge.shape)
-            counts = np.where(huge, rate + np.sqrt(rate) * rng.standard_normal(huge.shape), counts)
+            rate = rng.gamma(r, mu / r, size=shape)
+            counts = np.where(huge, rate + np.sqrt(rate) * rng.standard_normal(shape), counts)
         counts = counts.reshape(-1, mu.shape[-1])
         cells[:, t], totals[:, t] = np.quantile(counts, q, axis=0), np.quantile(counts.sum(axis=-1), q)
     return cells, totals
