@@ -10,6 +10,7 @@ Resumes each origin's fit from the run's checkpoints; the same keys as the evalu
 variant replaces `forecast._moved_level` for the run of this script only.
 """
 
+import dataclasses
 import importlib
 import sys
 from pathlib import Path
@@ -26,13 +27,9 @@ MOVED_LEVEL = F._moved_level
 
 
 def at_filtered_level(filtered, means, origin, key):
-    """`forecast._moved_level` with every member's start at the filtered level (its random walk kept)."""
-    steps = np.array(jax.random.normal(jax.random.split(key)[1], (means.shape[0], means.shape[1] - origin, means.shape[2])))
-    steps[0] = 0.0
-    level = filtered.counts(means[0, :origin], np.zeros(means.shape[:1] + means.shape[2:]))
-    path = filtered.path(means)
-    ahead = (path[:, origin:] + 0.5) / (path[:, origin - 1:origin] + 0.5)
-    return np.maximum((level[:, None] + 0.5) * ahead * np.exp(filtered.tau * np.cumsum(steps, axis=1)) - 0.5, 0.0)
+    """`forecast._moved_level` with the filtered level's variance set to 0: every member starts at
+    the filtered level (its random walk after the origin kept, drawn from the same key)."""
+    return MOVED_LEVEL(dataclasses.replace(filtered, variance=np.zeros_like(filtered.variance)), means, origin, key)
 
 
 def parts(mean, low, high, truth, seen) -> dict[str, np.ndarray]:
